@@ -1,0 +1,349 @@
+//! Flows: one bidirectional byte stream over a managed connection, with optional
+//! length-prefixed messages on top.
+//!
+//! Message framing (normative; see `docs/PROTOCOL.md`): a message is a 4-byte
+//! big-endian length `n` followed by `n` bytes. A reader refuses a length above its
+//! limit before allocating, and grows its buffer only as bytes actually arrive.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::conn_cache::{FlowGuard, ManagedConn};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Reason, Result};
+use crate::identity::PeerKey;
+use crate::registry::RawFlow;
+
+/// The default largest message [`Flow::read_msg`] accepts: 32 MiB.
+pub const DEFAULT_MAX_MSG_SIZE: usize = 32 << 20;
+
+/// How much a reader reserves up front for a message, whatever length the peer
+/// announced: a peer has to send bytes to make us hold them.
+const INITIAL_MSG_RESERVATION: usize = 64 << 10;
+
+/// Reads one length-prefixed message; `Ok(None)` at a clean end of stream.
+pub(crate) async fn read_frame<R>(reader: &mut R, max: usize) -> Result<Option<Bytes>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut header = [0u8; 4];
+    let mut filled = 0;
+    while filled < header.len() {
+        let n = reader
+            .read(&mut header[filled..])
+            .await
+            .map_err(Error::from_io)?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(None);
+            }
+            return Err(Error::new(Reason::ClosedByPeer(
+                "flow ended inside a message header".into(),
+            )));
+        }
+        filled += n;
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(Error::new(Reason::MessageTooLarge {
+            len: len as u64,
+            max: max as u64,
+        }));
+    }
+    let mut buf = BytesMut::with_capacity(len.min(INITIAL_MSG_RESERVATION));
+    while buf.len() < len {
+        if buf.len() == buf.capacity() {
+            // Double as data arrives, never beyond the announced length.
+            buf.reserve((len - buf.len()).min(buf.len().max(INITIAL_MSG_RESERVATION)));
+        }
+        let want = (len - buf.len()) as u64;
+        let n = (&mut *reader)
+            .take(want)
+            .read_buf(&mut buf)
+            .await
+            .map_err(Error::from_io)?;
+        if n == 0 {
+            return Err(Error::new(Reason::ClosedByPeer(format!(
+                "flow ended after {} of {len} message bytes",
+                buf.len()
+            ))));
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Writes one message made of `parts`, concatenated, behind its length prefix.
+pub(crate) async fn write_frame<W>(writer: &mut W, parts: &[&[u8]]) -> Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len32 = u32::try_from(len).map_err(|_| {
+        Error::new(Reason::MessageTooLarge {
+            len: len as u64,
+            max: u64::from(u32::MAX),
+        })
+    })?;
+    writer
+        .write_all(&len32.to_be_bytes())
+        .await
+        .map_err(Error::from_io)?;
+    for part in parts {
+        writer.write_all(part).await.map_err(Error::from_io)?;
+    }
+    Ok(())
+}
+
+/// A bidirectional stream to a peer over a managed connection.
+///
+/// Use it as a tokio `AsyncRead + AsyncWrite`, or exchange whole messages with
+/// [`write_msg`](Flow::write_msg) / [`read_msg`](Flow::read_msg). Dropping a flow ends
+/// it gracefully on the sending side; [`Flow::into_split`] gives halves for two tasks.
+///
+/// ```no_run
+/// # async fn demo(manager: flow::Manager, peer: flow::Endpoint) -> flow::Result<()> {
+/// let mut f = manager.dial(&peer, flow::Authorizer::any(), std::time::Duration::from_secs(5)).await?;
+/// f.write_msg(&[b"hello ", b"world"]).await?;
+/// let reply = f.read_msg().await?;
+/// # Ok(()) }
+/// ```
+pub struct Flow {
+    reader: FlowReader,
+    writer: FlowWriter,
+}
+
+impl Flow {
+    pub(crate) fn new(raw: RawFlow, conn: ManagedConn, max_msg_size: usize) -> Self {
+        let guard = FlowGuard::new(conn);
+        Flow {
+            reader: FlowReader {
+                recv: raw.recv,
+                guard: guard.clone(),
+                max_msg_size,
+            },
+            writer: FlowWriter {
+                send: raw.send,
+                guard,
+            },
+        }
+    }
+
+    /// Sends one message: the concatenation of `parts`, behind a length prefix.
+    pub async fn write_msg(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.writer.write_msg(parts).await
+    }
+
+    /// Sends one message, then ends our sending side.
+    pub async fn write_msg_and_close(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.writer.write_msg_and_close(parts).await
+    }
+
+    /// Receives one message, or `None` when the peer ended the flow cleanly between
+    /// messages. A length above [`Flow::max_msg_size`] is an error.
+    pub async fn read_msg(&mut self) -> Result<Option<Bytes>> {
+        self.reader.read_msg().await
+    }
+
+    /// The largest message [`Flow::read_msg`] accepts.
+    pub fn max_msg_size(&self) -> usize {
+        self.reader.max_msg_size
+    }
+
+    /// Changes the largest message [`Flow::read_msg`] accepts.
+    pub fn set_max_msg_size(&mut self, max: usize) {
+        self.reader.max_msg_size = max;
+    }
+
+    /// Our end of the connection.
+    pub fn local_endpoint(&self) -> &Endpoint {
+        self.conn().local_endpoint()
+    }
+
+    /// The peer's end of the connection.
+    pub fn remote_endpoint(&self) -> &Endpoint {
+        self.conn().remote_endpoint()
+    }
+
+    /// The peer's proven key.
+    pub fn remote_identity(&self) -> PeerKey {
+        self.conn().remote_identity()
+    }
+
+    /// The connection this flow runs on.
+    pub fn conn(&self) -> &ManagedConn {
+        self.writer.guard.conn()
+    }
+
+    /// Resolves when the connection under this flow closes, with why.
+    pub async fn closed(&self) -> Error {
+        self.conn().closed().await
+    }
+
+    /// Splits the flow so one task can read while another writes.
+    pub fn into_split(self) -> (FlowReader, FlowWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flow")
+            .field("local", self.local_endpoint())
+            .field("remote", self.remote_endpoint())
+            .field("remote_identity", &self.remote_identity())
+            .finish()
+    }
+}
+
+impl AsyncRead for Flow {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Flow {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+/// The receiving half of a [`Flow`].
+pub struct FlowReader {
+    recv: Pin<Box<dyn AsyncRead + Send>>,
+    guard: FlowGuard,
+    max_msg_size: usize,
+}
+
+impl FlowReader {
+    /// Receives one message; see [`Flow::read_msg`].
+    pub async fn read_msg(&mut self) -> Result<Option<Bytes>> {
+        let endpoint = self.guard.conn().remote_endpoint().clone();
+        read_frame(&mut self.recv, self.max_msg_size)
+            .await
+            .map_err(|e| e.with_endpoint(endpoint))
+    }
+
+    /// The connection this half runs on.
+    pub fn conn(&self) -> &ManagedConn {
+        self.guard.conn()
+    }
+}
+
+impl AsyncRead for FlowReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.recv.as_mut().poll_read(cx, buf)
+    }
+}
+
+/// The sending half of a [`Flow`].
+pub struct FlowWriter {
+    send: Pin<Box<dyn AsyncWrite + Send>>,
+    guard: FlowGuard,
+}
+
+impl FlowWriter {
+    /// Sends one message; see [`Flow::write_msg`].
+    pub async fn write_msg(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let endpoint = self.guard.conn().remote_endpoint().clone();
+        write_frame(&mut self.send, parts)
+            .await
+            .map_err(|e| e.with_endpoint(endpoint))
+    }
+
+    /// Sends one message, then ends our sending side.
+    pub async fn write_msg_and_close(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.write_msg(parts).await?;
+        let endpoint = self.guard.conn().remote_endpoint().clone();
+        self.send
+            .shutdown()
+            .await
+            .map_err(|e| Error::from_io(e).with_endpoint(endpoint))
+    }
+
+    /// The connection this half runs on.
+    pub fn conn(&self) -> &ManagedConn {
+        self.guard.conn()
+    }
+}
+
+impl AsyncWrite for FlowWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.send.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.send.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.send.as_mut().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_end_cleanly() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            write_frame(&mut a, &[b"ab", b"", b"cde"]).await.unwrap();
+            write_frame(&mut a, &[]).await.unwrap();
+        });
+        assert_eq!(read_frame(&mut b, 10).await.unwrap().unwrap(), &b"abcde"[..]);
+        assert_eq!(read_frame(&mut b, 10).await.unwrap().unwrap(), &b""[..]);
+        writer.await.unwrap();
+        assert!(read_frame(&mut b, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_refused_before_reading_the_body() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read_frame(&mut b, 1024).await.unwrap_err();
+        assert!(matches!(
+            err.reason(),
+            Reason::MessageTooLarge { len, max: 1024 } if *len == u64::from(u32::MAX)
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_errors() {
+        for bytes in [&[0u8, 0][..], &[0, 0, 0, 5, 1, 2][..]] {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            a.write_all(bytes).await.unwrap();
+            drop(a);
+            let err = read_frame(&mut b, 1024).await.unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Aborted, "{bytes:?}");
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! The manager: listens, dials, caches connections and hands out flows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn_cache::{CacheKey, ConnCache, Lookup, ManagedConn, wait_for};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind, Reason, Result};
+use crate::flow::{DEFAULT_MAX_MSG_SIZE, Flow};
+use crate::identity::{self, Authorizer, Identity, PeerAuthorizer};
+use crate::registry::{CloseCode, Conn, DialContext, ListenContext, Listener, Protocol, Registry};
+
+/// Settings of a [`Manager`], with safe defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = flow::ManagerConfig::default();
+/// config.idle_timeout(Duration::from_secs(30)).max_msg_size(1 << 20);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    idle_timeout: Duration,
+    accept_authorizer: Arc<dyn PeerAuthorizer>,
+    max_msg_size: usize,
+    accept_backlog: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            idle_timeout: Duration::from_secs(60),
+            accept_authorizer: Authorizer::any(),
+            max_msg_size: DEFAULT_MAX_MSG_SIZE,
+            accept_backlog: 256,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// How long a connection with no open flow is kept before it is closed
+    /// (default 60 s).
+    pub fn idle_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Which peers may connect to our listeners (default: any peer that proves a key).
+    pub fn accept_authorizer(&mut self, authorizer: Arc<dyn PeerAuthorizer>) -> &mut Self {
+        self.accept_authorizer = authorizer;
+        self
+    }
+
+    /// The largest message a new flow's `read_msg` accepts (default 32 MiB).
+    pub fn max_msg_size(&mut self, max: usize) -> &mut Self {
+        self.max_msg_size = max;
+        self
+    }
+
+    /// How many incoming flows may wait for [`Manager::accept`] before the manager
+    /// stops taking new ones from the network (default 256).
+    pub fn accept_backlog(&mut self, backlog: usize) -> &mut Self {
+        self.accept_backlog = backlog.max(1);
+        self
+    }
+}
+
+/// What the manager is doing: where it listens and what went wrong.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// The endpoints being listened on, with real ports.
+    pub endpoints: Vec<Endpoint>,
+    /// Listeners that failed, with why.
+    pub listen_errors: Vec<(Endpoint, Error)>,
+    /// Whether [`Manager::close`] was called.
+    pub closed: bool,
+}
+
+/// Resolves when one listener stops, with why; returned by [`Manager::listen`].
+#[derive(Debug)]
+pub struct ListenHandle {
+    endpoint: Endpoint,
+    done: watch::Receiver<Option<Error>>,
+}
+
+impl ListenHandle {
+    /// The endpoint this listener serves, with the real port.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Waits until the listener stops: [`Reason::NotListening`] after
+    /// [`Manager::stop_listening`], [`Reason::ManagerClosed`] after close, or the
+    /// listener's own failure.
+    pub async fn stopped(&mut self) -> Error {
+        match self.done.wait_for(|d| d.is_some()).await {
+            Ok(done) => done
+                .clone()
+                .unwrap_or_else(|| Error::new(Reason::NotListening)),
+            Err(_) => Error::new(Reason::ManagerClosed),
+        }
+    }
+}
+
+/// Listens and dials on registered protocols, and multiplexes flows over one cached,
+/// mutually authenticated connection per peer.
+///
+/// A cheap handle: clones share one manager, and dropping the last one closes it.
+/// Must be created inside a tokio runtime.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> flow::Result<()> {
+/// use std::time::Duration;
+/// use flow::{Authorizer, Identity, Manager, ManagerConfig, Registry};
+/// let server = Manager::new(Identity::generate(), Registry::default(), ManagerConfig::default())?;
+/// let endpoint = server.listen("quic", "127.0.0.1:0").await?.endpoint().clone();
+/// let client = Manager::new(Identity::generate(), Registry::default(), ManagerConfig::default())?;
+/// let pinned = Authorizer::pinned(server.identity().public_key());
+/// let mut flow = client.dial(&endpoint, pinned, Duration::from_secs(5)).await?;
+/// flow.write_msg(&[b"ping"]).await?;
+/// let mut incoming = server.accept().await?;
+/// assert_eq!(incoming.read_msg().await?.as_deref(), Some(&b"ping"[..]));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Manager {
+    handle: Arc<Handle>,
+}
+
+/// Closes the manager when the last [`Manager`] clone is dropped; background tasks
+/// hold [`Shared`] instead, so they do not keep it open.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+struct Shared {
+    identity: Identity,
+    registry: Registry,
+    config: ManagerConfig,
+    cache: Arc<ConnCache>,
+    accept_tx: mpsc::Sender<Flow>,
+    accept_rx: tokio::sync::Mutex<mpsc::Receiver<Flow>>,
+    listeners: Mutex<Vec<ListenerEntry>>,
+    next_listener: AtomicU64,
+    status: watch::Sender<Status>,
+    closed: CancellationToken,
+}
+
+struct ListenerEntry {
+    id: u64,
+    listener: Arc<dyn Listener>,
+    done: watch::Sender<Option<Error>>,
+}
+
+impl Manager {
+    /// A manager acting as `identity`, using the protocols of `registry`.
+    ///
+    /// Fails with [`ErrorKind::BadState`] outside a tokio runtime.
+    pub fn new(identity: Identity, registry: Registry, config: ManagerConfig) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(Reason::BadConfig(
+                "a Manager must be created inside a tokio runtime".into(),
+            ))
+        })?;
+        let (accept_tx, accept_rx) = mpsc::channel(config.accept_backlog);
+        let shared = Arc::new(Shared {
+            identity,
+            registry,
+            config,
+            cache: Arc::new(ConnCache::default()),
+            accept_tx,
+            accept_rx: tokio::sync::Mutex::new(accept_rx),
+            listeners: Mutex::new(Vec::new()),
+            next_listener: AtomicU64::new(0),
+            status: watch::channel(Status::default()).0,
+            closed: CancellationToken::new(),
+        });
+        runtime.spawn(evict_idle_connections(shared.clone()));
+        Ok(Manager {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> &Identity {
+        &self.shared().identity
+    }
+
+    /// The protocols this manager uses.
+    pub fn registry(&self) -> &Registry {
+        &self.shared().registry
+    }
+
+    /// Starts listening with `protocol` on `address` (port 0 picks a free port; see
+    /// [`ListenHandle::endpoint`] or [`Manager::status`] for the real one). May be
+    /// called many times.
+    pub async fn listen(&self, protocol: &str, address: &str) -> Result<ListenHandle> {
+        let shared = self.shared();
+        if shared.closed.is_cancelled() {
+            return Err(Error::new(Reason::ManagerClosed));
+        }
+        let requested = Endpoint::new(protocol, address)?;
+        let (name, proto) = shared
+            .registry
+            .lookup(protocol)
+            .map_err(|e| e.with_endpoint(&requested))?;
+        let ctx = ListenContext::new(
+            shared.identity.clone(),
+            shared.config.accept_authorizer.clone(),
+        );
+        let listener: Arc<dyn Listener> = Arc::from(
+            proto
+                .listen(&ctx, &name, address)
+                .await
+                .map_err(|e| e.with_endpoint(&requested))?,
+        );
+        let endpoint = Endpoint::new(&name, &listener.local_address())
+            .unwrap_or_else(|_| Endpoint::unchecked(&name, &listener.local_address()));
+        let id = shared.next_listener.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = watch::channel(None);
+        shared.lock_listeners().push(ListenerEntry {
+            id,
+            listener: listener.clone(),
+            done: done_tx,
+        });
+        shared.status.send_modify(|s| s.endpoints.push(endpoint.clone()));
+        tracing::info!(%endpoint, "listening");
+        tokio::spawn(accept_connections(
+            shared.clone(),
+            id,
+            name,
+            endpoint.clone(),
+            listener,
+        ));
+        // A close that raced with this listen must not leave the listener running.
+        if shared.closed.is_cancelled() {
+            shared.stop_listeners(Reason::ManagerClosed);
+        }
+        Ok(ListenHandle {
+            endpoint,
+            done: done_rx,
+        })
+    }
+
+    /// Stops every listener. Connections already made stay open.
+    pub fn stop_listening(&self) {
+        self.shared().stop_listeners(Reason::NotListening);
+    }
+
+    /// A snapshot of what the manager is doing.
+    pub fn status(&self) -> Status {
+        self.shared().status.borrow().clone()
+    }
+
+    /// A watch on [`Manager::status`]: `changed().await` on it fires on every change.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.shared().status.subscribe()
+    }
+
+    /// The next flow a peer opened, over a listener's connection or one this manager
+    /// dialed. Fails with [`ErrorKind::BadState`] once the manager is closed.
+    pub async fn accept(&self) -> Result<Flow> {
+        let shared = self.shared();
+        let mut rx = tokio::select! {
+            rx = shared.accept_rx.lock() => rx,
+            _ = shared.closed.cancelled() => return Err(Error::new(Reason::ManagerClosed)),
+        };
+        tokio::select! {
+            flow = rx.recv() => flow.ok_or_else(|| Error::new(Reason::ManagerClosed)),
+            _ = shared.closed.cancelled() => Err(Error::new(Reason::ManagerClosed)),
+        }
+    }
+
+    /// Opens a flow to `endpoint`, reusing a cached connection to a peer `authorizer`
+    /// trusts or dialing a new one. The whole call is bounded by `timeout`.
+    pub async fn dial(
+        &self,
+        endpoint: &Endpoint,
+        authorizer: Arc<dyn PeerAuthorizer>,
+        timeout: Duration,
+    ) -> Result<Flow> {
+        let shared = self.shared();
+        let work = async {
+            let conn = shared.connection_for(endpoint, authorizer, timeout).await?;
+            shared.open_flow(conn).await
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result.map_err(|e| fill_endpoint(e, endpoint)),
+            Err(_) => Err(Error::new(Reason::Timeout(timeout)).with_endpoint(endpoint)),
+        }
+    }
+
+    /// Opens a flow over a cached connection to `endpoint` only; fails with
+    /// [`Reason::NotCached`] rather than dialing.
+    pub async fn dial_cached(
+        &self,
+        endpoint: &Endpoint,
+        authorizer: Arc<dyn PeerAuthorizer>,
+    ) -> Result<Flow> {
+        let shared = self.shared();
+        let key = shared.cache_key(endpoint)?.0;
+        match shared
+            .cache
+            .lookup(&key, authorizer.as_ref(), false)
+            .map_err(|e| e.with_endpoint(endpoint))?
+        {
+            Some(Lookup::Hit(conn)) => shared
+                .open_flow(conn)
+                .await
+                .map_err(|e| fill_endpoint(e, endpoint)),
+            _ => Err(Error::new(Reason::NotCached).with_endpoint(endpoint)),
+        }
+    }
+
+    /// The live connections, dialed and accepted.
+    pub fn connections(&self) -> Vec<ManagedConn> {
+        self.shared().cache.connections()
+    }
+
+    /// Closes every listener and connection; open flows fail on both sides, and
+    /// [`Manager::accept`] and [`Manager::dial`] fail from now on.
+    pub fn close(&self) {
+        self.shared().close();
+    }
+
+    /// Resolves once the manager is closed.
+    pub async fn closed(&self) {
+        self.shared().closed.cancelled().await;
+    }
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("identity", &self.identity().public_key())
+            .field("registry", self.registry())
+            .finish_non_exhaustive()
+    }
+}
+
+fn fill_endpoint(err: Error, endpoint: &Endpoint) -> Error {
+    if err.endpoint().is_some() {
+        err
+    } else {
+        err.with_endpoint(endpoint)
+    }
+}
+
+impl Shared {
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<ListenerEntry>> {
+        // Entries are pushed and drained whole, so a poisoned lock holds valid data.
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache_key(&self, endpoint: &Endpoint) -> Result<(CacheKey, Arc<dyn Protocol>)> {
+        let (name, protocol) = self
+            .registry
+            .lookup(endpoint.protocol())
+            .map_err(|e| e.with_endpoint(endpoint))?;
+        Ok((
+            CacheKey {
+                protocol: name,
+                address: endpoint.address().to_string(),
+            },
+            protocol,
+        ))
+    }
+
+    async fn connection_for(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        authorizer: Arc<dyn PeerAuthorizer>,
+        timeout: Duration,
+    ) -> Result<ManagedConn> {
+        let (key, protocol) = self.cache_key(endpoint)?;
+        loop {
+            let lookup = self.cache.lookup(&key, authorizer.as_ref(), true)?;
+            match lookup {
+                Some(Lookup::Hit(conn)) => return Ok(conn),
+                Some(Lookup::Wait(rx)) => {
+                    if let Some(outcome) = wait_for(rx).await {
+                        return outcome;
+                    }
+                }
+                Some(Lookup::Dial(reservation)) => {
+                    let outcome = self
+                        .dial_new(&key, protocol.as_ref(), authorizer.clone(), timeout)
+                        .await
+                        .map_err(|e| fill_endpoint(e, endpoint));
+                    self.cache.finish(reservation, outcome.clone());
+                    return outcome;
+                }
+                None => return Err(Error::new(Reason::NotCached)),
+            }
+        }
+    }
+
+    async fn dial_new(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        protocol: &dyn Protocol,
+        authorizer: Arc<dyn PeerAuthorizer>,
+        timeout: Duration,
+    ) -> Result<ManagedConn> {
+        let ctx = DialContext::new(self.identity.clone(), authorizer.clone());
+        let (name, addresses) = protocol.resolve(&key.protocol, &key.address).await?;
+        let mut last_error = Error::new(Reason::Resolve("no addresses found".into()));
+        let mut conn = None;
+        for address in &addresses {
+            match protocol.dial(&ctx, &name, address, timeout).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Auth | ErrorKind::NotTrusted) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::debug!(%address, error = %e, "dial attempt failed");
+                    last_error = e;
+                }
+            }
+        }
+        let conn: Arc<dyn Conn> = conn.ok_or(last_error)?;
+        // Protocols check trust during their handshake; checking again here keeps a
+        // user protocol that forgot from handing us an untrusted peer.
+        if let Err(e) = identity::authorize(authorizer.as_ref(), conn.remote_key()) {
+            conn.close(CloseCode::NotTrusted, "not trusted");
+            return Err(e);
+        }
+        let managed = ManagedConn::new(conn, &key.protocol, true);
+        tracing::debug!(remote = %managed.remote_endpoint(), peer = %managed.remote_identity(), "dialed");
+        tokio::spawn(accept_flows(self.clone(), managed.clone()));
+        Ok(managed)
+    }
+
+    async fn open_flow(&self, conn: ManagedConn) -> Result<Flow> {
+        let raw = conn.raw().open_flow().await?;
+        Ok(Flow::new(raw, conn, self.config.max_msg_size))
+    }
+
+    fn stop_listeners(&self, reason: Reason) {
+        let entries: Vec<ListenerEntry> = self.lock_listeners().drain(..).collect();
+        if entries.is_empty() {
+            return;
+        }
+        for entry in &entries {
+            entry.listener.close();
+            entry
+                .done
+                .send_replace(Some(Error::new(reason.clone())));
+        }
+        self.status.send_modify(|s| s.endpoints.clear());
+    }
+
+    fn close(&self) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        self.closed.cancel();
+        self.stop_listeners(Reason::ManagerClosed);
+        self.cache.close_all("manager closed");
+        self.status.send_modify(|s| s.closed = true);
+    }
+
+    /// Removes listener `id` after it failed by itself.
+    fn listener_failed(&self, id: u64, endpoint: &Endpoint, error: Error) {
+        let entry = {
+            let mut listeners = self.lock_listeners();
+            let position = listeners.iter().position(|l| l.id == id);
+            position.map(|p| listeners.remove(p))
+        };
+        // Gone already: stopped on purpose, not a failure.
+        let Some(entry) = entry else { return };
+        tracing::warn!(%endpoint, %error, "listener failed");
+        entry.done.send_replace(Some(error.clone()));
+        self.status.send_modify(|s| {
+            s.endpoints.retain(|e| e != endpoint);
+            s.listen_errors.push((endpoint.clone(), error));
+        });
+    }
+}
+
+/// Takes connections from one listener until it fails or is stopped.
+async fn accept_connections(
+    shared: Arc<Shared>,
+    id: u64,
+    protocol: String,
+    endpoint: Endpoint,
+    listener: Arc<dyn Listener>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.closed.cancelled() => return,
+        };
+        match accepted {
+            Ok(conn) => {
+                if let Err(e) =
+                    identity::authorize(shared.config.accept_authorizer.as_ref(), conn.remote_key())
+                {
+                    tracing::info!(%endpoint, error = %e, "refusing connection");
+                    conn.close(CloseCode::NotTrusted, "not trusted");
+                    continue;
+                }
+                let managed = ManagedConn::new(conn, &protocol, false);
+                tracing::debug!(remote = %managed.remote_endpoint(), peer = %managed.remote_identity(), "accepted");
+                if shared.cache.insert_accepted(managed.clone()).is_err() {
+                    managed.close();
+                    return;
+                }
+                tokio::spawn(accept_flows(shared.clone(), managed));
+            }
+            Err(error) => {
+                shared.listener_failed(id, &endpoint, error);
+                return;
+            }
+        }
+    }
+}
+
+/// Hands the flows a peer opens on `conn` to [`Manager::accept`], until the
+/// connection closes.
+async fn accept_flows(shared: Arc<Shared>, conn: ManagedConn) {
+    loop {
+        let raw = tokio::select! {
+            raw = conn.raw().accept_flow() => raw,
+            _ = shared.closed.cancelled() => break,
+        };
+        let Ok(raw) = raw else { break };
+        let flow = Flow::new(raw, conn.clone(), shared.config.max_msg_size);
+        if shared.accept_tx.send(flow).await.is_err() {
+            break;
+        }
+    }
+    shared.cache.remove(&conn);
+}
+
+/// Closes connections that have had no open flow for the idle timeout.
+async fn evict_idle_connections(shared: Arc<Shared>) {
+    let idle = shared.config.idle_timeout;
+    let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => { shared.cache.evict_idle(idle); }
+            _ = shared.closed.cancelled() => return,
+        }
+    }
+}

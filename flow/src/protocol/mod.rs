@@ -1,0 +1,4 @@
+//! The built-in protocols.
+
+pub mod mem;
+pub mod quic;
