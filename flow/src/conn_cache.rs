@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind, Result};
+use crate::flow::Flow;
 use crate::identity::{PeerAuthorizer, PeerKey};
 use crate::registry::{CloseCode, Conn};
 
@@ -31,6 +32,7 @@ struct ConnInner {
     remote: Endpoint,
     remote_key: PeerKey,
     dialed: bool,
+    max_msg_size: usize,
     created: Instant,
     /// Nanoseconds after `created` of the last flow opened, accepted or ended.
     last_used: AtomicU64,
@@ -38,7 +40,12 @@ struct ConnInner {
 }
 
 impl ManagedConn {
-    pub(crate) fn new(conn: Arc<dyn Conn>, protocol: &str, dialed: bool) -> Self {
+    pub(crate) fn new(
+        conn: Arc<dyn Conn>,
+        protocol: &str,
+        dialed: bool,
+        max_msg_size: usize,
+    ) -> Self {
         // A protocol may report an address that does not pass endpoint validation
         // (a user protocol's own syntax); show it as it is rather than fail.
         let endpoint = |address: String| {
@@ -52,11 +59,24 @@ impl ManagedConn {
                 remote_key: conn.remote_key(),
                 conn,
                 dialed,
+                max_msg_size,
                 created: Instant::now(),
                 last_used: AtomicU64::new(0),
                 active_flows: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Opens a new flow on this connection, whichever side dialed it: how a server
+    /// opens a flow back to a client that dialed it.
+    pub async fn open_flow(&self) -> Result<Flow> {
+        let raw = self
+            .inner
+            .conn
+            .open_flow()
+            .await
+            .map_err(|e| e.with_endpoint(&self.inner.remote))?;
+        Ok(Flow::new(raw, self.clone(), self.inner.max_msg_size))
     }
 
     /// The protocol's connection.
@@ -116,7 +136,9 @@ impl ManagedConn {
 
     /// Closes the connection; its flows fail on both sides.
     pub fn close(&self) {
-        self.inner.conn.close(CloseCode::Closed, "closed by application");
+        self.inner
+            .conn
+            .close(CloseCode::Closed, "closed by application");
     }
 
     pub(crate) fn close_with(&self, code: CloseCode, reason: &str) {
@@ -272,9 +294,16 @@ impl ConnCache {
     }
 
     /// Ends a reservation: caches a new connection and tells the waiters.
-    pub(crate) fn finish(&self, reservation: Reservation, outcome: Result<ManagedConn>) {
+    pub(crate) fn finish(&self, reservation: Reservation, mut outcome: Result<ManagedConn>) {
         let mut state = self.lock();
         state.pending.remove(&reservation.key);
+        if state.closed {
+            // The manager closed while this dial ran: do not keep what it made.
+            if let Ok(conn) = &outcome {
+                conn.close_with(CloseCode::Closed, "manager closed");
+            }
+            outcome = Err(Error::new(crate::error::Reason::ManagerClosed));
+        }
         if let Ok(conn) = &outcome {
             state
                 .dialed

@@ -234,8 +234,9 @@ impl Error {
         self.endpoint.as_deref()
     }
 
-    /// Converts an I/O error from a flow, keeping a flow error carried inside it.
-    pub(crate) fn from_io(err: std::io::Error) -> Self {
+    /// Converts an I/O error from a flow, recovering the flow error carried inside it
+    /// when there is one (flows report their errors through `io::Error`).
+    pub fn from_io(err: std::io::Error) -> Self {
         if let Some(inner) = err.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
             return inner.clone();
         }
@@ -248,7 +249,7 @@ impl Error {
 
     /// Wraps this error into an `io::Error` so `AsyncRead`/`AsyncWrite` can return it;
     /// [`Error::from_io`] recovers it.
-    pub(crate) fn into_io(self) -> std::io::Error {
+    pub fn into_io(self) -> std::io::Error {
         let kind = match self.kind() {
             ErrorKind::Aborted => std::io::ErrorKind::ConnectionAborted,
             ErrorKind::BadArg => std::io::ErrorKind::InvalidInput,
@@ -257,6 +258,12 @@ impl Error {
             _ => std::io::ErrorKind::BrokenPipe,
         };
         std::io::Error::new(kind, self)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::from_io(err)
     }
 }
 

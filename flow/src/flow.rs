@@ -95,7 +95,8 @@ where
     for part in parts {
         writer.write_all(part).await.map_err(Error::from_io)?;
     }
-    Ok(())
+    // A message is a unit: push it through writers that buffer (TLS, BufWriter).
+    writer.flush().await.map_err(Error::from_io)
 }
 
 /// A bidirectional stream to a peer over a managed connection.
@@ -319,7 +320,10 @@ mod tests {
             write_frame(&mut a, &[b"ab", b"", b"cde"]).await.unwrap();
             write_frame(&mut a, &[]).await.unwrap();
         });
-        assert_eq!(read_frame(&mut b, 10).await.unwrap().unwrap(), &b"abcde"[..]);
+        assert_eq!(
+            read_frame(&mut b, 10).await.unwrap().unwrap(),
+            &b"abcde"[..]
+        );
         assert_eq!(read_frame(&mut b, 10).await.unwrap().unwrap(), &b""[..]);
         writer.await.unwrap();
         assert!(read_frame(&mut b, 10).await.unwrap().is_none());

@@ -27,8 +27,9 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
-/// The server name every dialer sends; certificates are never checked against it.
-pub(crate) const TLS_SERVER_NAME: &str = "mftq.invalid";
+/// The server name every dialer sends in TLS; certificates are never checked against
+/// it (a peer is its key, not a name).
+pub const TLS_SERVER_NAME: &str = "mftq.invalid";
 
 /// A peer's public Ed25519 key: the identity of a peer.
 ///
@@ -555,7 +556,10 @@ pub(crate) fn client_tls_config(
             authorizer,
             verdict,
         }))
-        .with_client_auth_cert(vec![identity.certificate().clone()], identity.private_key_der())
+        .with_client_auth_cert(
+            vec![identity.certificate().clone()],
+            identity.private_key_der(),
+        )
         .map_err(bad)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.enable_early_data = false;
@@ -577,10 +581,17 @@ pub(crate) fn server_tls_config(
             authorizer,
             verdict: Verdict::default(),
         }))
-        .with_single_cert(vec![identity.certificate().clone()], identity.private_key_der())
+        .with_single_cert(
+            vec![identity.certificate().clone()],
+            identity.private_key_der(),
+        )
         .map_err(bad)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.max_early_data_size = 0;
+    // No session resumption: a resumed session skips the client-certificate check, so
+    // an authorizer that changed (a revoked key) would not be asked again.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -591,7 +602,10 @@ mod tests {
     #[test]
     fn certificate_carries_the_public_key() {
         let id = Identity::generate();
-        assert_eq!(key_from_certificate(id.certificate()).unwrap(), id.public_key());
+        assert_eq!(
+            key_from_certificate(id.certificate()).unwrap(),
+            id.public_key()
+        );
     }
 
     #[test]
@@ -601,7 +615,11 @@ mod tests {
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         let again = Identity::from_pkcs8_pem(&pem).unwrap();
         assert_eq!(again.public_key(), id.public_key());
-        for bad in ["", "hello", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"] {
+        for bad in [
+            "",
+            "hello",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
             let err = Identity::from_pkcs8_pem(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::BadArg, "{bad:?}");
         }
@@ -634,7 +652,10 @@ mod tests {
         assert_eq!(text.len(), 64);
         assert_eq!(text.to_uppercase().parse::<PeerKey>().unwrap(), key);
         for bad in ["", "zz", &text[..63], &format!("{text}00")] {
-            assert_eq!(bad.parse::<PeerKey>().unwrap_err().kind(), crate::ErrorKind::BadArg);
+            assert_eq!(
+                bad.parse::<PeerKey>().unwrap_err().kind(),
+                crate::ErrorKind::BadArg
+            );
         }
     }
 

@@ -5,15 +5,16 @@
 //! authenticated connection per peer, after vanadium's `v23/flow`.
 //!
 //! The model, in the order a reader meets it:
-//! - [`Identity`]: our Ed25519 key pair; a peer *is* its [`PeerKey`]. TLS 1.3 on both
-//!   sides proves each key; a [`PeerAuthorizer`] ([`Authorizer`]) decides trust.
-//! - [`Endpoint`]: `protocol://address`.
-//! - [`Protocol`], [`Conn`], [`Listener`]: what a transport implements; [`Registry`]:
-//!   names and aliases for them.
-//! - [`Manager`]: `listen`, `accept`, `dial` (through a connection cache),
-//!   `dial_cached`, `status`, `stop_listening`, `close`.
-//! - [`Flow`]: `AsyncRead + AsyncWrite` plus length-prefixed messages.
-//! - [`Error`] with a stable [`ErrorKind`].
+//! - Identities: an [`Identity`] is our Ed25519 key pair, and a peer *is* its
+//!   [`PeerKey`]. TLS 1.3 on both sides proves each key; a [`PeerAuthorizer`] (such as
+//!   [`Authorizer`]) decides trust.
+//! - Addresses: an [`Endpoint`] is `protocol://address`.
+//! - Transports: a [`Protocol`] dials and listens, giving [`Conn`]s and
+//!   [`Listener`]s; a [`Registry`] names them, with aliases.
+//! - The [`Manager`] listens, accepts, dials through a connection cache, reports its
+//!   status, and closes.
+//! - A [`Flow`] is `AsyncRead + AsyncWrite` plus length-prefixed messages.
+//! - Every failure is an [`Error`] with a stable [`ErrorKind`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> flow::Result<()> {

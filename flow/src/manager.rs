@@ -236,7 +236,9 @@ impl Manager {
             listener: listener.clone(),
             done: done_tx,
         });
-        shared.status.send_modify(|s| s.endpoints.push(endpoint.clone()));
+        shared
+            .status
+            .send_modify(|s| s.endpoints.push(endpoint.clone()));
         tracing::info!(%endpoint, "listening");
         tokio::spawn(accept_connections(
             shared.clone(),
@@ -295,7 +297,7 @@ impl Manager {
         let shared = self.shared();
         let work = async {
             let conn = shared.connection_for(endpoint, authorizer, timeout).await?;
-            shared.open_flow(conn).await
+            conn.open_flow().await
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(result) => result.map_err(|e| fill_endpoint(e, endpoint)),
@@ -317,10 +319,7 @@ impl Manager {
             .lookup(&key, authorizer.as_ref(), false)
             .map_err(|e| e.with_endpoint(endpoint))?
         {
-            Some(Lookup::Hit(conn)) => shared
-                .open_flow(conn)
-                .await
-                .map_err(|e| fill_endpoint(e, endpoint)),
+            Some(Lookup::Hit(conn)) => conn.open_flow().await,
             _ => Err(Error::new(Reason::NotCached).with_endpoint(endpoint)),
         }
     }
@@ -441,15 +440,10 @@ impl Shared {
             conn.close(CloseCode::NotTrusted, "not trusted");
             return Err(e);
         }
-        let managed = ManagedConn::new(conn, &key.protocol, true);
+        let managed = ManagedConn::new(conn, &key.protocol, true, self.config.max_msg_size);
         tracing::debug!(remote = %managed.remote_endpoint(), peer = %managed.remote_identity(), "dialed");
         tokio::spawn(accept_flows(self.clone(), managed.clone()));
         Ok(managed)
-    }
-
-    async fn open_flow(&self, conn: ManagedConn) -> Result<Flow> {
-        let raw = conn.raw().open_flow().await?;
-        Ok(Flow::new(raw, conn, self.config.max_msg_size))
     }
 
     fn stop_listeners(&self, reason: Reason) {
@@ -459,9 +453,7 @@ impl Shared {
         }
         for entry in &entries {
             entry.listener.close();
-            entry
-                .done
-                .send_replace(Some(Error::new(reason.clone())));
+            entry.done.send_replace(Some(Error::new(reason.clone())));
         }
         self.status.send_modify(|s| s.endpoints.clear());
     }
@@ -470,9 +462,11 @@ impl Shared {
         if self.closed.is_cancelled() {
             return;
         }
-        self.closed.cancel();
-        self.stop_listeners(Reason::ManagerClosed);
+        // Close the connections before waking the tasks that serve them, so none of
+        // those tasks can drop a connection from the cache before it is closed.
         self.cache.close_all("manager closed");
+        self.stop_listeners(Reason::ManagerClosed);
+        self.closed.cancel();
         self.status.send_modify(|s| s.closed = true);
     }
 
@@ -516,7 +510,7 @@ async fn accept_connections(
                     conn.close(CloseCode::NotTrusted, "not trusted");
                     continue;
                 }
-                let managed = ManagedConn::new(conn, &protocol, false);
+                let managed = ManagedConn::new(conn, &protocol, false, shared.config.max_msg_size);
                 tracing::debug!(remote = %managed.remote_endpoint(), peer = %managed.remote_identity(), "accepted");
                 if shared.cache.insert_accepted(managed.clone()).is_err() {
                     managed.close();
@@ -538,7 +532,10 @@ async fn accept_flows(shared: Arc<Shared>, conn: ManagedConn) {
     loop {
         let raw = tokio::select! {
             raw = conn.raw().accept_flow() => raw,
-            _ = shared.closed.cancelled() => break,
+            _ = shared.closed.cancelled() => {
+                conn.close_with(CloseCode::Closed, "manager closed");
+                break;
+            }
         };
         let Ok(raw) = raw else { break };
         let flow = Flow::new(raw, conn.clone(), shared.config.max_msg_size);

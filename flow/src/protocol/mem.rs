@@ -309,7 +309,8 @@ impl MemConn {
 
 impl Drop for MemConn {
     fn drop(&mut self) {
-        self.link.close(self.side, CloseCode::Closed, "connection dropped");
+        self.link
+            .close(self.side, CloseCode::Closed, "connection dropped");
     }
 }
 

@@ -394,7 +394,9 @@ fn connection_error(err: ConnectionError) -> Error {
     let reason = match &err {
         ConnectionError::ApplicationClosed(close) => {
             let why = String::from_utf8_lossy(&close.reason).into_owned();
-            match CloseCode::from_u32(u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX)) {
+            match CloseCode::from_u32(
+                u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX),
+            ) {
                 Some(CloseCode::NotTrusted) => Reason::RefusedByPeer,
                 Some(CloseCode::Idle) => Reason::ClosedByPeer(format!("idle: {why}")),
                 _ => Reason::ClosedByPeer(why),
@@ -510,10 +512,12 @@ impl AsyncRead for QuicRecv {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf).map_err(|e| match e.downcast::<ReadError>() {
+        AsyncRead::poll_read(Pin::new(&mut self.0), cx, buf).map_err(|e| {
+            match e.downcast::<ReadError>() {
                 Ok(err) => read_error(err).into_io(),
                 Err(e) => e,
-            })
+            }
+        })
     }
 }
 

@@ -1,0 +1,110 @@
+//! Shared set-up for the integration tests: logging, managers on a transport.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use flow::{Endpoint, Identity, Manager, ManagerConfig, MemProtocol, Registry};
+
+/// A generous bound for operations that should be quick; tests never assert speed.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends the crates' logs to the test output (shown for failing tests); `RUST_LOG`
+/// selects the level.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Which protocol a test runs over.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// Real QUIC on loopback.
+    Quic,
+    /// The in-process protocol; managers of one test share this network.
+    Mem(MemProtocol),
+}
+
+impl Transport {
+    pub fn quic() -> Self {
+        Transport::Quic
+    }
+
+    pub fn mem() -> Self {
+        Transport::Mem(MemProtocol::new())
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Mem(_) => "mem",
+        }
+    }
+
+    /// An address to listen on.
+    pub fn listen_address(&self) -> String {
+        match self {
+            Transport::Quic => "127.0.0.1:0".to_string(),
+            Transport::Mem(_) => format!("server-{}", rand_suffix()),
+        }
+    }
+
+    /// An endpoint where nothing listens.
+    pub fn dead_endpoint(&self) -> Endpoint {
+        match self {
+            Transport::Quic => {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let port = socket.local_addr().unwrap().port();
+                drop(socket);
+                Endpoint::new("quic", &format!("127.0.0.1:{port}")).unwrap()
+            }
+            Transport::Mem(_) => Endpoint::new("mem", "nobody-home").unwrap(),
+        }
+    }
+
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        if let Transport::Mem(network) = self {
+            registry.register("mem", Arc::new(network.clone()), &[]);
+        }
+        registry
+    }
+
+    pub fn manager(&self, config: ManagerConfig) -> Manager {
+        self.manager_as(Identity::generate(), config)
+    }
+
+    pub fn manager_as(&self, identity: Identity, config: ManagerConfig) -> Manager {
+        Manager::new(identity, self.registry(), config).unwrap()
+    }
+
+    /// A manager listening on this transport, and the endpoint it listens on.
+    pub async fn server(&self, config: ManagerConfig) -> (Manager, Endpoint) {
+        let server = self.manager(config);
+        let handle = server
+            .listen(self.name(), &self.listen_address())
+            .await
+            .unwrap();
+        let endpoint = handle.endpoint().clone();
+        (server, endpoint)
+    }
+}
+
+fn rand_suffix() -> String {
+    Identity::generate().public_key().to_string()[..12].to_string()
+}
+
+/// Runs `f` with a bound, failing the test with `what` if it hangs.
+pub async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {TIMEOUT:?}"))
+}
