@@ -12,21 +12,20 @@
 //! **every flow gets its own TCP+TLS connection** to the peer, and a [`Conn`] is the
 //! group of connections made by one dial.
 //!
-//! - [`Protocol::dial`] makes the first TCP+TLS connection, learns the server's key
-//!   from the TLS session, and keeps that stream as the first flow. Each later
-//!   [`Conn::open_flow`] makes a fresh connection to the same address and checks that
-//!   the server proves the same key.
+//! - [`Protocol::dial`] makes the first TCP+TLS connection, which becomes the first
+//!   flow. Each later [`Conn::open_flow`] makes a fresh connection to the same address
+//!   and checks that the server proves the same key.
 //! - The [`Listener`] turns every incoming TCP+TLS connection into a [`Conn`] whose one
-//!   flow is that stream; the conn ends when its flow does. There is no reverse path:
-//!   the listening side cannot open flows towards the dialer.
-//! - Each flow's TLS stream is driven by a small task (the *pump*) that copies between
-//!   it and an in-memory pipe, whose other end the manager gets as the flow. The pump
-//!   flushes TLS records (a TLS stream buffers like a `BufWriter`, and
-//!   [`Flow::write_msg`] never flushes), ends the TLS stream with `close_notify` when
-//!   the flow is dropped, and tears it down when the conn is closed.
-//! - Both sides authenticate with the TLS configurations from [`DialContext`] and
-//!   [`ListenContext`]: they carry the Ed25519 certificate verifiers and consult the
-//!   authorizers, so this file does no cryptography of its own.
+//!   flow is that connection; the conn ends when its flow does. TCP gives no way back
+//!   (the dialer accepts no connections), so the listening side cannot open flows, and
+//!   the dialing side's [`Conn::accept_flow`] only waits for the conn to close.
+//! - A flow is the TLS stream itself ([`Flow::write_msg`] flushes each message out of
+//!   rustls' buffer). Its two halves share the stream through a small wrapper that
+//!   fails once the conn is closed; closing also drops the streams, so the peer's flows
+//!   fail too. A dropped flow ends cleanly, with `close_notify` and then FIN.
+//! - The TLS configurations from [`DialContext`] and [`ListenContext`] carry the
+//!   Ed25519 verifiers and consult the authorizers, so this file does no cryptography.
+//!   The server issues no session tickets: the authorizer judges every connection.
 //!
 //! # Limits, compared with QUIC
 //!
@@ -35,43 +34,39 @@
 //!   (as [`ErrorKind::NotTrusted`]), not in `dial`; the conn is then closed. The QUIC
 //!   protocol avoids this with a confirmation stream, at the cost of a round trip.
 //! - Plain TLS has nowhere to carry a close code or reason: a peer whose conn is closed
-//!   sees its flows fail with a connection error.
+//!   sees its flows fail with a network error.
 //! - No round-trip time is measured ([`Conn::rtt`] is `None`).
 
-use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flow::identity::key_from_certificates;
+use flow::identity::{TLS_SERVER_NAME, key_from_certificates};
 use flow::{
     Authorizer, CloseCode, Conn, DialContext, Endpoint, Error, ErrorKind, Flow, Identity,
     ListenContext, Listener, Manager, ManagerConfig, PeerKey, Properties, Protocol, RawFlow,
-    Reason, Registry, resolve_socket_addrs,
+    Reason, Registry,
 };
-use rustls::AlertDescription;
+use rustls::AlertDescription::{AccessDenied, BadCertificate};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The ALPN id both sides insist on, so a `tls-tcp` peer never mistakes some other
 /// TLS service on the same port for one of its own.
 const ALPN: &[u8] = b"tls-tcp-example";
 
-/// The server name the client sends. Our verifiers ignore names (a peer *is* its key),
-/// but TLS needs one; this is the name the built-in QUIC protocol sends too.
-const SERVER_NAME: &str = "mftq.invalid";
-
-/// Bytes buffered in each direction between a flow and its TLS stream, and the size
-/// of the pump's copy buffers: large enough that a bulk transfer is not cut into tiny
-/// writes.
-const PIPE_BUFFER: usize = 64 << 10;
+/// How long an incoming handshake, or a dropped flow's `close_notify`, may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the example and its tests give any one dial.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,40 +74,20 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// What the example's client sends; the server answers each with `echo: ` + message.
 const MESSAGES: [&str; 3] = ["hello", "one TCP+TLS connection per flow", "bye"];
 
-/// TLS alerts (RFC 8446 §6) by which a peer says it refused our certificate; rustls
-/// sends `access_denied` when the authorizer says no.
-const REFUSAL_ALERTS: [AlertDescription; 6] = [
-    AlertDescription::BadCertificate,
-    AlertDescription::UnsupportedCertificate,
-    AlertDescription::CertificateUnknown,
-    AlertDescription::UnknownCA,
-    AlertDescription::AccessDenied,
-    AlertDescription::CertificateRequired,
-];
-
 /// The `tls-tcp` protocol: TLS 1.3 over TCP, one TCP+TLS connection per flow.
-#[derive(Clone, Debug)]
-pub struct TlsTcpProtocol {
-    /// How long a listener gives an incoming TCP connection to finish its TLS
-    /// handshake, so silent clients do not hold sockets forever.
-    handshake_timeout: Duration,
-}
-
-impl Default for TlsTcpProtocol {
-    fn default() -> Self {
-        TlsTcpProtocol {
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
+#[derive(Clone, Debug, Default)]
+pub struct TlsTcpProtocol;
 
 #[async_trait]
 impl Protocol for TlsTcpProtocol {
     fn properties(&self) -> Properties {
-        // Not multistreaming: flows share no connection, so they cannot block each
-        // other, but each one costs a TCP and a TLS handshake.
+        // Not multistreaming: each flow costs a TCP and a TLS handshake, but flows
+        // cannot block each other.
         Properties::new().tcp(true)
     }
+
+    // `resolve` keeps its default (`host:port` through the system resolver); the
+    // manager calls `dial` with each resolved `ip:port` in turn.
 
     async fn dial(
         &self,
@@ -121,29 +96,16 @@ impl Protocol for TlsTcpProtocol {
         address: &str,
         timeout: Duration,
     ) -> flow::Result<Arc<dyn Conn>> {
-        // One client configuration (and so one verifier) for every connection of this
-        // conn: later flows are checked exactly like the first, and TLS session
-        // resumption between them comes for free.
         let redial = Redial {
-            connector: TlsConnector::from(Arc::new(ctx.tls_client_config(&[ALPN])?)),
+            // One configuration, so one verifier, for every connection of the conn.
+            config: Arc::new(ctx.tls_client_config(&[ALPN])?),
             ctx: ctx.clone(),
             address: address.to_string(),
             timeout,
         };
-        let (tls, remote_key) = redial.connect().await?;
-        let (tcp, _) = tls.get_ref();
-        let (local, remote) = (tcp.local_addr(), tcp.peer_addr());
-        Ok(Arc::new(TlsTcpConn::new(
-            remote_key,
-            local,
-            remote,
-            tls.into(),
-            Some(redial),
-        )))
+        let tls = redial.connect().await?;
+        Ok(Arc::new(TlsTcpConn::new(tls, Some(redial))?))
     }
-
-    // `resolve` keeps its default: `host:port` through the system resolver. The
-    // manager then calls `dial` with each resolved `ip:port` in turn.
 
     async fn listen(
         &self,
@@ -151,207 +113,112 @@ impl Protocol for TlsTcpProtocol {
         _protocol: &str,
         address: &str,
     ) -> flow::Result<Box<dyn Listener>> {
-        let addr = *resolve_socket_addrs(address)
-            .await?
-            .first()
-            .ok_or_else(|| Error::new(Reason::Resolve("no addresses found".into())))?;
-        let acceptor = TlsAcceptor::from(Arc::new(ctx.tls_server_config(&[ALPN])?));
-        let tcp = TcpListener::bind(addr).await.map_err(|e| {
-            Error::protocol(
-                ErrorKind::BadArg,
-                format!("tls-tcp: cannot listen on {addr}: {e}"),
-            )
-            .with_source(e)
+        let tcp = TcpListener::bind(address).await.map_err(|e| {
+            let why = format!("tls-tcp: cannot listen on {address}: {e}");
+            Error::protocol(ErrorKind::BadArg, why).with_source(e)
         })?;
-        let local = tcp.local_addr().map_err(|e| {
-            Error::protocol(ErrorKind::Network, format!("tls-tcp: {e}")).with_source(e)
-        })?;
-        let (ready_tx, ready_rx) = mpsc::channel(64);
-        let accepting = tokio::spawn(accept_loop(tcp, acceptor, ready_tx, self.handshake_timeout));
         Ok(Box::new(TlsTcpListener {
-            local,
-            ready: tokio::sync::Mutex::new(ready_rx),
-            stop: watch::channel(false).0,
-            accepting,
+            local: tcp.local_addr()?,
+            tcp,
+            config: Arc::new(ctx.tls_server_config(&[ALPN])?),
+            handshakes: Default::default(),
+            stop: CancellationToken::new(),
         }))
     }
 }
 
 /// What the dialing side keeps to make one more TCP+TLS connection per flow.
+#[derive(Debug)]
 struct Redial {
-    /// The client side of TLS, with our certificate and the server verifier in it.
-    connector: TlsConnector,
+    /// The client side of TLS: our certificate and the server verifier.
+    config: Arc<ClientConfig>,
     /// Kept for [`DialContext::take_refusal`] after a failed handshake.
     ctx: DialContext,
-    /// The resolved `ip:port` the first connection went to.
+    /// The resolved `ip:port` of the server.
     address: String,
-    /// The dial's timeout, applied to each later connection (TCP plus TLS) as well.
+    /// The dial's timeout, for each connection (TCP plus TLS).
     timeout: Duration,
 }
 
 impl Redial {
-    /// Makes one TCP+TLS connection and returns it with the key the server proved.
-    async fn connect(&self) -> flow::Result<(tokio_rustls::client::TlsStream<TcpStream>, PeerKey)> {
-        let server_name = ServerName::try_from(SERVER_NAME).map_err(|e| {
-            Error::protocol(ErrorKind::BadArg, format!("tls-tcp: server name: {e}"))
-        })?;
-        let handshake = async {
-            let tcp = TcpStream::connect(self.address.as_str())
-                .await
-                .map_err(|e| {
-                    Error::protocol(
-                        ErrorKind::DialFailed,
-                        format!("tls-tcp: cannot connect to {}: {e}", self.address),
-                    )
-                    .with_source(e)
-                })?;
-            // Flows exchange small messages; Nagle's algorithm would hold them back.
-            // Failing to turn it off only costs latency, so it is not an error.
-            let _ = tcp.set_nodelay(true);
-            let tls = self
-                .connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| self.handshake_error(e))?;
-            // The verifier already proved the key and asked the authorizer; this
-            // only reads the key back out of the session.
-            let key =
-                key_from_certificates(tls.get_ref().1.peer_certificates().unwrap_or_default())?;
-            Ok((tls, key))
+    /// Makes one TCP+TLS connection to a server the authorizer trusts.
+    async fn connect(&self) -> flow::Result<TlsStream<TcpStream>> {
+        let failed = |e: io::Error| {
+            let why = format!("tls-tcp: {}: {e}", self.address);
+            Error::new(Reason::ConnectFailed(why)).with_source(e)
         };
-        match tokio::time::timeout(self.timeout, handshake).await {
-            Ok(result) => result,
+        let connecting = async {
+            let tcp = TcpStream::connect(&self.address).await.map_err(failed)?;
+            // Flows exchange small messages; Nagle's algorithm would hold them back.
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(TLS_SERVER_NAME)
+                .map_err(|e| Error::new(Reason::BadConfig(e.to_string())))?;
+            let connector = TlsConnector::from(self.config.clone());
+            let tls = connector.connect(name, tcp).await.map_err(|e| {
+                // rustls reduces our verifier's refusal (pin mismatch, unauthorized
+                // key, bad signature) to an alert; the context kept the real reason.
+                match self.ctx.take_refusal() {
+                    Some(refusal) => refusal.with_source(e),
+                    None => failed(e),
+                }
+            })?;
+            Ok(tls.into())
+        };
+        match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(connected) => connected,
             Err(_) => Err(Error::new(Reason::Timeout(self.timeout))),
         }
     }
-
-    /// The error for a failed client handshake, as precise as we can make it.
-    fn handshake_error(&self, err: io::Error) -> Error {
-        // rustls reduces our verifier's refusal (pin mismatch, unauthorized key, bad
-        // signature) to an alert; the context kept the real reason.
-        if let Some(refusal) = self.ctx.take_refusal() {
-            return refusal.with_source(err);
-        }
-        if is_refusal(&err) {
-            return Error::new(Reason::RefusedByPeer).with_source(err);
-        }
-        Error::protocol(
-            ErrorKind::DialFailed,
-            format!("tls-tcp: TLS handshake with {} failed: {err}", self.address),
-        )
-        .with_source(err)
-    }
 }
 
-/// Whether an I/O error from a TLS stream is the peer refusing our certificate.
-fn is_refusal(err: &io::Error) -> bool {
-    matches!(
-        err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::AlertReceived(alert)) if REFUSAL_ALERTS.contains(alert)
-    )
+/// The key the peer proved in the TLS handshake (the verifier checked it already).
+fn peer_key(tls: &TlsStream<TcpStream>) -> flow::Result<PeerKey> {
+    key_from_certificates(tls.get_ref().1.peer_certificates().unwrap_or_default())
 }
 
-/// The error a flow reports when its TLS stream failed.
-fn stream_error(err: io::Error) -> Error {
-    if is_refusal(&err) {
-        return Error::new(Reason::RefusedByPeer).with_source(err);
-    }
-    Error::new(Reason::ConnectionLost(format!("tls-tcp: {err}"))).with_source(err)
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here is a single
-/// `Option` take or replace, so a panic cannot leave the data half-updated.
+/// Locks a mutex, ignoring poisoning: each lock here guards a single take, push or
+/// poll, so a panic leaves nothing half-updated that later code relies on.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An address for display; a socket whose address cannot be read is still usable.
-fn address_text(addr: io::Result<SocketAddr>) -> String {
-    addr.map_or_else(|_| "unknown".to_string(), |a| a.to_string())
-}
-
-/// A conn's closed state, shared with the pumps of its flows.
-#[derive(Debug)]
+/// What a conn shares with its flows.
+#[derive(Debug, Default)]
 struct Link {
-    /// Set once, by whoever closes first.
-    state: watch::Sender<Option<Closed>>,
-}
-
-/// Why a conn closed.
-#[derive(Clone, Debug)]
-struct Closed {
-    /// What this side's operations on the conn now fail with.
-    error: Error,
-    /// Whether its flows must fail now (an explicit close), or may finish reading what
-    /// already arrived (a listening-side conn whose one flow simply ended).
-    aborts_flows: bool,
+    /// Cancelled when the conn closes: by [`Conn::close`], when the peer refuses us,
+    /// or on the listening side when its one flow ends.
+    closed: CancellationToken,
+    /// Why the conn closed; set before `closed` is cancelled.
+    why: OnceLock<Error>,
+    /// The conn's flows, for closing to tear their connections down.
+    flows: Mutex<Vec<Weak<FlowStream>>>,
 }
 
 impl Link {
-    /// An open link.
-    fn new() -> Arc<Self> {
-        Arc::new(Link {
-            state: watch::channel(None).0,
-        })
-    }
-
-    /// Closes the link with `error`, unless it is already closed.
-    fn close(&self, error: Error, aborts_flows: bool) {
-        self.state.send_if_modified(|state| {
-            if state.is_some() {
-                return false;
+    /// Closes the conn: its flows fail, and their TLS streams are dropped without
+    /// `close_notify`, so the peer's flows fail too. Only the first `why` is kept.
+    fn close(&self, why: Error) {
+        let _ = self.why.set(why);
+        self.closed.cancel();
+        for flow in lock(&self.flows).drain(..) {
+            if let Some(flow) = flow.upgrade() {
+                drop(lock(&flow.tls).take());
             }
-            *state = Some(Closed {
-                error,
-                aborts_flows,
-            });
-            true
-        });
+        }
     }
 
-    /// Why the link closed, if it did.
-    fn error(&self) -> Option<Error> {
-        self.state.borrow().as_ref().map(|c| c.error.clone())
-    }
-
-    /// Why the link was aborted, if it was.
-    fn abort_error(&self) -> Option<Error> {
-        let state = self.state.borrow();
-        state
-            .as_ref()
-            .filter(|c| c.aborts_flows)
-            .map(|c| c.error.clone())
-    }
-
-    /// Resolves when the link closes, with why.
-    async fn closed(&self) -> Error {
-        self.wait(|_| true).await
-    }
-
-    /// Resolves when the link is aborted, with why.
-    async fn aborted(&self) -> Error {
-        self.wait(|c| c.aborts_flows).await
-    }
-
-    /// Resolves when the link is closed in a way `done` accepts, with why.
-    async fn wait(&self, done: impl Fn(&Closed) -> bool) -> Error {
-        let mut state = self.state.subscribe();
-        let closed = match state.wait_for(|s| s.as_ref().is_some_and(&done)).await {
-            Ok(closed) => closed.clone(),
-            // Cannot happen while `self` holds the sender; answer sensibly anyway.
-            Err(_) => None,
-        };
-        closed.map_or_else(
-            || Error::protocol(ErrorKind::Aborted, "tls-tcp: connection gone"),
-            |c| c.error,
-        )
+    /// Why the conn closed.
+    fn error(&self) -> Error {
+        let closed = || Error::protocol(ErrorKind::Aborted, "tls-tcp: closed");
+        self.why.get().cloned().unwrap_or_else(closed)
     }
 }
 
 /// A `tls-tcp` connection: on the dialing side the group of TCP+TLS connections of one
 /// dial, on the listening side one TCP+TLS connection carrying one flow.
+#[derive(Debug)]
 struct TlsTcpConn {
-    /// Closed state, shared with the pumps of this conn's flows.
+    /// Shared with the flows.
     link: Arc<Link>,
     /// The key the peer proved in the TLS handshake.
     remote_key: PeerKey,
@@ -359,114 +226,78 @@ struct TlsTcpConn {
     local: String,
     /// The peer's `ip:port`.
     remote: String,
-    /// The stream made by the handshake, until it is handed out as the first flow.
+    /// The handshake's connection, until it is handed out as the first flow.
     first: Mutex<Option<TlsStream<TcpStream>>>,
     /// How to make more connections: `Some` on the dialing side only.
     redial: Option<Redial>,
 }
 
 impl TlsTcpConn {
-    /// A conn around the handshake's stream `first`; `redial` is `Some` on the dialing
-    /// side only.
-    fn new(
-        remote_key: PeerKey,
-        local: io::Result<SocketAddr>,
-        remote: io::Result<SocketAddr>,
-        first: TlsStream<TcpStream>,
-        redial: Option<Redial>,
-    ) -> Self {
-        TlsTcpConn {
-            link: Link::new(),
-            remote_key,
-            local: address_text(local),
-            remote: address_text(remote),
-            first: Mutex::new(Some(first)),
+    /// A conn around a handshake's connection; `redial` is `Some` when we dialed.
+    fn new(tls: TlsStream<TcpStream>, redial: Option<Redial>) -> flow::Result<Self> {
+        let tcp = tls.get_ref().0;
+        Ok(TlsTcpConn {
+            link: Arc::default(),
+            remote_key: peer_key(&tls)?,
+            local: tcp.local_addr()?.to_string(),
+            remote: tcp.peer_addr()?.to_string(),
+            first: Mutex::new(Some(tls)),
             redial,
+        })
+    }
+
+    /// Turns one TCP+TLS connection into a flow of this conn.
+    fn start_flow(&self, tls: TlsStream<TcpStream>) -> flow::Result<RawFlow> {
+        let mut flows = lock(&self.link.flows);
+        // Checked under the lock, so closing either sees this flow or is seen here.
+        if self.link.closed.is_cancelled() {
+            return Err(self.link.error());
         }
-    }
-
-    /// Turns one TLS stream into a flow of this conn.
-    fn start_flow(&self, tls: TlsStream<TcpStream>) -> RawFlow {
-        let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
-        let failure = Arc::new(Mutex::new(None));
-        // On the listening side the conn *is* this one connection, so it ends with it.
-        let ends_conn = self.redial.is_none();
-        tokio::spawn(pump(
-            tls,
-            theirs,
-            self.link.clone(),
-            failure.clone(),
-            ends_conn,
-        ));
-        let (recv, send) = tokio::io::split(ours);
-        RawFlow::new(
-            FlowHalf {
-                inner: recv,
-                link: self.link.clone(),
-                failure: failure.clone(),
-            },
-            FlowHalf {
-                inner: send,
-                link: self.link.clone(),
-                failure,
-            },
-        )
-    }
-}
-
-impl fmt::Debug for TlsTcpConn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsTcpConn")
-            .field("local", &self.local)
-            .field("remote", &self.remote)
-            .field("remote_key", &self.remote_key)
-            .field("dialed", &self.redial.is_some())
-            .field("closed", &self.link.error())
-            .finish()
+        let stream = Arc::new(FlowStream {
+            tls: Mutex::new(Some(tls)),
+            link: self.link.clone(),
+            ends_conn: self.redial.is_none(),
+        });
+        flows.retain(|flow| flow.strong_count() > 0);
+        flows.push(Arc::downgrade(&stream));
+        Ok(RawFlow::new(Half::new(&stream), Half::new(&stream)))
     }
 }
 
 #[async_trait]
 impl Conn for TlsTcpConn {
     async fn open_flow(&self) -> flow::Result<RawFlow> {
-        if let Some(error) = self.link.error() {
-            return Err(error);
-        }
         let Some(redial) = &self.redial else {
-            return Err(Error::protocol(
-                ErrorKind::BadState,
-                "tls-tcp: the listening side cannot open flows (no reverse path)",
-            ));
+            let why = "tls-tcp: the listening side cannot open flows (no reverse path)";
+            return Err(Error::protocol(ErrorKind::BadState, why));
         };
-        // The first flow uses the connection the dial already made.
-        if let Some(tls) = lock(&self.first).take() {
-            return Ok(self.start_flow(tls));
+        if self.is_closed() {
+            return Err(self.link.error());
         }
-        let (tls, key) = redial.connect().await?;
-        // The authorizer may trust several keys, but a conn is one peer: a different
-        // key at the same address is someone else.
-        if key != self.remote_key {
-            return Err(Error::new(Reason::PinMismatch {
-                expected: self.remote_key,
-                actual: key,
-            }));
+        // The first flow uses the connection the dial made; later ones make their own.
+        let first = lock(&self.first).take();
+        let tls = match first {
+            Some(tls) => tls,
+            None => redial.connect().await?,
+        };
+        // The authorizer may trust several keys, but a conn is one peer.
+        let (expected, actual) = (self.remote_key, peer_key(&tls)?);
+        if actual != expected {
+            return Err(Reason::PinMismatch { expected, actual }.into());
         }
-        // Closed while we were dialing: drop the new stream rather than start a flow.
-        if let Some(error) = self.link.error() {
-            return Err(error);
-        }
-        Ok(self.start_flow(tls.into()))
+        self.start_flow(tls)
     }
 
     async fn accept_flow(&self) -> flow::Result<RawFlow> {
-        if self.redial.is_none()
-            && let Some(tls) = lock(&self.first).take()
-        {
-            return Ok(self.start_flow(tls));
+        // The listening side's one flow is the connection it accepted; then nothing.
+        let first = match self.redial {
+            None => lock(&self.first).take(),
+            Some(_) => None,
+        };
+        match first {
+            Some(tls) => self.start_flow(tls),
+            None => Err(self.closed().await),
         }
-        // The dialing side never receives flows, and the listening side has handed
-        // out its one flow: nothing more will come before the conn closes.
-        Err(self.link.closed().await)
     }
 
     fn remote_key(&self) -> PeerKey {
@@ -478,7 +309,6 @@ impl Conn for TlsTcpConn {
     }
 
     fn local_address(&self) -> String {
-        // On the dialing side, the first connection's; later ones use other ports.
         self.local.clone()
     }
 
@@ -487,183 +317,173 @@ impl Conn for TlsTcpConn {
     }
 
     fn close(&self, _code: CloseCode, reason: &str) {
-        // Plain TLS cannot carry the code to the peer; tearing the connections down
-        // (in the pumps) makes the peer's flows fail.
-        self.link
-            .close(Error::new(Reason::ClosedLocally(reason.to_string())), true);
+        // TLS cannot carry the code or reason; the peer's flows fail with an error.
+        let why = Reason::ClosedLocally(reason.to_string());
+        self.link.close(why.into());
         drop(lock(&self.first).take());
     }
 
     async fn closed(&self) -> Error {
-        self.link.closed().await
+        self.link.closed.cancelled().await;
+        self.link.error()
     }
 
     fn is_closed(&self) -> bool {
-        self.link.error().is_some()
+        self.link.closed.is_cancelled()
     }
 }
 
 impl Drop for TlsTcpConn {
+    /// The [`Conn`] contract: dropping the last reference closes the connection.
     fn drop(&mut self) {
-        // The Conn contract: dropping the last reference closes the connection.
         self.close(CloseCode::Closed, "connection dropped");
     }
 }
 
-/// Drives one flow's TLS stream: copies between it and the flow's pipe until both
-/// directions end, an error occurs, or the conn is aborted.
-async fn pump(
-    mut tls: TlsStream<TcpStream>,
-    mut pipe: DuplexStream,
+/// One flow's TCP+TLS connection, shared by the flow's two halves.
+#[derive(Debug)]
+struct FlowStream {
+    /// The stream; `None` once the conn is closed.
+    tls: Mutex<Option<TlsStream<TcpStream>>>,
+    /// The conn's shared state.
     link: Arc<Link>,
-    failure: Arc<Mutex<Option<Error>>>,
+    /// Whether the conn ends with this flow (on the listening side).
     ends_conn: bool,
-) {
-    // `copy_bidirectional` flushes TLS whenever the flow has nothing more to send, and
-    // when the flow ends its sending side (or is dropped) it shuts TLS down with
-    // close_notify, which the peer reads as a clean end of the flow.
-    let copying =
-        tokio::io::copy_bidirectional_with_sizes(&mut pipe, &mut tls, PIPE_BUFFER, PIPE_BUFFER);
-    let outcome = tokio::select! {
-        copied = copying => copied.err().map(stream_error),
-        error = link.aborted() => Some(error),
-    };
-    if let Some(error) = &outcome {
-        *lock(&failure) = Some(error.clone());
-        // A peer that refuses our key refuses every connection of this conn.
-        if error.kind() == ErrorKind::NotTrusted {
-            link.close(error.clone(), true);
-        }
-    }
-    // Only now may the flow see the end of its pipe, so it finds `failure` already set
-    // and does not mistake an abort for a clean end.
-    drop(pipe);
-    // Without close_notify when we did not finish cleanly: the peer reads an error.
-    drop(tls);
-    if ends_conn {
-        let error = outcome.unwrap_or_else(|| {
-            Error::protocol(
-                ErrorKind::Aborted,
-                "tls-tcp: the connection's one flow ended",
-            )
-        });
-        link.close(error, false);
-    }
 }
 
-/// One half of a flow as the manager sees it: a pipe half that fails with the conn's
-/// error once the conn is aborted, and with the pump's error where the pipe would
-/// otherwise just end.
-struct FlowHalf<T> {
-    /// Our end of the pipe to the pump.
-    inner: T,
-    /// The conn, to fail at once when it is aborted.
-    link: Arc<Link>,
-    /// Set by the pump, before it drops its end of the pipe, when it did not finish
-    /// cleanly.
-    failure: Arc<Mutex<Option<Error>>>,
-}
-
-impl<T> FlowHalf<T> {
-    /// Fails at once after an abort: no more bytes either way, even buffered ones.
-    fn check_aborted(&self) -> io::Result<()> {
-        match self.link.abort_error() {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
+impl Drop for FlowStream {
+    /// Ends a dropped flow cleanly, as a QUIC stream is: `close_notify`, then FIN.
+    fn drop(&mut self) {
+        let tls = lock(&self.tls).take();
+        if self.ends_conn {
+            let why = "tls-tcp: the connection's one flow ended";
+            self.link.close(Error::protocol(ErrorKind::Aborted, why));
         }
-    }
-
-    /// Why the pump stopped, if it failed.
-    fn failure(&self) -> Option<Error> {
-        lock(&self.failure).clone()
-    }
-
-    /// Replaces a pipe error (the pump dropped its end) with the real cause.
-    fn explain(&self, err: io::Error) -> io::Error {
-        match self.failure().or_else(|| self.link.error()) {
-            Some(error) => error.into(),
-            None => err,
+        if let (Some(mut tls), Ok(rt)) = (tls, tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { tokio::time::timeout(IO_TIMEOUT, tls.shutdown()).await });
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for FlowHalf<T> {
+/// One half of a flow, as the manager gets it: the shared TLS stream, failing with the
+/// conn's error once the conn is closed.
+struct Half {
+    /// The flow's stream.
+    stream: Arc<FlowStream>,
+    /// Completes when the conn closes; polled first, so a waiting half wakes up.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Half {
+    /// A half of `stream`.
+    fn new(stream: &Arc<FlowStream>) -> Self {
+        let closed = stream.link.closed.clone().cancelled_owned();
+        Half {
+            stream: stream.clone(),
+            closed: Box::pin(closed),
+        }
+    }
+
+    /// Runs `op` on the TLS stream unless the conn is closed. A peer that refuses our
+    /// certificate (the alerts `flow`'s verifiers send) refuses the whole conn.
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut TlsStream<TcpStream>>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let link = &self.stream.link;
+        let failed = || Poll::Ready(Err(link.error().into_io()));
+        if self.closed.as_mut().poll(cx).is_ready() {
+            return failed();
+        }
+        let mut tls = lock(&self.stream.tls);
+        let Some(stream) = tls.as_mut() else {
+            return failed();
+        };
+        let result = ready!(op(Pin::new(stream), cx));
+        drop(tls); // `Link::close` takes this lock too.
+        Poll::Ready(result.map_err(|e| {
+            let alert = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+            let Some(rustls::Error::AlertReceived(AccessDenied | BadCertificate)) = alert else {
+                return e;
+            };
+            let refused = Error::new(Reason::RefusedByPeer).with_source(e);
+            link.close(refused.clone());
+            refused.into_io()
+        }))
+    }
+}
+
+impl AsyncRead for Half {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check_aborted()?;
-        let wanted = buf.remaining() > 0;
-        let before = buf.filled().len();
-        match ready!(Pin::new(&mut self.inner).poll_read(cx, buf)) {
-            Err(e) => Poll::Ready(Err(self.explain(e))),
-            // The end of the pipe is the end of the flow only if the pump ended cleanly.
-            Ok(()) if wanted && buf.filled().len() == before => match self.failure() {
-                Some(error) => Poll::Ready(Err(error.into())),
-                None => Poll::Ready(Ok(())),
-            },
-            Ok(()) => Poll::Ready(Ok(())),
-        }
+        self.poll_io(cx, |tls, cx| tls.poll_read(cx, buf))
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for FlowHalf<T> {
+impl AsyncWrite for Half {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check_aborted()?;
-        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
-        Poll::Ready(written.map_err(|e| self.explain(e)))
+        self.poll_io(cx, |tls, cx| tls.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check_aborted()?;
-        let flushed = ready!(Pin::new(&mut self.inner).poll_flush(cx));
-        Poll::Ready(flushed.map_err(|e| self.explain(e)))
+        self.poll_io(cx, |tls, cx| tls.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check_aborted()?;
-        let shut = ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
-        Poll::Ready(shut.map_err(|e| self.explain(e)))
+        self.poll_io(cx, |tls, cx| tls.poll_shutdown(cx))
     }
 }
 
-/// Listens on one TCP socket; handshakes run in their own tasks.
+/// Listens on one TCP socket. Each handshake runs in a task of its own, so a slow or
+/// silent client does not hold up the others.
 #[derive(Debug)]
 struct TlsTcpListener {
     /// The address bound, with the real port.
     local: SocketAddr,
-    /// Connections whose handshake finished, waiting for [`Listener::accept`].
-    ready: tokio::sync::Mutex<mpsc::Receiver<Arc<dyn Conn>>>,
-    /// Set by [`Listener::close`], to fail pending and later `accept` calls.
-    stop: watch::Sender<bool>,
-    /// The accept loop; aborting it drops the socket, freeing the port.
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl TlsTcpListener {
-    /// Resolves once the listener is closed.
-    async fn stopped(&self) {
-        let mut stop = self.stop.subscribe();
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    }
+    /// The socket; dropping the listener frees the port.
+    tcp: TcpListener,
+    /// The server side of TLS: our certificate and the client verifier.
+    config: Arc<ServerConfig>,
+    /// Handshakes under way.
+    handshakes: tokio::sync::Mutex<JoinSet<flow::Result<TlsTcpConn>>>,
+    /// Cancelled by [`Listener::close`].
+    stop: CancellationToken,
 }
 
 #[async_trait]
 impl Listener for TlsTcpListener {
     async fn accept(&self) -> flow::Result<Arc<dyn Conn>> {
         let not_listening = || Error::new(Reason::NotListening);
-        let mut ready = tokio::select! {
-            ready = self.ready.lock() => ready,
-            () = self.stopped() => return Err(not_listening()),
-        };
-        tokio::select! {
-            conn = ready.recv() => conn.ok_or_else(not_listening),
-            () = self.stopped() => Err(not_listening()),
+        let handshakes = self.stop.run_until_cancelled(self.handshakes.lock());
+        let mut handshakes = handshakes.await.ok_or_else(not_listening)?;
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return Err(not_listening()),
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((tcp, _)) => {
+                        handshakes.spawn(handshake(self.config.clone(), tcp));
+                    }
+                    Err(error) => {
+                        // A connection reset before we took it, or no file descriptors
+                        // left: back off and go on rather than stop listening for good.
+                        tracing::debug!(%error, "tls-tcp: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(handshake) = handshakes.join_next() => match handshake {
+                    Ok(Ok(conn)) => return Ok(Arc::new(conn)),
+                    Ok(Err(error)) => tracing::debug!(%error, "tls-tcp: handshake failed"),
+                    Err(error) => tracing::debug!(%error, "tls-tcp: handshake task failed"),
+                },
+            }
         }
     }
 
@@ -672,75 +492,25 @@ impl Listener for TlsTcpListener {
     }
 
     fn close(&self) {
-        self.stop.send_replace(true);
-        self.accepting.abort();
+        self.stop.cancel();
     }
 }
 
-impl Drop for TlsTcpListener {
-    fn drop(&mut self) {
-        self.close();
+/// The server side of one handshake: a conn whose one flow is this connection.
+async fn handshake(config: Arc<ServerConfig>, tcp: TcpStream) -> flow::Result<TlsTcpConn> {
+    tcp.set_nodelay(true)?;
+    // The server configuration refuses clients the authorizer refuses.
+    let accepting = TlsAcceptor::from(config).accept(tcp);
+    match tokio::time::timeout(IO_TIMEOUT, accepting).await {
+        Ok(tls) => TlsTcpConn::new(tls?.into(), None),
+        Err(_) => Err(Error::new(Reason::Timeout(IO_TIMEOUT))),
     }
-}
-
-/// Accepts TCP connections until aborted, handing each to its own handshake task.
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<Arc<dyn Conn>>,
-    handshake_timeout: Duration,
-) {
-    loop {
-        let (stream, peer) = match tcp.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Such errors concern one connection (reset before we took it) or pass
-                // (out of file descriptors): back off and go on rather than stop
-                // listening for good.
-                tracing::debug!(%error, "tls-tcp: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (acceptor, ready) = (acceptor.clone(), ready.clone());
-        // The handshake runs off the accept path, so a slow or silent client does not
-        // hold up the others.
-        tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, accept_tls(&acceptor, stream)).await {
-                Ok(Ok(conn)) => {
-                    // If the listener is gone the conn is dropped here, which closes it.
-                    let _ = ready.send(Arc::new(conn)).await;
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "tls-tcp: incoming handshake failed");
-                }
-                Err(_) => tracing::debug!(%peer, "tls-tcp: incoming handshake timed out"),
-            }
-        });
-    }
-}
-
-/// The server side of one handshake: a listening-side conn with one flow in it.
-async fn accept_tls(acceptor: &TlsAcceptor, tcp: TcpStream) -> flow::Result<TlsTcpConn> {
-    // As on the dialing side: small messages should not wait for Nagle.
-    let _ = tcp.set_nodelay(true);
-    let (local, remote) = (tcp.local_addr(), tcp.peer_addr());
-    // The server configuration refuses clients the listener's authorizer refuses.
-    let tls = acceptor.accept(tcp).await.map_err(|e| {
-        Error::protocol(
-            ErrorKind::DialFailed,
-            format!("tls-tcp: TLS handshake failed: {e}"),
-        )
-        .with_source(e)
-    })?;
-    let key = key_from_certificates(tls.get_ref().1.peer_certificates().unwrap_or_default())?;
-    Ok(TlsTcpConn::new(key, local, remote, tls.into(), None))
 }
 
 /// The built-in protocols plus ours, under the name `tls-tcp` and the alias `tcp-tls`.
 pub fn registry() -> Registry {
     let mut registry = Registry::default();
-    registry.register("tls-tcp", Arc::new(TlsTcpProtocol::default()), &["tcp-tls"]);
+    registry.register("tls-tcp", Arc::new(TlsTcpProtocol), &["tcp-tls"]);
     registry
 }
 
@@ -749,67 +519,47 @@ fn manager(config: ManagerConfig) -> flow::Result<Manager> {
     Manager::new(Identity::generate(), registry(), config)
 }
 
-/// A manager listening on `tls-tcp` on a free loopback port, with a task answering
-/// every flow with [`echo`]. The task ends when the manager is closed.
-async fn start_echo_server(
-    config: ManagerConfig,
-) -> flow::Result<(Manager, Endpoint, tokio::task::JoinHandle<()>)> {
+/// A manager listening on `tls-tcp` on a free loopback port, with a task that answers
+/// every message with `echo: ` + the message, until the manager is closed.
+async fn start_echo_server(config: ManagerConfig) -> flow::Result<(Manager, Endpoint)> {
     let server = manager(config)?;
-    let endpoint = server
-        .listen("tls-tcp", "127.0.0.1:0")
-        .await?
-        .endpoint()
-        .clone();
+    let listening = server.listen("tls-tcp", "127.0.0.1:0").await?;
     let accepting = server.clone();
-    let serving = tokio::spawn(async move {
-        while let Ok(flow) = accepting.accept().await {
+    tokio::spawn(async move {
+        while let Ok(mut flow) = accepting.accept().await {
             tokio::spawn(async move {
-                if let Err(error) = echo(flow).await {
-                    tracing::debug!(%error, "echo flow failed");
+                while let Ok(Some(message)) = flow.read_msg().await {
+                    if flow.write_msg(&[b"echo: ", &message]).await.is_err() {
+                        break;
+                    }
                 }
             });
         }
     });
-    Ok((server, endpoint, serving))
-}
-
-/// Answers every message on `flow` with `echo: ` + the message, until the peer ends
-/// the flow.
-async fn echo(mut flow: Flow) -> flow::Result<()> {
-    while let Some(message) = flow.read_msg().await? {
-        flow.write_msg(&[b"echo: ", &message]).await?;
-    }
-    Ok(())
+    Ok((server, listening.endpoint().clone()))
 }
 
 /// Sends `message` on `flow` and returns the answer as text.
 async fn ask(flow: &mut Flow, message: &str) -> flow::Result<String> {
     flow.write_msg(&[message.as_bytes()]).await?;
-    let reply = flow
-        .read_msg()
-        .await?
-        .ok_or_else(|| Error::protocol(ErrorKind::Aborted, "the server ended the flow early"))?;
+    let ended = || Error::protocol(ErrorKind::Aborted, "the server ended the flow early");
+    let reply = flow.read_msg().await?.ok_or_else(ended)?;
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// The example: one manager listens on `tls-tcp`, another dials it trusting only the
-/// server's key, sends [`MESSAGES`] and returns the server's answers.
+/// server's key, sends `MESSAGES` and returns the server's answers.
 pub async fn run() -> flow::Result<Vec<String>> {
-    let (server, endpoint, serving) = start_echo_server(ManagerConfig::default()).await?;
-    println!(
-        "server {} listens on {endpoint}",
-        server.identity().public_key()
-    );
+    let (server, endpoint) = start_echo_server(ManagerConfig::default()).await?;
+    let server_key = server.identity().public_key();
+    println!("server {server_key} listens on {endpoint}");
 
     let client = manager(ManagerConfig::default())?;
-    let trust_server = Authorizer::pinned(server.identity().public_key());
+    let trust_server = Authorizer::pinned(server_key);
     let mut flow = client.dial(&endpoint, trust_server, TIMEOUT).await?;
-    println!(
-        "client {} connected from {}",
-        client.identity().public_key(),
-        flow.local_endpoint()
-    );
-    let mut replies = Vec::with_capacity(MESSAGES.len());
+    let (client_key, from) = (client.identity().public_key(), flow.local_endpoint());
+    println!("client {client_key} connected from {from}");
+    let mut replies = Vec::new();
     for message in MESSAGES {
         replies.push(ask(&mut flow, message).await?);
     }
@@ -818,9 +568,6 @@ pub async fn run() -> flow::Result<Vec<String>> {
     drop(flow);
     client.close();
     server.close();
-    // The echo task only ends with an error (the manager is closed), never a panic
-    // worth reporting here.
-    let _ = serving.await;
     Ok(replies)
 }
 
@@ -842,107 +589,80 @@ async fn main() -> flow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A client manager, and an authorizer that trusts only `server`.
+    fn client_of(server: &Manager) -> (Manager, Arc<Authorizer>) {
+        let client = manager(ManagerConfig::default()).unwrap();
+        (client, Authorizer::pinned(server.identity().public_key()))
+    }
+
     /// The example's own run: every message comes back, in order.
     #[tokio::test]
     async fn round_trip_returns_the_echoes() {
-        let replies = run().await.unwrap();
-        let expected: Vec<String> = MESSAGES.iter().map(|m| format!("echo: {m}")).collect();
-        assert_eq!(replies, expected);
+        let expected = MESSAGES.map(|m| format!("echo: {m}"));
+        assert_eq!(run().await.unwrap(), expected);
     }
 
     /// Several flows are open at once over one managed connection, each on its own
     /// TCP+TLS connection, and work concurrently.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn several_flows_share_one_managed_connection() {
-        let (server, endpoint, _serving) =
-            start_echo_server(ManagerConfig::default()).await.unwrap();
-        let client = manager(ManagerConfig::default()).unwrap();
-        let trust_server = Authorizer::pinned(server.identity().public_key());
-
+        let (server, endpoint) = start_echo_server(ManagerConfig::default()).await.unwrap();
+        let (client, trust_server) = client_of(&server);
         // All five are open before any is used: the first dial makes the managed
         // connection, the others find it in the cache and open flows on it.
-        let mut flows = Vec::new();
-        for _ in 0..5 {
-            flows.push(
-                client
-                    .dial(&endpoint, trust_server.clone(), TIMEOUT)
-                    .await
-                    .unwrap(),
-            );
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let dialing = client.dial(&endpoint, trust_server.clone(), TIMEOUT);
+            let mut flow = dialing.await.unwrap();
+            tasks.push(async move {
+                let mut replies = Vec::new();
+                for round in 0..3 {
+                    replies.push(ask(&mut flow, &format!("{i}.{round}")).await.unwrap());
+                }
+                assert_eq!(replies, [0, 1, 2].map(|round| format!("echo: {i}.{round}")));
+                flow
+            });
         }
         let connections = client.connections();
         assert_eq!(connections.len(), 1, "{connections:?}");
         assert_eq!(connections[0].active_flows(), 5);
         assert_eq!(connections[0].protocol(), "tls-tcp");
 
-        let tasks: Vec<_> = flows
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut flow)| {
-                tokio::spawn(async move {
-                    let mut replies = Vec::new();
-                    for round in 0..3 {
-                        replies.push(ask(&mut flow, &format!("flow {i} round {round}")).await?);
-                    }
-                    Ok::<_, Error>((replies, flow))
-                })
-            })
-            .collect();
+        let tasks: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
         let mut still_open = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            let (replies, flow) = tokio::time::timeout(TIMEOUT, task)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            let expected: Vec<String> = (0..3)
-                .map(|round| format!("echo: flow {i} round {round}"))
-                .collect();
-            assert_eq!(replies, expected);
-            still_open.push(flow);
+        for task in tasks {
+            still_open.push(tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap());
         }
-        // One managed connection here; on the server, each flow arrived as a
-        // connection of its own (the "Clone" rule).
+        // On the server, each flow arrived as a connection of its own ("Clone").
         assert_eq!(client.connections().len(), 1);
         assert_eq!(server.connections().len(), 5);
 
         // When a flow ends, so does the server's connection that carried it.
         drop(still_open);
-        tokio::time::timeout(TIMEOUT, async {
+        let all_gone = async {
             while !server.connections().is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            client.connections().len(),
-            1,
-            "the client keeps its connection"
-        );
+        };
+        tokio::time::timeout(TIMEOUT, all_gone).await.unwrap();
+        assert_eq!(client.connections().len(), 1); // The client keeps its connection.
     }
 
     /// Pinning a key the server does not have fails the dial as not trusted, with
     /// the precise reason our verifier recorded.
     #[tokio::test]
     async fn a_wrong_pinned_key_is_not_trusted() {
-        let (server, endpoint, _serving) =
-            start_echo_server(ManagerConfig::default()).await.unwrap();
+        let (server, endpoint) = start_echo_server(ManagerConfig::default()).await.unwrap();
         let client = manager(ManagerConfig::default()).unwrap();
         let someone_else = Identity::generate().public_key();
-        let err = client
-            .dial(&endpoint, Authorizer::pinned(someone_else), TIMEOUT)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NotTrusted, "{err}");
-        assert!(
-            matches!(
-                err.reason(),
-                Reason::PinMismatch { expected, actual }
-                    if *expected == someone_else && *actual == server.identity().public_key()
-            ),
-            "{err}"
-        );
+        let dialing = client.dial(&endpoint, Authorizer::pinned(someone_else), TIMEOUT);
+        let err = dialing.await.unwrap_err();
+        let mismatch = Reason::PinMismatch {
+            expected: someone_else,
+            actual: server.identity().public_key(),
+        };
+        assert_eq!(err.kind(), ErrorKind::NotTrusted);
+        assert_eq!(err.reason(), &mismatch);
         assert!(client.connections().is_empty());
     }
 
@@ -950,45 +670,35 @@ mod tests {
     #[tokio::test]
     async fn closing_the_connection_fails_its_flows_on_both_sides() {
         let server = manager(ManagerConfig::default()).unwrap();
-        let endpoint = server
-            .listen("tcp-tls", "127.0.0.1:0")
-            .await
-            .unwrap()
-            .endpoint()
-            .clone();
-        assert_eq!(
-            endpoint.protocol(),
-            "tls-tcp",
-            "the alias resolves to the name"
-        );
-        let client = manager(ManagerConfig::default()).unwrap();
-        let trust_server = Authorizer::pinned(server.identity().public_key());
-        let mut ours = client.dial(&endpoint, trust_server, TIMEOUT).await.unwrap();
+        let listening = server.listen("tcp-tls", "127.0.0.1:0").await.unwrap();
+        let endpoint = listening.endpoint();
+        assert_eq!(endpoint.protocol(), "tls-tcp"); // The alias resolves to the name.
+        let (client, trust_server) = client_of(&server);
+        let mut ours = client.dial(endpoint, trust_server, TIMEOUT).await.unwrap();
         ours.write_msg(&[b"hi"]).await.unwrap();
         let mut theirs = server.accept().await.unwrap();
         assert_eq!(theirs.remote_identity(), client.identity().public_key());
-        assert_eq!(
-            theirs.read_msg().await.unwrap().as_deref(),
-            Some(&b"hi"[..])
-        );
+        let hi = theirs.read_msg().await.unwrap();
+        assert_eq!(hi.as_deref(), Some(&b"hi"[..]));
         theirs.write_msg(&[b"unread"]).await.unwrap();
 
         ours.conn().close();
         assert!(ours.conn().is_closed());
+        // Here: the local close, even though a message is waiting.
         let err = ours.read_msg().await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Aborted, "{err}");
-        let err = tokio::time::timeout(TIMEOUT, theirs.read_msg())
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Network, "{err}");
-        // New flows on a closed connection fail too; a new dial makes a new one.
-        assert!(
-            client
-                .dial_cached(&endpoint, Authorizer::any())
-                .await
-                .is_err()
-        );
+        let closed = Reason::ClosedLocally("closed by application".into());
+        assert_eq!(err.kind(), ErrorKind::Aborted);
+        assert_eq!(err.reason(), &closed);
+        // There: the TCP connection ended without close_notify, an I/O error.
+        let reading = tokio::time::timeout(TIMEOUT, theirs.read_msg());
+        let err = reading.await.unwrap().unwrap_err();
+        assert!(matches!(err.reason(), Reason::Io(_)), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Network);
+        // A closed connection is no longer offered for new flows.
+        let err = client.dial_cached(endpoint, Authorizer::any()).await;
+        let err = err.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadState);
+        assert_eq!(err.reason(), &Reason::NotCached);
     }
 
     /// A server that refuses our key: TLS 1.3 lets the dial finish first, so the
@@ -997,18 +707,14 @@ mod tests {
     async fn a_server_that_refuses_us_is_not_trusted() {
         let mut config = ManagerConfig::default();
         config.accept_authorizer(Authorizer::pinned(Identity::generate().public_key()));
-        let (server, endpoint, _serving) = start_echo_server(config).await.unwrap();
-        let client = manager(ManagerConfig::default()).unwrap();
-        let trust_server = Authorizer::pinned(server.identity().public_key());
-        let outcome = async {
-            let mut flow = client.dial(&endpoint, trust_server, TIMEOUT).await?;
-            ask(&mut flow, "let me in").await
-        };
-        let err = tokio::time::timeout(TIMEOUT, outcome)
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NotTrusted, "{err}");
+        let (server, endpoint) = start_echo_server(config).await.unwrap();
+        let (client, trust_server) = client_of(&server);
+        let mut flow = client.dial(&endpoint, trust_server, TIMEOUT).await.unwrap();
+        let asking = tokio::time::timeout(TIMEOUT, ask(&mut flow, "let me in"));
+        let err = asking.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotTrusted);
+        assert_eq!(err.reason(), &Reason::RefusedByPeer);
+        assert!(flow.conn().is_closed());
         assert!(client.connections().is_empty());
     }
 }

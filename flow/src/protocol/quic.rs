@@ -19,7 +19,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, ReadError, TransportErrorCode, VarInt, WriteError};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Reason, Result};
@@ -78,6 +78,7 @@ pub struct QuicConfig {
     keep_alive_interval: Option<Duration>,
     idle_timeout: Duration,
     handshake_timeout: Duration,
+    max_concurrent_handshakes: usize,
     congestion: CongestionControl,
 }
 
@@ -91,6 +92,7 @@ impl Default for QuicConfig {
             keep_alive_interval: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            max_concurrent_handshakes: 256,
             congestion: CongestionControl::Cubic,
         }
     }
@@ -140,6 +142,14 @@ impl QuicConfig {
     /// How long a listener gives an incoming handshake (default 10 s).
     pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many incoming handshakes a listener runs at once (default 256); beyond
+    /// that, new connection attempts are refused until one finishes, so a flood of
+    /// half-open connections costs bounded memory.
+    pub fn max_concurrent_handshakes(&mut self, count: usize) -> &mut Self {
+        self.max_concurrent_handshakes = count.max(1);
         self
     }
 
@@ -276,6 +286,7 @@ impl Protocol for QuicProtocol {
             tx,
             stop.clone(),
             self.config.handshake_timeout,
+            Arc::new(Semaphore::new(self.config.max_concurrent_handshakes)),
         ));
         Ok(Box::new(QuicListener {
             endpoint,
@@ -307,6 +318,7 @@ async fn accept_loop(
     ready: mpsc::Sender<Result<Arc<dyn Conn>>>,
     stop: CancellationToken,
     handshake_timeout: Duration,
+    handshakes: Arc<Semaphore>,
 ) {
     loop {
         let incoming = tokio::select! {
@@ -321,9 +333,15 @@ async fn accept_loop(
                 .await;
             return;
         };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes; refusing");
+            incoming.refuse();
+            continue;
+        };
         let ready = ready.clone();
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let remote = incoming.remote_address();
             let handshake = async {
                 let conn = incoming.await.map_err(|e| dial_error(e, None))?;
