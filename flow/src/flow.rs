@@ -151,12 +151,12 @@ impl Flow {
 
     /// The largest message [`Flow::read_msg`] accepts.
     pub fn max_msg_size(&self) -> usize {
-        self.reader.max_msg_size
+        self.reader.max_msg_size()
     }
 
     /// Changes the largest message [`Flow::read_msg`] accepts.
     pub fn set_max_msg_size(&mut self, max: usize) {
-        self.reader.max_msg_size = max;
+        self.reader.set_max_msg_size(max);
     }
 
     /// Our end of the connection.
@@ -242,6 +242,16 @@ impl FlowReader {
         read_frame(&mut self.recv, self.max_msg_size)
             .await
             .map_err(|e| e.with_endpoint(endpoint))
+    }
+
+    /// The largest message [`FlowReader::read_msg`] accepts.
+    pub fn max_msg_size(&self) -> usize {
+        self.max_msg_size
+    }
+
+    /// Changes the largest message [`FlowReader::read_msg`] accepts.
+    pub fn set_max_msg_size(&mut self, max: usize) {
+        self.max_msg_size = max;
     }
 
     /// The connection this half runs on.

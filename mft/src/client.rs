@@ -1,0 +1,779 @@
+//! The client side: [`Sender`] pushes a batch, [`Retriever`] pulls one back.
+//!
+//! A send is a handshake flow, then `streams` segment flows working through the
+//! chunks of the input in parallel (one segment in flight per flow, each
+//! acknowledged once the server stored it durably), then a completion flow. All flows
+//! share the one connection the flow manager caches for the server. When flows fail
+//! on the network, the sender waits (with backoff, or as long as a busy server asks),
+//! asks the server which segments it holds, and sends only the rest, within its retry
+//! budget.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flow::{Endpoint, FlowReader, FlowWriter, Manager, PeerKey};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+
+use crate::crypto::{self, AesGcm, Chain, context};
+use crate::error::{Error, Result};
+use crate::handshake::{ClientHandshake, PushSecret};
+use crate::session;
+use crate::stream::{BatchInfo, BatchReader, SegmentSource};
+use crate::wire::{self, Complete, Message, RefuseCode, Resume, Segment, Stored};
+
+pub use crate::wire::Receipt;
+
+/// Client settings, validated before anything is sent.
+///
+/// ```
+/// use flow::{Endpoint, Identity};
+/// let server = Identity::generate().public_key();
+/// let endpoint: Endpoint = "quic://127.0.0.1:4433".parse().unwrap();
+/// let mut config = mft::ClientConfig::new(endpoint, server);
+/// config.chunk_size(4 << 20).streams(16);
+/// assert!(config.validate().is_ok());
+/// assert!(config.clone().streams(0).validate().is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    endpoint: Endpoint,
+    server_key: PeerKey,
+    chunk_size: u32,
+    streams: usize,
+    retries: u32,
+    dial_timeout: Duration,
+    voucher: Vec<u8>,
+}
+
+impl ClientConfig {
+    /// Talks to the server at `endpoint`, which must prove `server_key`.
+    pub fn new(endpoint: Endpoint, server_key: PeerKey) -> Self {
+        ClientConfig {
+            endpoint,
+            server_key,
+            chunk_size: 1 << 20,
+            streams: 8,
+            retries: 5,
+            dial_timeout: Duration::from_secs(10),
+            voucher: Vec::new(),
+        }
+    }
+
+    /// Plaintext bytes per segment (default 1 MiB); the server may lower it.
+    pub fn chunk_size(&mut self, bytes: u32) -> &mut Self {
+        self.chunk_size = bytes;
+        self
+    }
+
+    /// Segment flows in parallel (default 8).
+    pub fn streams(&mut self, count: usize) -> &mut Self {
+        self.streams = count;
+        self
+    }
+
+    /// Failures to retry before giving up (default 5).
+    pub fn retries(&mut self, count: u32) -> &mut Self {
+        self.retries = count;
+        self
+    }
+
+    /// The bound on each dial (default 10 s).
+    pub fn dial_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.dial_timeout = timeout;
+        self
+    }
+
+    /// An application token (a JWT, say) for the server's authoriser.
+    pub fn voucher(&mut self, voucher: impl Into<Vec<u8>>) -> &mut Self {
+        self.voucher = voucher.into();
+        self
+    }
+
+    /// Checks every field, reporting the first that is wrong by name.
+    pub fn validate(&self) -> Result<()> {
+        if !(wire::MIN_CHUNK_SIZE..=wire::MAX_CHUNK_SIZE).contains(&self.chunk_size) {
+            return Err(Error::config(
+                "chunk size",
+                format!(
+                    "{} is outside {}..={} bytes",
+                    self.chunk_size,
+                    wire::MIN_CHUNK_SIZE,
+                    wire::MAX_CHUNK_SIZE
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&self.streams) {
+            return Err(Error::config(
+                "streams",
+                format!("{} is outside 1..=1024", self.streams),
+            ));
+        }
+        if self.voucher.len() > wire::MAX_VOUCHER {
+            return Err(Error::config(
+                "voucher",
+                format!(
+                    "{} bytes exceeds the limit of {}",
+                    self.voucher.len(),
+                    wire::MAX_VOUCHER
+                ),
+            ));
+        }
+        if self.retries > 1000 {
+            return Err(Error::config("retries", "at most 1000"));
+        }
+        if self.dial_timeout.is_zero() {
+            return Err(Error::config("dial timeout", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+fn check_batch_id(batch_id: &[u8]) -> Result<()> {
+    if batch_id.is_empty() || batch_id.len() > wire::MAX_BATCH_ID {
+        return Err(Error::config(
+            "batch id",
+            format!(
+                "{} bytes; a batch id has 1 to {} bytes",
+                batch_id.len(),
+                wire::MAX_BATCH_ID
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What happens during a transfer, for progress displays. Slow subscribers may miss
+/// progress events (the channel keeps the newest), never the final one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake started.
+    Opened {
+        /// The batch id.
+        batch_id: Vec<u8>,
+    },
+    /// The server accepted the transfer.
+    Accepted {
+        /// The server's transfer id.
+        transfer_id: [u8; 16],
+        /// The negotiated chunk size.
+        chunk_size: u32,
+    },
+    /// More segments were stored by the server.
+    Progress {
+        /// Plaintext bytes acknowledged so far.
+        bytes: u64,
+        /// Segments acknowledged so far.
+        segments: u64,
+    },
+    /// A failure is being retried after `delay`.
+    Retrying {
+        /// Which retry this is (from 1).
+        attempt: u32,
+        /// How long the sender waits first.
+        delay: Duration,
+        /// What failed.
+        error: String,
+    },
+    /// After a failure, the server reported holding these many segments.
+    Resumed {
+        /// Segments the server already holds.
+        stored: u64,
+    },
+    /// The batch is complete and receipted.
+    Completed {
+        /// Plaintext size.
+        size: u64,
+        /// Segments.
+        segments: u64,
+    },
+    /// The transfer failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Pushes batches to one server.
+///
+/// ```no_run
+/// # async fn demo(manager: flow::Manager, config: mft::ClientConfig) -> mft::Result<()> {
+/// let sender = mft::Sender::new(manager, config)?;
+/// let file = tokio::fs::File::open("report.pdf").await?;
+/// let receipt = sender.send(file, b"report-2026-11", br#"{"name":"report.pdf"}"#).await?;
+/// println!("stored {} bytes", receipt.size);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sender {
+    manager: Manager,
+    config: ClientConfig,
+    events: broadcast::Sender<Event>,
+}
+
+/// A sealed segment waiting to be sent (kept until acknowledged, to resend it).
+#[derive(Clone)]
+struct Pending {
+    index: u64,
+    ciphertext: Bytes,
+    signature: [u8; 64],
+    plaintext_len: u64,
+}
+
+/// What the segment workers share.
+struct Shared {
+    manager: Manager,
+    config: ClientConfig,
+    transfer_id: [u8; 16],
+    queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    retry: Mutex<VecDeque<Pending>>,
+    acked_bytes: AtomicU64,
+    acked_segments: AtomicU64,
+    events: broadcast::Sender<Event>,
+}
+
+impl Shared {
+    async fn next(&self) -> Option<Pending> {
+        if let Some(p) = self.lock_retry().pop_front() {
+            return Some(p);
+        }
+        let next = self.queue.lock().await.recv().await;
+        // A failed worker may have returned a segment while we waited on the queue.
+        next.or_else(|| self.lock_retry().pop_front())
+    }
+
+    fn lock_retry(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        self.retry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn acked(&self, pending: &Pending) {
+        let bytes = self
+            .acked_bytes
+            .fetch_add(pending.plaintext_len, Ordering::Relaxed)
+            + pending.plaintext_len;
+        let segments = self.acked_segments.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.events.send(Event::Progress { bytes, segments });
+    }
+}
+
+/// Exponential backoff: 100 ms doubling to at most 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+impl Sender {
+    /// A sender using `manager`'s identity and connections.
+    pub fn new(manager: Manager, config: ClientConfig) -> Result<Self> {
+        config.validate()?;
+        if manager.registry().get(config.endpoint.protocol()).is_none() {
+            return Err(Error::config(
+                "endpoint",
+                format!("no protocol {:?} is registered", config.endpoint.protocol()),
+            ));
+        }
+        let (events, _) = broadcast::channel(256);
+        Ok(Sender {
+            manager,
+            config,
+            events,
+        })
+    }
+
+    /// Events of this sender's transfers.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sends everything `reader` yields as batch `batch_id` with `metadata`, and
+    /// returns the server's verified receipt.
+    pub async fn send(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: &[u8],
+    ) -> Result<Receipt> {
+        let result = self.send_inner(reader, batch_id, metadata).await;
+        match &result {
+            Ok(receipt) => {
+                let _ = self.events.send(Event::Completed {
+                    size: receipt.size,
+                    segments: receipt.segment_count,
+                });
+            }
+            Err(e) => {
+                let _ = self.events.send(Event::Failed {
+                    error: e.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    async fn send_inner(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: &[u8],
+    ) -> Result<Receipt> {
+        check_batch_id(batch_id)?;
+        if metadata.len() > wire::MAX_METADATA {
+            return Err(Error::config(
+                "metadata",
+                format!(
+                    "{} bytes exceeds the protocol limit of {}",
+                    metadata.len(),
+                    wire::MAX_METADATA
+                ),
+            ));
+        }
+        let _ = self.events.send(Event::Opened {
+            batch_id: batch_id.to_vec(),
+        });
+        let mut attempt = 0;
+        let secret = self
+            .retrying(&mut attempt, || self.handshake(batch_id))
+            .await?;
+        if metadata.len() > secret.max_metadata as usize {
+            return Err(Error::config(
+                "metadata",
+                format!(
+                    "{} bytes exceeds the server's limit of {}",
+                    metadata.len(),
+                    secret.max_metadata
+                ),
+            ));
+        }
+        let _ = self.events.send(Event::Accepted {
+            transfer_id: secret.transfer_id,
+            chunk_size: secret.chunk_size,
+        });
+
+        let (tx, rx) = mpsc::channel(self.config.streams * 2);
+        let producer = tokio::spawn(produce(
+            reader,
+            self.manager.identity().clone(),
+            secret.clone(),
+            batch_id.to_vec(),
+            tx,
+        ));
+        let shared = Arc::new(Shared {
+            manager: self.manager.clone(),
+            config: self.config.clone(),
+            transfer_id: secret.transfer_id,
+            queue: tokio::sync::Mutex::new(rx),
+            retry: Mutex::new(VecDeque::new()),
+            acked_bytes: AtomicU64::new(0),
+            acked_segments: AtomicU64::new(0),
+            events: self.events.clone(),
+        });
+        let mut workers = JoinSet::new();
+        for _ in 0..self.config.streams {
+            workers.spawn(send_segments(shared.clone()));
+        }
+        while let Some(joined) = workers.join_next().await {
+            let outcome = joined.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            let Err(error) = outcome else { continue };
+            if !error.is_retryable() || attempt >= self.config.retries {
+                workers.abort_all();
+                producer.abort();
+                return Err(exhausted(attempt, error));
+            }
+            attempt += 1;
+            let delay = retry_delay(&error, attempt);
+            let _ = self.events.send(Event::Retrying {
+                attempt,
+                delay,
+                error: error.to_string(),
+            });
+            tokio::time::sleep(delay).await;
+            // Ask what the server holds and drop those from the resend queue: a
+            // segment may have been stored with its acknowledgement lost.
+            if let Ok(stored) = self.stored(secret.transfer_id).await {
+                let _ = self.events.send(Event::Resumed {
+                    stored: stored.count(),
+                });
+                let resent: Vec<Pending> = shared.lock_retry().drain(..).collect();
+                for p in resent {
+                    if stored.contains(p.index) {
+                        shared.acked(&p);
+                    } else {
+                        shared.lock_retry().push_back(p);
+                    }
+                }
+            }
+            workers.spawn(send_segments(shared.clone()));
+        }
+        let (count, size, chain) = producer
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let acked = shared.acked_segments.load(Ordering::Relaxed);
+        if acked != count {
+            return Err(Error::Protocol(format!(
+                "{acked} of {count} segments acknowledged"
+            )));
+        }
+        let complete = self.completion(&secret, count, size, chain, metadata);
+        let receipt = self
+            .retrying(&mut attempt, || self.complete(&complete))
+            .await?;
+        self.check_receipt(&receipt, batch_id, &complete)?;
+        Ok(receipt)
+    }
+
+    /// Runs `op`, retrying retryable failures within the budget.
+    async fn retrying<T, F, Fut>(&self, attempt: &mut u32, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && *attempt < self.config.retries => {
+                    *attempt += 1;
+                    let delay = retry_delay(&e, *attempt);
+                    let _ = self.events.send(Event::Retrying {
+                        attempt: *attempt,
+                        delay,
+                        error: e.to_string(),
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(exhausted(*attempt, e)),
+            }
+        }
+    }
+
+    async fn flow(&self) -> Result<(FlowReader, FlowWriter)> {
+        open_flow(&self.manager, &self.config).await
+    }
+
+    async fn handshake(&self, batch_id: &[u8]) -> Result<PushSecret> {
+        let (handshake, hello) = ClientHandshake::push(
+            self.manager.identity(),
+            batch_id,
+            self.config.chunk_size,
+            &self.config.voucher,
+        );
+        let (mut reader, mut writer) = self.flow().await?;
+        session::send(&mut writer, &Message::Hello(hello)).await?;
+        match session::recv(&mut reader, "Accept").await? {
+            Message::Accept(accept) => handshake.finish_push(&accept, &self.config.server_key),
+            other => Err(session::unexpected("Accept", &other)),
+        }
+    }
+
+    async fn stored(&self, transfer_id: [u8; 16]) -> Result<Stored> {
+        let (mut reader, mut writer) = self.flow().await?;
+        session::send(&mut writer, &Message::Resume(Resume { transfer_id })).await?;
+        match session::recv(&mut reader, "Stored").await? {
+            Message::Stored(stored) => Ok(stored),
+            other => Err(session::unexpected("Stored", &other)),
+        }
+    }
+
+    fn completion(
+        &self,
+        secret: &PushSecret,
+        segment_count: u64,
+        size: u64,
+        chain: [u8; 64],
+        metadata: &[u8],
+    ) -> Complete {
+        let sealed_metadata = crypto::seal(
+            &AesGcm::new(&secret.data_key),
+            &crypto::METADATA_NONCE,
+            &crypto::metadata_aad(&secret.transfer_id),
+            metadata,
+        );
+        let mut complete = Complete {
+            transfer_id: secret.transfer_id,
+            segment_count,
+            size,
+            completion_id: secret.completion_id,
+            chain,
+            sealed_metadata: Bytes::from(sealed_metadata),
+            signature: [0; 64],
+        };
+        complete.signature = crypto::sign(
+            self.manager.identity(),
+            context::COMPLETE,
+            &[&complete.signed_bytes()],
+        );
+        complete
+    }
+
+    async fn complete(&self, complete: &Complete) -> Result<Receipt> {
+        let (mut reader, mut writer) = self.flow().await?;
+        session::send(&mut writer, &Message::Complete(complete.clone())).await?;
+        match session::recv(&mut reader, "Receipt").await? {
+            Message::Receipt(receipt) => Ok(receipt),
+            other => Err(session::unexpected("Receipt", &other)),
+        }
+    }
+
+    fn check_receipt(&self, receipt: &Receipt, batch_id: &[u8], complete: &Complete) -> Result<()> {
+        let server = self.config.server_key.as_bytes();
+        if receipt.server != *server
+            || !crypto::verify(
+                server,
+                context::RECEIPT,
+                &[&receipt.signed_bytes()],
+                &receipt.signature,
+            )
+        {
+            return Err(Error::ServerAuth(
+                "the receipt's signature does not verify".into(),
+            ));
+        }
+        let ours = *self.manager.identity().public_key().as_bytes();
+        if receipt.batch_id != batch_id
+            || receipt.transfer_id != complete.transfer_id
+            || receipt.sender != ours
+            || receipt.segment_count != complete.segment_count
+            || receipt.size != complete.size
+            || receipt.chain != complete.chain
+        {
+            return Err(Error::ServerAuth(
+                "the receipt does not describe the batch sent".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn retry_delay(error: &Error, attempt: u32) -> Duration {
+    match error {
+        Error::Refused {
+            retry_after: Some(delay),
+            ..
+        } => *delay,
+        _ => backoff(attempt),
+    }
+}
+
+fn exhausted(attempts: u32, error: Error) -> Error {
+    if attempts == 0 || !error.is_retryable() {
+        error
+    } else {
+        Error::RetriesExhausted {
+            attempts: attempts + 1,
+            last: Box::new(error),
+        }
+    }
+}
+
+async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowReader, FlowWriter)> {
+    let flow = manager
+        .dial(
+            &config.endpoint,
+            flow::Authorizer::pinned(config.server_key),
+            config.dial_timeout,
+        )
+        .await?;
+    Ok(flow.into_split())
+}
+
+/// Reads chunks, seals and signs them off the I/O tasks, and queues them in order;
+/// returns the segment count, plaintext size and chain hash.
+async fn produce(
+    mut reader: impl AsyncRead + Unpin + Send,
+    identity: flow::Identity,
+    secret: PushSecret,
+    batch_id: Vec<u8>,
+    tx: mpsc::Sender<Pending>,
+) -> Result<(u64, u64, [u8; 64])> {
+    let cipher = AesGcm::new(&secret.data_key);
+    let chunk = secret.chunk_size as usize;
+    let mut chain = Chain::new(&secret.transfer_id, &batch_id);
+    let mut index = 0u64;
+    let mut size = 0u64;
+    loop {
+        let mut buf = Vec::with_capacity(chunk + wire::TAG_LEN);
+        // read_to_end on `take` loops over short reads (pipes) until a full chunk or
+        // the end of the input.
+        (&mut reader)
+            .take(chunk as u64)
+            .read_to_end(&mut buf)
+            .await?;
+        if buf.is_empty() {
+            break;
+        }
+        let plaintext_len = buf.len() as u64;
+        let cipher = cipher.clone();
+        let identity = identity.clone();
+        let transfer_id = secret.transfer_id;
+        let (ciphertext, tag, signature) = tokio::task::spawn_blocking(move || {
+            let tag = crypto::seal_segment(&cipher, &transfer_id, index, &mut buf);
+            let signed = crypto::segment_signed(&transfer_id, index, buf.len() as u32, &tag);
+            let signature = crypto::sign(&identity, context::SEGMENT, &[&signed]);
+            (Bytes::from(buf), tag, signature)
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        chain.push(ciphertext.len() as u32, &tag);
+        size += plaintext_len;
+        let pending = Pending {
+            index,
+            ciphertext,
+            signature,
+            plaintext_len,
+        };
+        if tx.send(pending).await.is_err() {
+            break; // the send was abandoned
+        }
+        index += 1;
+        if (plaintext_len as usize) < chunk {
+            break;
+        }
+    }
+    Ok((index, size, chain.value()))
+}
+
+/// One segment flow: sends queued segments one at a time until the queue is empty.
+/// On a failure the segment in hand goes back to the retry queue.
+async fn send_segments(shared: Arc<Shared>) -> Result<()> {
+    let mut flow: Option<(FlowReader, FlowWriter)> = None;
+    while let Some(pending) = shared.next().await {
+        match send_one(&shared, &mut flow, &pending).await {
+            Ok(()) => shared.acked(&pending),
+            Err(e) if e.refuse_code() == Some(RefuseCode::DuplicateSegment) => {
+                // Stored by an earlier attempt whose acknowledgement was lost.
+                flow = None;
+                shared.acked(&pending);
+            }
+            Err(e) => {
+                shared.lock_retry().push_back(pending);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send_one(
+    shared: &Shared,
+    flow: &mut Option<(FlowReader, FlowWriter)>,
+    pending: &Pending,
+) -> Result<()> {
+    if flow.is_none() {
+        *flow = Some(open_flow(&shared.manager, &shared.config).await?);
+    }
+    let Some((reader, writer)) = flow.as_mut() else {
+        return Err(Error::Protocol("no segment flow".into()));
+    };
+    let header = Segment::header(
+        &shared.transfer_id,
+        pending.index,
+        pending.ciphertext.len() as u32,
+    );
+    let sent = writer
+        .write_msg(&[&header, &pending.ciphertext, &pending.signature])
+        .await;
+    if let Err(e) = sent {
+        *flow = None;
+        return Err(e.into());
+    }
+    match session::recv(reader, "SegmentAck").await {
+        Ok(Message::SegmentAck(ack)) if ack.index == pending.index => Ok(()),
+        Ok(other) => {
+            *flow = None;
+            Err(session::unexpected("SegmentAck", &other))
+        }
+        Err(e) => {
+            *flow = None;
+            Err(e)
+        }
+    }
+}
+
+/// Pulls batches from one server.
+///
+/// ```no_run
+/// # async fn demo(manager: flow::Manager, config: mft::ClientConfig) -> mft::Result<()> {
+/// use tokio::io::AsyncReadExt;
+/// let retriever = mft::Retriever::new(manager, config)?;
+/// let (mut data, info) = retriever.get(b"report-2026-11").await?;
+/// let mut bytes = Vec::new();
+/// data.read_to_end(&mut bytes).await?;
+/// assert_eq!(bytes.len() as u64, info.size);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Retriever {
+    manager: Manager,
+    config: ClientConfig,
+}
+
+impl Retriever {
+    /// A retriever using `manager`'s identity and connections.
+    pub fn new(manager: Manager, config: ClientConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Retriever { manager, config })
+    }
+
+    /// Starts retrieving `batch_id`: its description now, its verified plaintext as
+    /// the reader is read (bounded memory, however large the batch).
+    pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
+        check_batch_id(batch_id)?;
+        let mut attempt = 0;
+        loop {
+            match self.try_get(batch_id).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < self.config.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_delay(&e, attempt)).await;
+                }
+                Err(e) => return Err(exhausted(attempt, e)),
+            }
+        }
+    }
+
+    async fn try_get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
+        let (handshake, hello) =
+            ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher);
+        let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
+        session::send(&mut writer, &Message::PullHello(hello)).await?;
+        let secret = match session::recv(&mut reader, "PullAccept").await? {
+            Message::PullAccept(accept) => {
+                handshake.finish_pull(&accept, &self.config.server_key)?
+            }
+            other => return Err(session::unexpected("PullAccept", &other)),
+        };
+        reader.set_max_msg_size(13 + secret.chunk_size as usize + wire::TAG_LEN);
+        crate::stream::open_batch(
+            batch_id,
+            secret,
+            FlowSource {
+                reader,
+                _writer: writer,
+            },
+        )
+    }
+}
+
+/// Pull segments arriving on a flow.
+struct FlowSource {
+    reader: FlowReader,
+    /// Kept so the flow stays open while we read.
+    _writer: FlowWriter,
+}
+
+#[async_trait::async_trait]
+impl SegmentSource for FlowSource {
+    async fn next_segment(&mut self) -> Result<Option<(u64, Bytes)>> {
+        match self.reader.read_msg().await? {
+            None => Ok(None),
+            Some(bytes) => match Message::decode(bytes)? {
+                Message::PullSegment(s) => Ok(Some((s.index, s.ciphertext))),
+                Message::Refuse(r) => Err(session::refused(r)),
+                other => Err(session::unexpected("PullSegment", &other)),
+            },
+        }
+    }
+}

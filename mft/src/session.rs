@@ -1,0 +1,58 @@
+//! Moving protocol messages over flows: the only place client and server touch I/O
+//! for control messages.
+
+use std::time::Duration;
+
+use flow::{FlowReader, FlowWriter};
+
+use crate::error::{Error, Result};
+use crate::wire::{Message, Refuse, RefuseCode};
+
+/// Sends one message.
+pub(crate) async fn send(writer: &mut FlowWriter, message: &Message) -> Result<()> {
+    writer.write_msg(&[&message.encode()]).await?;
+    Ok(())
+}
+
+/// Receives one message; a clean end of the flow is `None`. A [`Refuse`] becomes
+/// [`Error::Refused`].
+pub(crate) async fn recv_opt(reader: &mut FlowReader) -> Result<Option<Message>> {
+    let Some(bytes) = reader.read_msg().await? else {
+        return Ok(None);
+    };
+    match Message::decode(bytes)? {
+        Message::Refuse(refuse) => Err(refused(refuse)),
+        other => Ok(Some(other)),
+    }
+}
+
+/// Receives one message; the flow ending first is a protocol error.
+pub(crate) async fn recv(reader: &mut FlowReader, expected: &'static str) -> Result<Message> {
+    recv_opt(reader)
+        .await?
+        .ok_or_else(|| Error::Protocol(format!("the flow ended before {expected}")))
+}
+
+/// The error for a refusal the peer sent.
+pub(crate) fn refused(refuse: Refuse) -> Error {
+    Error::Refused {
+        code: refuse.code,
+        message: refuse.message,
+        retry_after: (refuse.retry_after_ms > 0)
+            .then(|| Duration::from_millis(u64::from(refuse.retry_after_ms))),
+    }
+}
+
+/// A refusal message.
+pub(crate) fn refuse(code: RefuseCode, message: impl Into<String>) -> Message {
+    Message::Refuse(Refuse {
+        code,
+        retry_after_ms: 0,
+        message: message.into(),
+    })
+}
+
+/// The error for an unexpected message.
+pub(crate) fn unexpected(expected: &'static str, got: &Message) -> Error {
+    Error::Protocol(format!("expected {expected}, got {}", got.name()))
+}

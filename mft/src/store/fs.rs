@@ -1,0 +1,821 @@
+//! [`FsStore`]: the embedded default store, one directory on a local file system.
+//!
+//! Layout of the directory:
+//!
+//! - `mftq.redb`: a [redb] database with every record (secrets, segment records,
+//!   open transfers and their (sender, batch id) index, completed batches).
+//! - `segments/<transfer id in hex>.seg`: one file per transfer with its segment
+//!   ciphertext, each segment at the offset the caller gives.
+//!
+//! File names come only from [`TransferId::to_hex`] (32 hex digits), never from a batch
+//! id, so an untrusted batch id cannot name a path. Everything that returns `Ok` from a
+//! `put_*` or `delete_*` has been fsync'd: segment data and its file's directory entry
+//! before its record, and records by redb's (fsync'd) commit.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::memory::{check_len, printable};
+use super::{
+    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, StoreError, StoreResult,
+    TransferId, TransferRecord, TransferStore,
+};
+
+/// The database file's name inside the store directory.
+pub(super) const DB_FILE: &str = "mftq.redb";
+/// The segment directory's name inside the store directory.
+pub(super) const SEGMENTS_DIR: &str = "segments";
+
+/// Transfer id (16 bytes) → sealed secret (opaque bytes).
+pub(super) const SECRETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("secrets");
+/// Transfer id (16 bytes) ++ index (u64 BE) → len (u32 BE) ++ tag (16 bytes). Big-endian
+/// indexes make the table's byte order the index order, so a prefix scan is sorted.
+pub(super) const SEGMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("segments");
+/// Transfer id (16 bytes) → encoded [`TransferRecord`].
+pub(super) const TRANSFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transfers");
+/// Sender (32 bytes) ++ batch id → transfer id (16 bytes), for `find_transfer`. The
+/// sender has a fixed width, so the key splits back unambiguously.
+pub(super) const TRANSFERS_BY_BATCH: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("transfers_by_batch");
+/// Batch id → encoded [`BatchRecord`].
+pub(super) const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batches");
+
+/// The store on a local file system: segment files plus a redb database.
+///
+/// Cloning is cheap and every clone is the same store. Methods run their file and
+/// database work on tokio's blocking pool, so they must be called within a tokio
+/// runtime. redb locks the database file, so a directory can be open in only one
+/// `FsStore` (and its clones) at a time.
+#[derive(Clone)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segments_dir: PathBuf,
+    db: Database,
+    /// (transfer, index) pairs being stored right now. `put_segment` checks for a
+    /// stored record and then writes the file; without this, two concurrent puts of
+    /// one index could both pass the check and the second would overwrite the first
+    /// copy's data. Holding redb's single write transaction across the file write and
+    /// fsync would also serialise them, but would serialise every transfer's writes.
+    writing: Mutex<HashSet<(TransferId, u64)>>,
+    /// Signalled whenever an entry leaves `writing`.
+    written: Condvar,
+    /// Transfers whose segment file's directory entry is known to be durable (the
+    /// `segments` directory was fsync'd after the file existed), so the directory is
+    /// fsync'd once per transfer (and once more after a restart), not per segment.
+    dir_synced: Mutex<HashSet<TransferId>>,
+}
+
+impl fmt::Debug for FsStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FsStore")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsStore {
+    /// Opens the store in `dir`, creating the directory, its database and its
+    /// `segments` directory if missing (new directories are private to the owner).
+    ///
+    /// This blocks on file I/O and fsync: call it at startup or from
+    /// [`tokio::task::spawn_blocking`], not from async code on a runtime worker.
+    pub fn open(dir: impl AsRef<Path>) -> StoreResult<FsStore> {
+        let dir = dir.as_ref().to_path_buf();
+        let created = create_dir(&dir)?;
+        if created {
+            // The new directory's own entry lives in its parent.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            sync_dir(parent)?;
+        }
+        let segments_dir = dir.join(SEGMENTS_DIR);
+        create_dir(&segments_dir)?;
+
+        let db = Database::create(dir.join(DB_FILE)).or_db()?;
+        // Create every table now, so readers never meet a missing table.
+        let tx = db.begin_write().or_db()?;
+        for table in [SECRETS, SEGMENTS, TRANSFERS, TRANSFERS_BY_BATCH, BATCHES] {
+            tx.open_table(table).or_db()?;
+        }
+        tx.commit().or_db()?;
+        // Makes the entries of `segments` and the database file durable.
+        sync_dir(&dir)?;
+
+        Ok(FsStore {
+            inner: Arc::new(Inner {
+                dir,
+                segments_dir,
+                db,
+                writing: Mutex::new(HashSet::new()),
+                written: Condvar::new(),
+                dir_synced: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Runs blocking work on tokio's blocking pool: redb and file calls block, and
+    /// fsync can take long enough to stall every task sharing a runtime worker.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?
+    }
+}
+
+/// Creates `dir` (mode 0700) if missing; reports whether it was created.
+fn create_dir(dir: &Path) -> StoreResult<bool> {
+    match DirBuilder::new().recursive(false).mode(0o700).create(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A missing parent: create the ancestors too, as `create_dir_all` would.
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// fsyncs a directory, making the entries created or removed in it durable.
+fn sync_dir(dir: &Path) -> StoreResult<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Locks `m`, ignoring poisoning: the guarded sets are changed by single insert and
+/// remove calls, so a panic elsewhere cannot leave them half-changed.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Maps redb's many error types to [`StoreError::Database`].
+trait OrDb<T> {
+    fn or_db(self) -> StoreResult<T>;
+}
+
+impl<T, E: fmt::Display> OrDb<T> for Result<T, E> {
+    fn or_db(self) -> StoreResult<T> {
+        self.map_err(|e| StoreError::Database(e.to_string()))
+    }
+}
+
+/// The right to store one (transfer, index) pair; see [`Inner::writing`].
+struct Claim<'a> {
+    inner: &'a Inner,
+    key: (TransferId, u64),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.writing).remove(&self.key);
+        self.inner.written.notify_all();
+    }
+}
+
+impl Inner {
+    fn segment_path(&self, transfer: TransferId) -> PathBuf {
+        self.segments_dir.join(format!("{}.seg", transfer.to_hex()))
+    }
+
+    /// Waits until no other put of this (transfer, index) is in progress, then claims it.
+    fn claim(&self, transfer: TransferId, index: u64) -> Claim<'_> {
+        let key = (transfer, index);
+        let mut writing = lock(&self.writing);
+        while writing.contains(&key) {
+            writing = self
+                .written
+                .wait(writing)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        writing.insert(key);
+        Claim { inner: self, key }
+    }
+
+    /// fsyncs `segments` unless this transfer's file entry is known durable already.
+    /// Checked per transfer rather than "did I create the file": a put that finds the
+    /// file just created by a concurrent put must not return before its entry is synced.
+    fn sync_segment_entry(&self, transfer: TransferId) -> StoreResult<()> {
+        if lock(&self.dir_synced).contains(&transfer) {
+            return Ok(());
+        }
+        sync_dir(&self.segments_dir)?;
+        lock(&self.dir_synced).insert(transfer);
+        Ok(())
+    }
+
+    fn put_segment(
+        &self,
+        transfer: TransferId,
+        info: SegmentInfo,
+        offset: u64,
+        data: &[u8],
+    ) -> StoreResult<()> {
+        let key = segment_key(transfer, info.index);
+        let exists =
+            || StoreError::AlreadyExists(format!("segment {} of transfer {transfer}", info.index));
+        let _claim = self.claim(transfer, info.index);
+        // Checked before the file is touched, so a duplicate never overwrites the
+        // stored copy; the claim keeps the answer true until our record is committed.
+        {
+            let tx = self.db.begin_read().or_db()?;
+            let table = tx.open_table(SEGMENTS).or_db()?;
+            if table.get(key.as_slice()).or_db()?.is_some() {
+                return Err(exists());
+            }
+        }
+
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            // Other segments of the transfer are in this file already.
+            .truncate(false)
+            .mode(0o600)
+            .open(self.segment_path(transfer))?;
+        file.write_all_at(data, offset)?;
+        file.sync_data()?;
+        self.sync_segment_entry(transfer)?;
+
+        // Only now, with the data durable, does the record say the segment exists.
+        let tx = self.db.begin_write().or_db()?;
+        {
+            let mut table = tx.open_table(SEGMENTS).or_db()?;
+            if table.get(key.as_slice()).or_db()?.is_some() {
+                // Unreachable while the claim holds; refused rather than replaced anyway.
+                return Err(exists());
+            }
+            let mut value = Vec::with_capacity(SEGMENT_VALUE_LEN);
+            value.extend_from_slice(&info.len.to_be_bytes());
+            value.extend_from_slice(&info.tag);
+            table.insert(key.as_slice(), value.as_slice()).or_db()?;
+        }
+        tx.commit().or_db()
+    }
+
+    fn segments(&self, transfer: TransferId) -> StoreResult<Vec<SegmentInfo>> {
+        let (lo, hi) = (segment_key(transfer, 0), segment_key(transfer, u64::MAX));
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(SEGMENTS).or_db()?;
+        let mut out = Vec::new();
+        for entry in table.range(lo.as_slice()..=hi.as_slice()).or_db()? {
+            let (k, v) = entry.or_db()?;
+            out.push(decode_segment(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn read_segment(&self, transfer: TransferId, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let file = match File::open(self.segment_path(transfer)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(format!(
+                    "segments of transfer {transfer}"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; len as usize];
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Bytes::from(buf)),
+            // A segment we acknowledged is shorter on disk than it was.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupt(
+                format!("segment file of transfer {transfer} ends before {offset} + {len}"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn delete_segments(&self, transfer: TransferId) -> StoreResult<()> {
+        // Records first: a crash between the two steps leaves an unreferenced file,
+        // which a repeated delete removes, never a record pointing at missing data.
+        let (lo, hi) = (segment_key(transfer, 0), segment_key(transfer, u64::MAX));
+        let tx = self.db.begin_write().or_db()?;
+        {
+            let mut table = tx.open_table(SEGMENTS).or_db()?;
+            table
+                .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                .or_db()?;
+        }
+        tx.commit().or_db()?;
+
+        lock(&self.dir_synced).remove(&transfer);
+        match fs::remove_file(self.segment_path(transfer)) {
+            Ok(()) => sync_dir(&self.segments_dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn put_transfer(&self, record: &TransferRecord) -> StoreResult<()> {
+        let value = encode_transfer(record)?;
+        let index_key = batch_index_key(&record.sender, &record.batch_id);
+        let tx = self.db.begin_write().or_db()?;
+        {
+            // Both checks and both inserts in one write transaction: redb runs one
+            // at a time, so a concurrent duplicate cannot slip between check and insert.
+            let mut transfers = tx.open_table(TRANSFERS).or_db()?;
+            let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+            if transfers
+                .get(record.transfer.0.as_slice())
+                .or_db()?
+                .is_some()
+            {
+                return Err(StoreError::AlreadyExists(format!(
+                    "transfer {}",
+                    record.transfer
+                )));
+            }
+            // The index holds one transfer per (sender, batch id); a second would
+            // make `find_transfer` ambiguous.
+            if index.get(index_key.as_slice()).or_db()?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "an open transfer of this sender for batch {}",
+                    printable(&record.batch_id)
+                )));
+            }
+            transfers
+                .insert(record.transfer.0.as_slice(), value.as_slice())
+                .or_db()?;
+            index
+                .insert(index_key.as_slice(), record.transfer.0.as_slice())
+                .or_db()?;
+        }
+        tx.commit().or_db()
+    }
+
+    fn transfer(&self, transfer: TransferId) -> StoreResult<Option<TransferRecord>> {
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(TRANSFERS).or_db()?;
+        match table.get(transfer.0.as_slice()).or_db()? {
+            Some(v) => decode_transfer(v.value(), &transfer.0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn find_transfer(
+        &self,
+        sender: &[u8; 32],
+        batch_id: &[u8],
+    ) -> StoreResult<Option<TransferRecord>> {
+        let tx = self.db.begin_read().or_db()?;
+        let index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+        let Some(id) = index
+            .get(batch_index_key(sender, batch_id).as_slice())
+            .or_db()?
+        else {
+            return Ok(None);
+        };
+        let id_bytes = id.value();
+        let transfers = tx.open_table(TRANSFERS).or_db()?;
+        // Index and record are written and removed together, so a dangling or
+        // mismatched entry means the database is damaged.
+        let Some(v) = transfers.get(id_bytes).or_db()? else {
+            return Err(StoreError::Corrupt(format!(
+                "the batch index names a missing transfer for batch {}",
+                printable(batch_id)
+            )));
+        };
+        let record = decode_transfer(v.value(), id_bytes)?;
+        if record.sender != *sender || record.batch_id != batch_id {
+            return Err(StoreError::Corrupt(format!(
+                "the batch index entry for batch {} names transfer {} of another batch",
+                printable(batch_id),
+                record.transfer
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    fn transfers(&self) -> StoreResult<Vec<TransferRecord>> {
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(TRANSFERS).or_db()?;
+        let mut out = Vec::new();
+        for entry in table.iter().or_db()? {
+            let (k, v) = entry.or_db()?;
+            out.push(decode_transfer(v.value(), k.value())?);
+        }
+        Ok(out)
+    }
+
+    fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
+        let id = transfer.0;
+        let tx = self.db.begin_write().or_db()?;
+        {
+            let mut transfers = tx.open_table(TRANSFERS).or_db()?;
+            let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+            let old = transfers
+                .remove(id.as_slice())
+                .or_db()?
+                .map(|v| decode_transfer(v.value(), &id));
+            match old {
+                None => {}
+                Some(Ok(record)) => {
+                    let key = batch_index_key(&record.sender, &record.batch_id);
+                    // Remove the index entry only if it is ours.
+                    let ours = index
+                        .get(key.as_slice())
+                        .or_db()?
+                        .is_some_and(|v| v.value() == id.as_slice());
+                    if ours {
+                        index.remove(key.as_slice()).or_db()?;
+                    }
+                }
+                // A record too damaged to name its index key: find the entry by value,
+                // so deleting is still a way out of the damage.
+                Some(Err(_)) => index.retain(|_, v| v != id.as_slice()).or_db()?,
+            }
+        }
+        tx.commit().or_db()
+    }
+
+    fn put_batch(&self, record: &BatchRecord) -> StoreResult<()> {
+        let value = encode_batch(record)?;
+        let tx = self.db.begin_write().or_db()?;
+        {
+            // Check and insert in one write transaction, so a duplicate is refused
+            // atomically and the stored batch is never replaced.
+            let mut table = tx.open_table(BATCHES).or_db()?;
+            if table.get(record.batch_id.as_slice()).or_db()?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "batch {}",
+                    printable(&record.batch_id)
+                )));
+            }
+            table
+                .insert(record.batch_id.as_slice(), value.as_slice())
+                .or_db()?;
+        }
+        tx.commit().or_db()
+    }
+
+    fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(BATCHES).or_db()?;
+        match table.get(batch_id).or_db()? {
+            Some(v) => decode_batch(v.value(), batch_id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(BATCHES).or_db()?;
+        let mut out = Vec::new();
+        // redb orders `&[u8]` keys bytewise: sorted by batch id, as promised.
+        for entry in table.iter().or_db()? {
+            let (k, v) = entry.or_db()?;
+            out.push(decode_batch(v.value(), k.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SecretStore for FsStore {
+    async fn put_secret(&self, transfer: TransferId, sealed: Vec<u8>) -> StoreResult<()> {
+        self.run(move |inner| {
+            let tx = inner.db.begin_write().or_db()?;
+            tx.open_table(SECRETS)
+                .or_db()?
+                .insert(transfer.0.as_slice(), sealed.as_slice())
+                .or_db()?;
+            tx.commit().or_db()
+        })
+        .await
+    }
+
+    async fn secret(&self, transfer: TransferId) -> StoreResult<Option<Vec<u8>>> {
+        self.run(move |inner| {
+            let tx = inner.db.begin_read().or_db()?;
+            let table = tx.open_table(SECRETS).or_db()?;
+            Ok(table
+                .get(transfer.0.as_slice())
+                .or_db()?
+                .map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn delete_secret(&self, transfer: TransferId) -> StoreResult<()> {
+        self.run(move |inner| {
+            let tx = inner.db.begin_write().or_db()?;
+            tx.open_table(SECRETS)
+                .or_db()?
+                .remove(transfer.0.as_slice())
+                .or_db()?;
+            tx.commit().or_db()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SegmentStore for FsStore {
+    async fn put_segment(
+        &self,
+        transfer: TransferId,
+        info: SegmentInfo,
+        offset: u64,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        check_len(&info, &data)?;
+        if offset.checked_add(u64::from(info.len)).is_none() {
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("segment offset {offset} + {} bytes overflows", info.len),
+            )));
+        }
+        self.run(move |inner| inner.put_segment(transfer, info, offset, &data))
+            .await
+    }
+
+    async fn segments(&self, transfer: TransferId) -> StoreResult<Vec<SegmentInfo>> {
+        self.run(move |inner| inner.segments(transfer)).await
+    }
+
+    async fn read_segment(
+        &self,
+        transfer: TransferId,
+        offset: u64,
+        len: u32,
+    ) -> StoreResult<Bytes> {
+        self.run(move |inner| inner.read_segment(transfer, offset, len))
+            .await
+    }
+
+    async fn delete_segments(&self, transfer: TransferId) -> StoreResult<()> {
+        self.run(move |inner| inner.delete_segments(transfer)).await
+    }
+}
+
+#[async_trait]
+impl TransferStore for FsStore {
+    async fn put_transfer(&self, record: TransferRecord) -> StoreResult<()> {
+        self.run(move |inner| inner.put_transfer(&record)).await
+    }
+
+    async fn transfer(&self, transfer: TransferId) -> StoreResult<Option<TransferRecord>> {
+        self.run(move |inner| inner.transfer(transfer)).await
+    }
+
+    async fn find_transfer(
+        &self,
+        sender: [u8; 32],
+        batch_id: &[u8],
+    ) -> StoreResult<Option<TransferRecord>> {
+        let batch_id = batch_id.to_vec();
+        self.run(move |inner| inner.find_transfer(&sender, &batch_id))
+            .await
+    }
+
+    async fn transfers(&self) -> StoreResult<Vec<TransferRecord>> {
+        self.run(|inner| inner.transfers()).await
+    }
+
+    async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
+        self.run(move |inner| inner.delete_transfer(transfer)).await
+    }
+}
+
+#[async_trait]
+impl BatchStore for FsStore {
+    async fn put_batch(&self, record: BatchRecord) -> StoreResult<()> {
+        self.run(move |inner| inner.put_batch(&record)).await
+    }
+
+    async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
+        let batch_id = batch_id.to_vec();
+        self.run(move |inner| inner.batch(&batch_id)).await
+    }
+
+    async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
+        self.run(|inner| inner.batches()).await
+    }
+}
+
+// ---- Keys and record encoding ----
+
+/// Length of a SEGMENTS key: transfer id, then the index.
+const SEGMENT_KEY_LEN: usize = 16 + 8;
+/// Length of a SEGMENTS value: ciphertext length, then the tag.
+const SEGMENT_VALUE_LEN: usize = 4 + 16;
+/// The first byte of every encoded record, so the format can change later.
+const RECORD_VERSION: u8 = 1;
+
+fn segment_key(transfer: TransferId, index: u64) -> [u8; SEGMENT_KEY_LEN] {
+    let mut key = [0u8; SEGMENT_KEY_LEN];
+    key[..16].copy_from_slice(&transfer.0);
+    key[16..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn batch_index_key(sender: &[u8; 32], batch_id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + batch_id.len());
+    key.extend_from_slice(sender);
+    key.extend_from_slice(batch_id);
+    key
+}
+
+fn decode_segment(key: &[u8], value: &[u8]) -> StoreResult<SegmentInfo> {
+    let mut k = Reader::new(key, "segment key");
+    let _transfer: [u8; 16] = k.array()?;
+    let index = k.u64()?;
+    k.finish()?;
+    let mut v = Reader::new(value, "segment record");
+    let len = v.u32()?;
+    let tag = v.array()?;
+    v.finish()?;
+    Ok(SegmentInfo { index, len, tag })
+}
+
+/// Builds an encoded record: fixed-width big-endian integers and u32-length-prefixed
+/// byte strings, after a version byte.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new() -> Self {
+        Writer(vec![RECORD_VERSION])
+    }
+
+    fn raw(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+
+    fn u32(&mut self, n: u32) {
+        self.raw(&n.to_be_bytes());
+    }
+
+    fn u64(&mut self, n: u64) {
+        self.raw(&n.to_be_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> StoreResult<()> {
+        let len = u32::try_from(b.len()).map_err(|_| {
+            StoreError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a {}-byte field is too long to store", b.len()),
+            ))
+        })?;
+        self.u32(len);
+        self.raw(b);
+        Ok(())
+    }
+}
+
+/// Reads an encoded record, refusing (as [`StoreError::Corrupt`], never a panic) any
+/// byte string that is too short, too long or of an unknown version.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Reader { buf, what }
+    }
+
+    /// A reader past a version byte that must be [`RECORD_VERSION`].
+    fn versioned(buf: &'a [u8], what: &'static str) -> StoreResult<Self> {
+        let mut r = Reader::new(buf, what);
+        let [version] = r.array()?;
+        if version != RECORD_VERSION {
+            return Err(r.corrupt(&format!("unknown version {version}")));
+        }
+        Ok(r)
+    }
+
+    fn corrupt(&self, why: &str) -> StoreError {
+        StoreError::Corrupt(format!("{}: {why}", self.what))
+    }
+
+    fn take(&mut self, n: usize) -> StoreResult<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(self.corrupt("too short"));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> StoreResult<[u8; N]> {
+        let b = self.take(N)?;
+        <[u8; N]>::try_from(b).map_err(|_| self.corrupt("too short"))
+    }
+
+    fn u32(&mut self) -> StoreResult<u32> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> StoreResult<u64> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    fn bytes(&mut self) -> StoreResult<Vec<u8>> {
+        let len = self.u32()? as usize;
+        self.take(len).map(<[u8]>::to_vec)
+    }
+
+    fn finish(self) -> StoreResult<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt("trailing bytes"))
+        }
+    }
+}
+
+pub(super) fn encode_transfer(r: &TransferRecord) -> StoreResult<Vec<u8>> {
+    let mut w = Writer::new();
+    w.raw(&r.transfer.0);
+    w.bytes(&r.batch_id)?;
+    w.raw(&r.sender);
+    w.u32(r.chunk_size);
+    w.u64(r.created_unix);
+    w.u64(r.deadline_unix);
+    Ok(w.0)
+}
+
+/// Decodes a transfer record stored under the key `id`, which it must repeat.
+pub(super) fn decode_transfer(value: &[u8], id: &[u8]) -> StoreResult<TransferRecord> {
+    let mut r = Reader::versioned(value, "transfer record")?;
+    let record = TransferRecord {
+        transfer: TransferId(r.array()?),
+        batch_id: r.bytes()?,
+        sender: r.array()?,
+        chunk_size: r.u32()?,
+        created_unix: r.u64()?,
+        deadline_unix: r.u64()?,
+    };
+    r.finish()?;
+    if record.transfer.0.as_slice() != id {
+        return Err(StoreError::Corrupt(format!(
+            "transfer record {} is stored under another id",
+            record.transfer
+        )));
+    }
+    Ok(record)
+}
+
+pub(super) fn encode_batch(r: &BatchRecord) -> StoreResult<Vec<u8>> {
+    let mut w = Writer::new();
+    w.bytes(&r.batch_id)?;
+    w.raw(&r.transfer.0);
+    w.raw(&r.sender);
+    w.u32(r.chunk_size);
+    w.u64(r.segment_count);
+    w.u64(r.size);
+    w.bytes(&r.sealed_metadata)?;
+    w.raw(&r.chain);
+    w.u64(r.completed_unix);
+    w.bytes(&r.receipt)?;
+    Ok(w.0)
+}
+
+/// Decodes a batch record stored under the key `batch_id`, which it must repeat.
+pub(super) fn decode_batch(value: &[u8], batch_id: &[u8]) -> StoreResult<BatchRecord> {
+    let mut r = Reader::versioned(value, "batch record")?;
+    let record = BatchRecord {
+        batch_id: r.bytes()?,
+        transfer: TransferId(r.array()?),
+        sender: r.array()?,
+        chunk_size: r.u32()?,
+        segment_count: r.u64()?,
+        size: r.u64()?,
+        sealed_metadata: r.bytes()?,
+        chain: r.array()?,
+        completed_unix: r.u64()?,
+        receipt: r.bytes()?,
+    };
+    r.finish()?;
+    if record.batch_id != batch_id {
+        return Err(StoreError::Corrupt(format!(
+            "batch record {} is stored under another batch id",
+            printable(&record.batch_id)
+        )));
+    }
+    Ok(record)
+}

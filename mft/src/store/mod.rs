@@ -1,0 +1,207 @@
+//! Server storage: four narrow traits, as in the Go `mft` package, so each can live
+//! where it fits (one embedded database today, an object store for segments later).
+//!
+//! - [`SecretStore`]: per-transfer secrets, sealed by the server before they get here.
+//! - [`SegmentStore`]: segment ciphertext, written durably before it is acknowledged.
+//! - [`TransferStore`]: open transfers: transfer id → batch id, sender, deadline.
+//! - [`BatchStore`]: completed batches, visible only once complete and verified.
+//!
+//! Every key that reaches a store is either a random [`TransferId`] or an opaque
+//! batch id that stores must treat as bytes: never a path component, never a query
+//! string. Implementations: [`MemoryStore`] (tests) and [`FsStore`] (the embedded
+//! default: segment files plus a redb database, fsync'd before returning).
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+mod fs;
+mod memory;
+#[cfg(test)]
+mod tests;
+
+pub use fs::FsStore;
+pub use memory::MemoryStore;
+
+/// The opaque random identifier the server gives a transfer; it names the transfer in
+/// segments and storage instead of the batch id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferId(pub [u8; 16]);
+
+impl TransferId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut id = [0u8; 16];
+        crate::crypto::fill_random(&mut id);
+        TransferId(id)
+    }
+
+    /// Lowercase hex, 32 characters: safe as a file name.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TransferId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What a store records about one stored segment (its data is kept separately).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The segment's index in the batch, from 0.
+    pub index: u64,
+    /// Ciphertext length in bytes, including the 16-byte AES-GCM tag.
+    pub len: u32,
+    /// The AES-GCM tag (the last 16 ciphertext bytes), for the chain hash.
+    pub tag: [u8; 16],
+}
+
+/// An open (incomplete) transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferRecord {
+    /// The transfer's id.
+    pub transfer: TransferId,
+    /// The batch it will become (opaque bytes).
+    pub batch_id: Vec<u8>,
+    /// The sender's Ed25519 public key.
+    pub sender: [u8; 32],
+    /// Plaintext bytes per segment (the last may be shorter).
+    pub chunk_size: u32,
+    /// When it was opened, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// After this (seconds since the Unix epoch) an incomplete transfer is reclaimed.
+    pub deadline_unix: u64,
+}
+
+/// A completed, verified batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// The batch id (opaque bytes).
+    pub batch_id: Vec<u8>,
+    /// The transfer whose segments hold its data.
+    pub transfer: TransferId,
+    /// The sender's Ed25519 public key.
+    pub sender: [u8; 32],
+    /// Plaintext bytes per segment.
+    pub chunk_size: u32,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// The metadata as sent, still encrypted under the transfer's data key.
+    pub sealed_metadata: Vec<u8>,
+    /// The final chain hash over all segments.
+    pub chain: [u8; 64],
+    /// When it completed, seconds since the Unix epoch.
+    pub completed_unix: u64,
+    /// The server-signed receipt, as returned to the sender.
+    pub receipt: Vec<u8>,
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The record exists already (a batch id taken, a segment index stored twice).
+    #[error("already stored: {0}")]
+    AlreadyExists(String),
+    /// The record does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Stored data failed a consistency check.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The disk or file system failed (full, read-only, …).
+    #[error("storage i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The embedded database failed.
+    #[error("database failed: {0}")]
+    Database(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Per-transfer secrets, sealed by the server (stores see only opaque bytes).
+/// Kept for completed batches too: retrieval needs them.
+#[async_trait]
+pub trait SecretStore: Send + Sync + fmt::Debug {
+    /// Stores (or replaces) the sealed secret of `transfer`, durably.
+    async fn put_secret(&self, transfer: TransferId, sealed: Vec<u8>) -> StoreResult<()>;
+    /// The sealed secret of `transfer`, if any.
+    async fn secret(&self, transfer: TransferId) -> StoreResult<Option<Vec<u8>>>;
+    /// Forgets the secret of `transfer` (missing is not an error).
+    async fn delete_secret(&self, transfer: TransferId) -> StoreResult<()>;
+}
+
+/// Segment ciphertext.
+#[async_trait]
+pub trait SegmentStore: Send + Sync + fmt::Debug {
+    /// Stores one segment's ciphertext `data` (whose length is `info.len`) at byte
+    /// `offset` of the transfer's data (the server uses `index × (chunk size + 16)`,
+    /// so segments never overlap), durably: when this returns, the data and its
+    /// record survive a crash. Storing an index twice is [`StoreError::AlreadyExists`]
+    /// and leaves the first copy untouched.
+    async fn put_segment(
+        &self,
+        transfer: TransferId,
+        info: SegmentInfo,
+        offset: u64,
+        data: Bytes,
+    ) -> StoreResult<()>;
+    /// The stored segments of `transfer`, sorted by index.
+    async fn segments(&self, transfer: TransferId) -> StoreResult<Vec<SegmentInfo>>;
+    /// Reads `len` bytes at `offset` of the transfer's data (one stored segment).
+    async fn read_segment(&self, transfer: TransferId, offset: u64, len: u32)
+    -> StoreResult<Bytes>;
+    /// Deletes every segment of `transfer` (missing is not an error).
+    async fn delete_segments(&self, transfer: TransferId) -> StoreResult<()>;
+}
+
+/// Open transfers.
+#[async_trait]
+pub trait TransferStore: Send + Sync + fmt::Debug {
+    /// Records an open transfer, durably. An existing record with the same id, or an
+    /// open transfer of the same sender for the same batch id, is
+    /// [`StoreError::AlreadyExists`] (the server resumes that one instead).
+    async fn put_transfer(&self, record: TransferRecord) -> StoreResult<()>;
+    /// The open transfer with this id.
+    async fn transfer(&self, transfer: TransferId) -> StoreResult<Option<TransferRecord>>;
+    /// The open transfer of `sender` for `batch_id`, if any (for resuming).
+    async fn find_transfer(
+        &self,
+        sender: [u8; 32],
+        batch_id: &[u8],
+    ) -> StoreResult<Option<TransferRecord>>;
+    /// Every open transfer (for reclaiming expired ones).
+    async fn transfers(&self) -> StoreResult<Vec<TransferRecord>>;
+    /// Forgets an open transfer (missing is not an error).
+    async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()>;
+}
+
+/// Completed batches.
+#[async_trait]
+pub trait BatchStore: Send + Sync + fmt::Debug {
+    /// Records a completed batch, durably. A batch id that exists is
+    /// [`StoreError::AlreadyExists`] and the stored batch is untouched.
+    async fn put_batch(&self, record: BatchRecord) -> StoreResult<()>;
+    /// The completed batch with this id.
+    async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>>;
+    /// Every completed batch, sorted by batch id.
+    async fn batches(&self) -> StoreResult<Vec<BatchRecord>>;
+}
+
+/// All four stores, as the server uses them.
+pub trait Store: SecretStore + SegmentStore + TransferStore + BatchStore {}
+
+impl<T: SecretStore + SegmentStore + TransferStore + BatchStore> Store for T {}

@@ -1,0 +1,199 @@
+//! Reading a batch back: segments from any source are checked one by one (position,
+//! size, AES-GCM tag) and handed on as plaintext; the chain hash is checked before
+//! the reader sees the end, so a truncated or reordered batch ends in an error, never
+//! in a clean end of file. Memory stays bounded: a few segments in flight.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+use flow::PeerKey;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::crypto::{self, AesGcm, Chain};
+use crate::error::{Error, Result};
+use crate::handshake::PullSecret;
+use crate::wire;
+
+/// Plaintext segments buffered between the verifier and the reader.
+const BUFFERED_SEGMENTS: usize = 4;
+
+/// Where a batch's segments come from: storage, or a pull flow.
+#[async_trait]
+pub trait SegmentSource: Send + 'static {
+    /// The next `(index, ciphertext)`, or `None` at the end.
+    async fn next_segment(&mut self) -> Result<Option<(u64, Bytes)>>;
+}
+
+/// What is known about a retrieved batch before its data is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// The batch id.
+    pub batch_id: Vec<u8>,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// Who sent it.
+    pub sender: PeerKey,
+    /// The metadata the sender attached (verified).
+    pub metadata: Bytes,
+}
+
+/// The plaintext of a batch, verified as it is read.
+///
+/// An `InvalidData` error means the stored or received data failed verification;
+/// the bytes read before it were each authenticated, but the batch as a whole is not
+/// — callers writing a file should discard it (write to a temporary name, rename on
+/// a clean end).
+#[derive(Debug)]
+pub struct BatchReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl AsyncRead for BatchReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.current.is_empty() {
+                let n = self.current.len().min(buf.remaining());
+                buf.put_slice(&self.current[..n]);
+                self.current.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Checks the metadata now and starts verifying segments from `source` in the
+/// background, returning the reader of the plaintext.
+pub(crate) fn open_batch(
+    batch_id: &[u8],
+    secret: PullSecret,
+    source: impl SegmentSource,
+) -> Result<(BatchReader, BatchInfo)> {
+    let cipher = AesGcm::new(&secret.data_key);
+    let metadata = crypto::open(
+        &cipher,
+        &crypto::METADATA_NONCE,
+        &crypto::metadata_aad(&secret.transfer_id),
+        &secret.sealed_metadata,
+    )
+    .map_err(|_| Error::Integrity("the metadata fails authentication".into()))?;
+    let sender = PeerKey::from_bytes(secret.sender)
+        .map_err(|_| Error::Integrity("the sender key is invalid".into()))?;
+    let info = BatchInfo {
+        batch_id: batch_id.to_vec(),
+        size: secret.size,
+        segment_count: secret.segment_count,
+        sender,
+        metadata: Bytes::from(metadata),
+    };
+    let (tx, rx) = mpsc::channel(BUFFERED_SEGMENTS);
+    let mut chain = Chain::new(&secret.transfer_id, batch_id);
+    tokio::spawn(async move {
+        let result = verify_segments(&secret, &cipher, &mut chain, source, &tx).await;
+        if let Err(e) = result {
+            let _ = tx
+                .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
+                .await;
+        }
+    });
+    Ok((
+        BatchReader {
+            rx,
+            current: Bytes::new(),
+        },
+        info,
+    ))
+}
+
+async fn verify_segments(
+    secret: &PullSecret,
+    cipher: &AesGcm,
+    chain: &mut Chain,
+    mut source: impl SegmentSource,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+) -> Result<()> {
+    let chunk_wire = secret.chunk_size as usize + wire::TAG_LEN;
+    let mut total = 0u64;
+    for expected in 0..secret.segment_count {
+        let (index, ciphertext) = source.next_segment().await?.ok_or_else(|| {
+            Error::Integrity(format!(
+                "the batch ended after {expected} of {} segments",
+                secret.segment_count
+            ))
+        })?;
+        if index != expected {
+            return Err(Error::Integrity(format!(
+                "segment {index} arrived where segment {expected} belongs"
+            )));
+        }
+        let last = expected + 1 == secret.segment_count;
+        let len = ciphertext.len();
+        if len < wire::TAG_LEN || len > chunk_wire || (!last && len != chunk_wire) {
+            return Err(Error::Integrity(format!("segment {index} has {len} bytes")));
+        }
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&ciphertext[len - wire::TAG_LEN..]);
+        chain.push(len as u32, &tag);
+        let cipher = cipher.clone();
+        let transfer_id = secret.transfer_id;
+        let plaintext = tokio::task::spawn_blocking(move || {
+            let mut buf = ciphertext.to_vec();
+            crypto::open_segment(&cipher, &transfer_id, index, &mut buf).map(|n| {
+                buf.truncate(n);
+                Bytes::from(buf)
+            })
+        })
+        .await
+        .map_err(|e| Error::Io(io::Error::other(e)))?
+        .map_err(|_| Error::Integrity(format!("segment {index} fails authentication")))?;
+        total += plaintext.len() as u64;
+        if !last {
+            if tx.send(Ok(plaintext)).await.is_err() {
+                return Ok(()); // the reader was dropped
+            }
+        } else {
+            // Hold the last segment until the whole batch checks out, so a reader
+            // never sees a clean end of a batch that is wrong.
+            if total != secret.size {
+                return Err(Error::Integrity(format!(
+                    "the batch has {total} bytes, {} expected",
+                    secret.size
+                )));
+            }
+            if !crypto::secrets_equal(&chain.value(), &secret.chain) {
+                return Err(Error::Integrity("the chain hash does not match".into()));
+            }
+            if source.next_segment().await?.is_some() {
+                return Err(Error::Integrity("segments after the last one".into()));
+            }
+            let _ = tx.send(Ok(plaintext)).await;
+        }
+    }
+    if secret.segment_count == 0 {
+        if !crypto::secrets_equal(&chain.value(), &secret.chain) || secret.size != 0 {
+            return Err(Error::Integrity(
+                "the empty batch does not match its chain".into(),
+            ));
+        }
+        if source.next_segment().await?.is_some() {
+            return Err(Error::Integrity("segments in an empty batch".into()));
+        }
+    }
+    Ok(())
+}
