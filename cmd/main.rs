@@ -1,30 +1,33 @@
 //! The `mftq` command.
 //!
-//! Today it has one subcommand, `demo`, which runs the flow layer end to end on
-//! loopback: two managers with fresh keys, mutual TLS over QUIC, many concurrent flows
-//! over one connection, every byte checked. The transfer protocol, the HTTPS fallback
-//! and the full command set (keygen, serve, send, get, list, bench) come with their
-//! own issues.
+//! Today it has one subcommand, `demo`, which runs a whole transfer on loopback: a
+//! server with fresh keys and an embedded store in a temporary directory, a sender
+//! pushing a generated batch over QUIC (many segment flows on one mutually
+//! authenticated connection), a retriever pulling it back, every byte checked. The
+//! HTTPS fallback and the full command set (keygen, serve, send, get, list, bench)
+//! come with their own issues.
 
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use flow::{Authorizer, Flow, Identity, Manager, ManagerConfig, Registry};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use flow::{Identity, Manager, ManagerConfig, Registry};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 const USAGE: &str = "\
 usage: mftq demo [--size SIZE] [--flows N]
 
-Runs a loopback QUIC transfer between two flow managers with fresh Ed25519 keys,
-checks every byte, and prints the throughput.
+Runs a whole transfer on loopback: a server with a fresh Ed25519 key and an
+embedded store in a temporary directory, a sender pushing a generated batch over
+QUIC, a retriever pulling it back; checks every byte and prints the throughput.
 
-  --size SIZE   bytes to send in total, e.g. 64MiB, 1GiB, 1000000 (default 256MiB)
-  --flows N     concurrent flows over the one connection (default 8)
+  --size SIZE   batch size, e.g. 64MiB, 1GiB, 1000000 (default 256MiB)
+  --flows N     concurrent segment flows over the one connection (default 8)
 
 Set RUST_LOG=debug for logs.";
-
-/// Per-flow write unit: large enough to keep QUIC streams busy, small enough to reuse.
-const CHUNK: usize = 256 << 10;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -128,159 +131,176 @@ fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(multiplier).ok_or_else(bad)
 }
 
-/// The byte at offset `i` of flow `f`'s stream: cheap to make and to check, and
-/// different on every flow so crossed streams would be caught.
-fn pattern(f: usize, i: u64) -> u8 {
-    (i.wrapping_mul(31) ^ (f as u64).wrapping_mul(0x9e)) as u8 ^ (i >> 12) as u8
+/// The demo batch's byte at `offset`: cheap to generate and to check, without holding
+/// the batch in memory, and varied enough that misplaced segments would show.
+fn pattern(offset: u64) -> u8 {
+    (offset.wrapping_mul(31) ^ (offset >> 12).wrapping_mul(0x9e)) as u8
 }
 
-async fn demo(options: DemoOptions) -> flow::Result<()> {
-    let server = Manager::new(
-        Identity::generate(),
-        Registry::default(),
-        ManagerConfig::default(),
-    )?;
-    let listening = server.listen("quic", "127.0.0.1:0").await?;
-    let client = Manager::new(
-        Identity::generate(),
-        Registry::default(),
-        ManagerConfig::default(),
-    )?;
-    println!(
-        "server {} listening on {}",
-        server.identity().public_key(),
-        listening.endpoint()
-    );
-    println!("client {}", client.identity().public_key());
+/// Generates `len` bytes of [`pattern`] as an `AsyncRead`.
+struct PatternReader {
+    offset: u64,
+    len: u64,
+}
 
-    let flows = options.flows;
-    let per_flow = options.size / flows as u64;
-    let extra = options.size % flows as u64;
-    let receiver = tokio::spawn({
-        let server = server.clone();
-        async move {
-            let mut checks = Vec::new();
-            for _ in 0..flows {
-                let flow = server.accept().await?;
-                checks.push(tokio::spawn(receive_and_check(flow)));
-            }
-            let mut total = 0;
-            for check in checks {
-                total += check.await.map_err(|e| {
-                    flow::Error::protocol(flow::ErrorKind::Aborted, e.to_string())
-                })??;
-            }
-            Ok::<u64, flow::Error>(total)
+impl AsyncRead for PatternReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = (self.len - self.offset).min(buf.remaining() as u64) as usize;
+        let start = self.offset;
+        let out = buf.initialize_unfilled_to(n);
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = pattern(start + k as u64);
         }
-    });
+        buf.advance(n);
+        self.offset += n as u64;
+        Poll::Ready(Ok(()))
+    }
+}
 
-    let started = Instant::now();
-    let pinned = Authorizer::pinned(server.identity().public_key());
-    let mut senders = Vec::new();
-    for f in 0..flows {
-        let len = per_flow + if f == 0 { extra } else { 0 };
-        let flow = client
-            .dial(
-                listening.endpoint(),
-                pinned.clone(),
-                Duration::from_secs(10),
-            )
-            .await?;
-        senders.push(tokio::spawn(send_pattern(flow, f, len)));
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let mut suffix = [0u8; 8];
+        mft::crypto::fill_random(&mut suffix);
+        let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("mftq-demo-{name}"));
+        std::fs::create_dir(&dir)?;
+        Ok(TempDir(dir))
     }
-    for sender in senders {
-        sender
-            .await
-            .map_err(|e| flow::Error::protocol(flow::ErrorKind::Aborted, e.to_string()))??;
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    let received = receiver
+}
+
+/// Any failure of the demo, with what it was doing.
+fn failed(step: &str, e: impl std::fmt::Display) -> String {
+    format!("{step}: {e}")
+}
+
+async fn demo(options: DemoOptions) -> Result<(), String> {
+    let data = TempDir::new().map_err(|e| failed("creating a temporary directory", e))?;
+    let store = mft::store::FsStore::open(&data.0).map_err(|e| failed("opening the store", e))?;
+
+    let server_identity = Identity::generate();
+    let server_manager = Manager::new(
+        server_identity.clone(),
+        Registry::default(),
+        ManagerConfig::default(),
+    )
+    .map_err(|e| failed("starting the server", e))?;
+    let listening = server_manager
+        .listen("quic", "127.0.0.1:0")
         .await
-        .map_err(|e| flow::Error::protocol(flow::ErrorKind::Aborted, e.to_string()))??;
-    let elapsed = started.elapsed();
-    let connections = client.connections();
-    let rtt = connections.first().and_then(|c| c.rtt());
+        .map_err(|e| failed("listening", e))?;
+    let client_manager = Manager::new(
+        Identity::generate(),
+        Registry::default(),
+        ManagerConfig::default(),
+    )
+    .map_err(|e| failed("starting the client", e))?;
+    let client_key = client_manager.identity().public_key();
+    // Only the demo's client may send and retrieve.
+    let server = mft::Server::new(
+        server_identity,
+        Arc::new(store),
+        mft::ServerConfig::default(),
+    )
+    .authorize_senders(Arc::new(move |key, _, _| *key == client_key))
+    .authorize_retrievers(Arc::new(move |key, _, _| *key == client_key));
+    tokio::spawn({
+        let server = server.clone();
+        let manager = server_manager.clone();
+        async move { server.serve(manager).await }
+    });
     println!(
-        "sent and verified {} over {} flow(s) on {} QUIC connection(s) in {:.2?}: {:.1} MB/s (rtt {:?})",
-        human(received),
-        flows,
-        connections.len(),
-        elapsed,
-        received as f64 / elapsed.as_secs_f64() / 1e6,
-        rtt.unwrap_or_default(),
+        "server {} on {}, store in {}",
+        server.identity().public_key(),
+        listening.endpoint(),
+        data.0.display()
     );
-    client.close();
-    server.close();
-    Ok(())
-}
+    println!("client {client_key}");
 
-/// Sends `[flow index][length]` then `len` pattern bytes, and waits for the
-/// receiver's verdict.
-async fn send_pattern(mut flow: Flow, f: usize, len: u64) -> flow::Result<()> {
-    flow.write_msg(&[&(f as u32).to_be_bytes(), &len.to_be_bytes()])
-        .await?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0u64;
-    while sent < len {
-        let n = (len - sent).min(CHUNK as u64) as usize;
-        for (k, b) in buf[..n].iter_mut().enumerate() {
-            *b = pattern(f, sent + k as u64);
-        }
-        flow.write_all(&buf[..n]).await?;
-        sent += n as u64;
-    }
-    match flow.read_msg().await? {
-        Some(verdict) if verdict.as_ref() == b"ok" => Ok(()),
-        Some(verdict) => Err(flow::Error::protocol(
-            flow::ErrorKind::Network,
-            format!("receiver reports: {}", String::from_utf8_lossy(&verdict)),
-        )),
-        None => Err(flow::Error::protocol(
-            flow::ErrorKind::Aborted,
-            "receiver ended the flow without a verdict",
-        )),
-    }
-}
+    let mut config =
+        mft::ClientConfig::new(listening.endpoint().clone(), server.identity().public_key());
+    config.streams(options.flows);
+    let sender = mft::Sender::new(client_manager.clone(), config.clone())
+        .map_err(|e| failed("configuring the sender", e))?;
+    let metadata = format!(
+        r#"{{"name":"demo.bin","size":{},"generator":"mftq demo"}}"#,
+        options.size
+    );
+    let started = Instant::now();
+    let receipt = sender
+        .send(
+            PatternReader {
+                offset: 0,
+                len: options.size,
+            },
+            b"demo-batch",
+            metadata.as_bytes(),
+        )
+        .await
+        .map_err(|e| failed("sending", e))?;
+    let sent = started.elapsed();
 
-/// Reads one flow's header and data, checks every byte, and answers "ok".
-async fn receive_and_check(mut flow: Flow) -> flow::Result<u64> {
-    let bad = |why: String| flow::Error::protocol(flow::ErrorKind::Network, why);
-    let header = flow
-        .read_msg()
-        .await?
-        .ok_or_else(|| bad("flow ended before its header".into()))?;
-    let (f, len) = match header.as_ref() {
-        [a, b, c, d, rest @ ..] if rest.len() == 8 => {
-            let mut n = [0u8; 8];
-            n.copy_from_slice(rest);
-            (
-                u32::from_be_bytes([*a, *b, *c, *d]) as usize,
-                u64::from_be_bytes(n),
-            )
-        }
-        _ => {
-            return Err(bad(format!(
-                "header of {} bytes, expected 12",
-                header.len()
-            )));
-        }
-    };
-    let mut buf = vec![0u8; CHUNK];
-    let mut seen = 0u64;
-    while seen < len {
-        let want = (len - seen).min(CHUNK as u64) as usize;
-        let n = flow.read(&mut buf[..want]).await?;
+    let retriever = mft::Retriever::new(client_manager.clone(), config)
+        .map_err(|e| failed("configuring the retriever", e))?;
+    let started = Instant::now();
+    let (mut batch, info) = retriever
+        .get(b"demo-batch")
+        .await
+        .map_err(|e| failed("retrieving", e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = batch
+            .read(&mut buf)
+            .await
+            .map_err(|e| failed("retrieving", e))?;
         if n == 0 {
-            return Err(bad(format!("flow {f} ended after {seen} of {len} bytes")));
+            break;
         }
-        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(f, seen + k as u64)) {
-            let verdict = format!("flow {f}: wrong byte at offset {}", seen + k as u64);
-            flow.write_msg_and_close(&[verdict.as_bytes()]).await?;
-            return Err(bad(verdict));
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(offset + k as u64)) {
+            return Err(format!(
+                "retrieved byte {} differs from what was sent",
+                offset + k as u64
+            ));
         }
-        seen += n as u64;
+        offset += n as u64;
     }
-    flow.write_msg_and_close(&[b"ok"]).await?;
-    Ok(seen)
+    let got = started.elapsed();
+    if offset != options.size || info.metadata != metadata.as_bytes() {
+        return Err(format!(
+            "retrieved {offset} bytes and metadata {:?}; sent {} bytes and {metadata:?}",
+            String::from_utf8_lossy(&info.metadata),
+            options.size
+        ));
+    }
+    let rate = |d: Duration| options.size as f64 / d.as_secs_f64().max(1e-9) / 1e6;
+    println!(
+        "batch {} ({}, {} segments over {} flows on {} QUIC connection): receipt signed by the server",
+        String::from_utf8_lossy(&receipt.batch_id),
+        human(receipt.size),
+        receipt.segment_count,
+        options.flows,
+        client_manager.connections().len(),
+    );
+    println!("{:<10} {:>10} {:>10}", "step", "time", "MB/s");
+    println!("{:<10} {:>10.2?} {:>10.1}", "send", sent, rate(sent));
+    println!("{:<10} {:>10.2?} {:>10.1}", "retrieve", got, rate(got));
+    println!("verified: every byte and the metadata match");
+    client_manager.close();
+    server_manager.close();
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {
@@ -358,5 +378,17 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn pattern_reader_yields_exactly_the_pattern() {
+        let mut reader = PatternReader {
+            offset: 0,
+            len: 70_001,
+        };
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out.len(), 70_001);
+        assert!(out.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)));
     }
 }

@@ -19,7 +19,8 @@ fn demo_transfers_and_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("sent and verified 4.0 MiB over 4 flow(s) on 1 QUIC connection(s)"),
+        stdout.contains("4.0 MiB, 4 segments over 4 flows on 1 QUIC connection")
+            && stdout.contains("verified: every byte and the metadata match"),
         "{stdout}"
     );
 }

@@ -231,6 +231,8 @@ struct Shared {
     config: ClientConfig,
     transfer_id: [u8; 16],
     queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
+    /// Segments the server held when the transfer (re)opened: not sent again.
+    already_stored: Stored,
     retry: Mutex<VecDeque<Pending>>,
     acked_bytes: AtomicU64,
     acked_segments: AtomicU64,
@@ -353,6 +355,16 @@ impl Sender {
             chunk_size: secret.chunk_size,
         });
 
+        // A transfer reopened by a new process (same sender, same batch id) may have
+        // segments stored already; ask once, and send only the rest.
+        let already_stored = self
+            .retrying(&mut attempt, || self.stored(secret.transfer_id))
+            .await?;
+        if already_stored.count() > 0 {
+            let _ = self.events.send(Event::Resumed {
+                stored: already_stored.count(),
+            });
+        }
         let (tx, rx) = mpsc::channel(self.config.streams * 2);
         let producer = tokio::spawn(produce(
             reader,
@@ -366,6 +378,7 @@ impl Sender {
             config: self.config.clone(),
             transfer_id: secret.transfer_id,
             queue: tokio::sync::Mutex::new(rx),
+            already_stored,
             retry: Mutex::new(VecDeque::new()),
             acked_bytes: AtomicU64::new(0),
             acked_segments: AtomicU64::new(0),
@@ -640,6 +653,10 @@ async fn produce(
 async fn send_segments(shared: Arc<Shared>) -> Result<()> {
     let mut flow: Option<(FlowReader, FlowWriter)> = None;
     while let Some(pending) = shared.next().await {
+        if shared.already_stored.contains(pending.index) {
+            shared.acked(&pending);
+            continue;
+        }
         match send_one(&shared, &mut flow, &pending).await {
             Ok(()) => shared.acked(&pending),
             Err(e) if e.refuse_code() == Some(RefuseCode::DuplicateSegment) => {

@@ -254,12 +254,53 @@ impl Server {
         &self.inner.identity
     }
 
-    /// Serves every flow `manager` accepts until the manager closes.
+    /// Serves every flow `manager` accepts until the manager closes, reclaiming
+    /// expired transfers every minute meanwhile.
     pub async fn serve(&self, manager: Manager) {
+        let reclaimer = tokio::spawn({
+            let server = self.clone();
+            async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    ticker.tick().await;
+                    if let Err(e) = server.reclaim_expired().await {
+                        tracing::warn!(error = %e, "reclaiming expired transfers failed");
+                    }
+                }
+            }
+        });
         while let Ok(flow) = manager.accept().await {
             let server = self.clone();
             tokio::spawn(async move { server.handle_flow(flow).await });
         }
+        reclaimer.abort();
+    }
+
+    /// Deletes open transfers past their deadline, with their segments and secrets,
+    /// and returns how many. A transfer whose batch was completed (a crash between
+    /// storing the batch and closing the transfer) only loses its open record.
+    pub async fn reclaim_expired(&self) -> Result<usize> {
+        let store = &self.inner.store;
+        let now = now_unix();
+        let mut reclaimed = 0;
+        for record in store.transfers().await? {
+            if record.deadline_unix >= now {
+                continue;
+            }
+            let completed = store
+                .batch(&record.batch_id)
+                .await?
+                .is_some_and(|b| b.transfer == record.transfer);
+            if !completed {
+                store.delete_segments(record.transfer).await?;
+                store.delete_secret(record.transfer).await?;
+            }
+            store.delete_transfer(record.transfer).await?;
+            self.lock_open().remove(&record.transfer);
+            tracing::info!(transfer = %record.transfer, completed, "reclaimed expired transfer");
+            reclaimed += 1;
+        }
+        Ok(reclaimed)
     }
 
     /// Serves one flow to its end.
@@ -284,6 +325,9 @@ impl Server {
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "flow failed before its first message");
+                if let Some(Refusal(too_large)) = too_large(&e) {
+                    let _ = writer.write_msg_and_close(&[&too_large.encode()]).await;
+                }
                 return;
             }
             Err(_) => {
@@ -564,7 +608,7 @@ impl Server {
                 Ok(None) => return Ok(None),
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "segment flow failed");
-                    return Ok(None);
+                    return too_large(&e).map_or(Ok(None), Err);
                 }
             };
             segment = match Message::decode(next) {
@@ -923,6 +967,18 @@ impl Server {
     }
 }
 
+/// The refusal for a message over the flow's size limit: refused from its length
+/// prefix alone, before its body is read or buffered.
+fn too_large(e: &flow::Error) -> Option<Refusal> {
+    match e.reason() {
+        flow::Reason::MessageTooLarge { len, max } => Some(refusal(
+            RefuseCode::SegmentTooLarge,
+            format!("message of {len} bytes exceeds this server's limit of {max}"),
+        )),
+        _ => None,
+    }
+}
+
 /// Stored segments as a [`SegmentSource`].
 struct StoreSource {
     store: Arc<dyn Store>,
@@ -964,5 +1020,72 @@ impl Drop for FlowSlot {
                 counts.remove(&self.peer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BatchStore, MemoryStore, SecretStore, SegmentStore, TransferStore};
+
+    fn record(id: u8, batch: &[u8], deadline_unix: u64) -> TransferRecord {
+        TransferRecord {
+            transfer: TransferId([id; 16]),
+            batch_id: batch.to_vec(),
+            sender: [9; 32],
+            chunk_size: 4096,
+            created_unix: 0,
+            deadline_unix,
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
+        let store = Arc::new(MemoryStore::new());
+        let server = Server::new(Identity::generate(), store.clone(), ServerConfig::default());
+        let info = SegmentInfo {
+            index: 0,
+            len: 20,
+            tag: [0; 16],
+        };
+        let (expired, live, done) = (
+            record(1, b"old", 1),
+            record(2, b"new", u64::MAX),
+            record(3, b"done", 1),
+        );
+        for r in [&expired, &live, &done] {
+            store.put_transfer(r.clone()).await.unwrap();
+            store.put_secret(r.transfer, vec![1, 2, 3]).await.unwrap();
+            store
+                .put_segment(r.transfer, info, 0, Bytes::from(vec![0; 20]))
+                .await
+                .unwrap();
+        }
+        store
+            .put_batch(BatchRecord {
+                batch_id: b"done".to_vec(),
+                transfer: done.transfer,
+                sender: [9; 32],
+                chunk_size: 4096,
+                segment_count: 1,
+                size: 4,
+                sealed_metadata: vec![],
+                chain: [0; 64],
+                completed_unix: 1,
+                receipt: vec![],
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(server.reclaim_expired().await.unwrap(), 2);
+        assert!(store.transfer(expired.transfer).await.unwrap().is_none());
+        assert!(store.segments(expired.transfer).await.unwrap().is_empty());
+        assert!(store.secret(expired.transfer).await.unwrap().is_none());
+        assert!(store.transfer(live.transfer).await.unwrap().is_some());
+        assert_eq!(store.segments(live.transfer).await.unwrap().len(), 1);
+        // The completed batch keeps its data and key; only the open record goes.
+        assert!(store.transfer(done.transfer).await.unwrap().is_none());
+        assert_eq!(store.segments(done.transfer).await.unwrap().len(), 1);
+        assert!(store.secret(done.transfer).await.unwrap().is_some());
     }
 }
