@@ -1,4 +1,55 @@
 //! # mft: the mftq transfer protocol
+//!
+//! Moves a **batch** (any `AsyncRead` plus metadata bytes) over the flows of a
+//! [`flow::Manager`]: a signed handshake with fresh X25519 keys, many AES-256-GCM
+//! segments in parallel, each acknowledged once stored durably, and a signed
+//! completion whose chain hash catches omission, duplication, reordering and
+//! substitution; the server answers with a signed [`Receipt`]. A [`Retriever`] pulls
+//! a batch back, verified segment by segment.
+//!
+//! The parts, sans-IO first as in quinn: [`wire`] (messages and their bytes),
+//! [`crypto`] (key schedule, sealing, signatures, chain), [`handshake`]; then
+//! [`Server`], [`Sender`], [`Retriever`], and the four storage traits in [`store`]
+//! with [`store::MemoryStore`] and the embedded default [`store::FsStore`].
+//! `docs/PROTOCOL.md` is the normative description.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use flow::{Identity, Manager, ManagerConfig, MemProtocol, Registry};
+//! use tokio::io::AsyncReadExt;
+//!
+//! // Two managers on an in-process network (QUIC works the same way).
+//! let network = MemProtocol::new();
+//! let mut registry = Registry::default();
+//! registry.register("mem", Arc::new(network), &[]);
+//! let server_manager = Manager::new(Identity::generate(), registry.clone(), ManagerConfig::default())?;
+//! let endpoint = server_manager.listen("mem", "server").await?.endpoint().clone();
+//! let client_manager = Manager::new(Identity::generate(), registry, ManagerConfig::default())?;
+//!
+//! let server = mft::Server::new(
+//!     server_manager.identity().clone(),
+//!     Arc::new(mft::store::MemoryStore::new()),
+//!     mft::ServerConfig::default(),
+//! )
+//! .authorize_senders(Arc::new(|_key, _voucher, _batch| true))
+//! .authorize_retrievers(Arc::new(|_key, _voucher, _batch| true));
+//! tokio::spawn({
+//!     let server = server.clone();
+//!     async move { server.serve(server_manager).await }
+//! });
+//!
+//! let config = mft::ClientConfig::new(endpoint, server.identity().public_key());
+//! let sender = mft::Sender::new(client_manager.clone(), config.clone())?;
+//! let receipt = sender.send(&b"hello, batch"[..], b"greeting", b"{}").await?;
+//! assert_eq!(receipt.size, 12);
+//!
+//! let (mut data, info) = mft::Retriever::new(client_manager, config)?.get(b"greeting").await?;
+//! let mut back = Vec::new();
+//! data.read_to_end(&mut back).await?;
+//! assert_eq!((&back[..], &info.metadata[..]), (&b"hello, batch"[..], &b"{}"[..]));
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
