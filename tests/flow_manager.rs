@@ -539,7 +539,7 @@ async fn unresolvable_host_is_a_resolve_failure() {
 async fn registry_replace_alias_and_unknown() {
     init_tracing();
     let mut registry = flow::Registry::default();
-    assert_eq!(registry.protocols(), vec!["quic".to_string()]);
+    assert_eq!(registry.protocols(), vec!["https", "quic"]);
     let mem = Arc::new(flow::MemProtocol::new());
     assert!(!registry.register("mem", mem.clone(), &["inproc", "local"]));
     assert!(registry.get("inproc").is_some());
@@ -548,12 +548,11 @@ async fn registry_replace_alias_and_unknown() {
     assert!(registry.register("mem", mem.clone(), &["inproc"]));
     assert!(registry.get("local").is_none());
     assert!(registry.get("inproc").is_some());
-    assert_eq!(
-        registry.protocols(),
-        vec!["mem".to_string(), "quic".to_string()]
-    );
+    assert_eq!(registry.protocols(), vec!["https", "mem", "quic"]);
     assert!(!registry.get("quic").unwrap().properties().is_tcp());
     assert!(registry.get("quic").unwrap().properties().is_udp());
+    assert!(registry.get("https").unwrap().properties().is_tcp());
+    assert!(!registry.get("https").unwrap().properties().is_udp());
 
     let err = registry.register_unknown("nope", mem.clone()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BadArg);

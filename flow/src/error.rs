@@ -115,6 +115,8 @@ pub enum Reason {
     NotListening,
     /// `dial_cached` found no usable cached connection.
     NotCached,
+    /// The peer is over a limit and asks us to retry after this delay.
+    Busy(Duration),
     /// The peer spoke an incompatible version of the flow layer.
     IncompatibleVersion(String),
     /// A failure reported by a user-registered protocol, with the kind it chose.
@@ -133,7 +135,7 @@ impl Reason {
             NotAuthorized(_) | PinMismatch { .. } | RefusedByPeer => ErrorKind::NotTrusted,
             Timeout(_) | ConnectFailed(_) => ErrorKind::DialFailed,
             Resolve(_) => ErrorKind::ResolveFailed,
-            ConnectionLost(_) | Io(_) | MessageTooLarge { .. } => ErrorKind::Network,
+            ConnectionLost(_) | Io(_) | MessageTooLarge { .. } | Busy(_) => ErrorKind::Network,
             ClosedLocally(_) | ClosedByPeer(_) => ErrorKind::Aborted,
             ManagerClosed | NotListening | NotCached => ErrorKind::BadState,
             Protocol(kind, _) => *kind,
@@ -170,6 +172,7 @@ impl fmt::Display for Reason {
             NotListening => f.write_str("not listening"),
             NotCached => f.write_str("no cached connection to that endpoint"),
             IncompatibleVersion(v) => write!(f, "incompatible flow version: {v}"),
+            Busy(d) => write!(f, "the peer is busy; retry after {d:?}"),
             Protocol(_, why) => f.write_str(why),
         }
     }

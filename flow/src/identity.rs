@@ -421,6 +421,9 @@ impl Verdict {
 struct KeyVerifier {
     authorizer: Arc<dyn PeerAuthorizer>,
     verdict: Verdict,
+    /// Servers only: whether a client must present a certificate. Even when not,
+    /// a certificate that is presented is checked as strictly.
+    client_auth_mandatory: bool,
 }
 
 impl KeyVerifier {
@@ -495,6 +498,10 @@ impl ClientCertVerifier for KeyVerifier {
         &[]
     }
 
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_auth_mandatory
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -555,6 +562,7 @@ pub(crate) fn client_tls_config(
         .with_custom_certificate_verifier(Arc::new(KeyVerifier {
             authorizer,
             verdict,
+            client_auth_mandatory: true,
         }))
         .with_client_auth_cert(
             vec![identity.certificate().clone()],
@@ -566,12 +574,14 @@ pub(crate) fn client_tls_config(
     Ok(config)
 }
 
-/// A TLS 1.3 server configuration presenting `identity`, requiring a client
-/// certificate and trusting the clients `authorizer` accepts.
+/// A TLS 1.3 server configuration presenting `identity`, requiring (or, with
+/// `client_auth_mandatory` false, allowing) a client certificate and trusting the
+/// clients `authorizer` accepts.
 pub(crate) fn server_tls_config(
     identity: &Identity,
     authorizer: Arc<dyn PeerAuthorizer>,
     alpn: &[&[u8]],
+    client_auth_mandatory: bool,
 ) -> Result<rustls::ServerConfig> {
     let bad = |e: rustls::Error| Error::new(Reason::BadConfig(format!("tls server: {e}")));
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -580,6 +590,7 @@ pub(crate) fn server_tls_config(
         .with_client_cert_verifier(Arc::new(KeyVerifier {
             authorizer,
             verdict: Verdict::default(),
+            client_auth_mandatory,
         }))
         .with_single_cert(
             vec![identity.certificate().clone()],

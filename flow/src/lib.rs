@@ -48,6 +48,7 @@ pub mod identity;
 mod manager;
 pub mod protocol;
 mod registry;
+mod select;
 
 pub use crate::conn_cache::ManagedConn;
 pub use crate::endpoint::Endpoint;
@@ -55,9 +56,11 @@ pub use crate::error::{Error, ErrorKind, Reason, Result};
 pub use crate::flow::{DEFAULT_MAX_MSG_SIZE, Flow, FlowReader, FlowWriter};
 pub use crate::identity::{Authorizer, Identity, PeerAuthorizer, PeerKey};
 pub use crate::manager::{ListenHandle, Manager, ManagerConfig, Status};
+pub use crate::protocol::https::{HttpsConfig, HttpsProtocol};
 pub use crate::protocol::mem::MemProtocol;
 pub use crate::protocol::quic::{CongestionControl, QuicConfig, QuicProtocol};
 pub use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow, Registry,
     resolve_socket_addrs,
 };
+pub use crate::select::{Property, Selection};

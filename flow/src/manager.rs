@@ -1,8 +1,9 @@
 //! The manager: listens, dials, caches connections and hands out flows.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,7 @@ use crate::error::{Error, ErrorKind, Reason, Result};
 use crate::flow::{DEFAULT_MAX_MSG_SIZE, Flow};
 use crate::identity::{self, Authorizer, Identity, PeerAuthorizer};
 use crate::registry::{CloseCode, Conn, DialContext, ListenContext, Listener, Protocol, Registry};
+use crate::select::Selection;
 
 /// Settings of a [`Manager`], with safe defaults.
 ///
@@ -27,6 +29,8 @@ pub struct ManagerConfig {
     accept_authorizer: Arc<dyn PeerAuthorizer>,
     max_msg_size: usize,
     accept_backlog: usize,
+    happy_eyeballs_delay: Duration,
+    udp_blocked_ttl: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -36,6 +40,8 @@ impl Default for ManagerConfig {
             accept_authorizer: Authorizer::any(),
             max_msg_size: DEFAULT_MAX_MSG_SIZE,
             accept_backlog: 256,
+            happy_eyeballs_delay: Duration::from_millis(300),
+            udp_blocked_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -64,6 +70,20 @@ impl ManagerConfig {
     /// stops taking new ones from the network (default 256).
     pub fn accept_backlog(&mut self, backlog: usize) -> &mut Self {
         self.accept_backlog = backlog.max(1);
+        self
+    }
+
+    /// For `mftq://` endpoints: how long QUIC gets before HTTPS is tried beside it
+    /// (default 300 ms).
+    pub fn happy_eyeballs_delay(&mut self, delay: Duration) -> &mut Self {
+        self.happy_eyeballs_delay = delay;
+        self
+    }
+
+    /// For `mftq://` endpoints: how long a destination where HTTPS won the race is
+    /// dialed with HTTPS straight away, without trying UDP (default 10 minutes).
+    pub fn udp_blocked_ttl(&mut self, ttl: Duration) -> &mut Self {
+        self.udp_blocked_ttl = ttl;
         self
     }
 }
@@ -153,6 +173,8 @@ struct Shared {
     next_listener: AtomicU64,
     status: watch::Sender<Status>,
     closed: CancellationToken,
+    /// `mftq://` destinations where UDP seemed blocked, until when.
+    udp_blocked: Mutex<HashMap<String, Instant>>,
 }
 
 struct ListenerEntry {
@@ -183,6 +205,7 @@ impl Manager {
             next_listener: AtomicU64::new(0),
             status: watch::channel(Status::default()).0,
             closed: CancellationToken::new(),
+            udp_blocked: Mutex::new(HashMap::new()),
         });
         runtime.spawn(evict_idle_connections(shared.clone()));
         Ok(Manager {
@@ -288,15 +311,56 @@ impl Manager {
 
     /// Opens a flow to `endpoint`, reusing a cached connection to a peer `authorizer`
     /// trusts or dialing a new one. The whole call is bounded by `timeout`.
+    ///
+    /// An `mftq://host:port` endpoint names no protocol: it is dialed by preference
+    /// (see [`Manager::dial_with`]).
     pub async fn dial(
         &self,
         endpoint: &Endpoint,
         authorizer: Arc<dyn PeerAuthorizer>,
         timeout: Duration,
     ) -> Result<Flow> {
+        self.dial_with(endpoint, authorizer, timeout, &Selection::default())
+            .await
+    }
+
+    /// Like [`Manager::dial`], choosing protocols by their properties.
+    ///
+    /// For `mftq://host:port` (after TAPS): the built-in `quic` and `https` that
+    /// `selection` admits are ranked by it (QUIC first by default); the first is
+    /// dialed, the second is started beside it after
+    /// [`ManagerConfig::happy_eyeballs_delay`] or as soon as the first fails, the
+    /// first to connect wins and the other is abandoned. When HTTPS wins, the
+    /// destination is remembered as blocking UDP and dialed with HTTPS straight away
+    /// for [`ManagerConfig::udp_blocked_ttl`]. A cached connection to the
+    /// destination over any admitted protocol is used first. For an endpoint that
+    /// names its protocol, `selection` only checks that the protocol is admitted.
+    pub async fn dial_with(
+        &self,
+        endpoint: &Endpoint,
+        authorizer: Arc<dyn PeerAuthorizer>,
+        timeout: Duration,
+        selection: &Selection,
+    ) -> Result<Flow> {
         let shared = self.shared();
         let work = async {
-            let conn = shared.connection_for(endpoint, authorizer, timeout).await?;
+            let conn = if endpoint.protocol() == crate::select::PREFERENCE_SCHEME {
+                shared
+                    .connection_by_preference(endpoint, authorizer, timeout, selection)
+                    .await?
+            } else {
+                let (_, protocol) = shared.cache_key(endpoint)?;
+                if !selection.admits(&protocol.properties()) {
+                    return Err(Error::new(Reason::Protocol(
+                        ErrorKind::BadArg,
+                        format!(
+                            "protocol {:?} is excluded by the selection",
+                            endpoint.protocol()
+                        ),
+                    )));
+                }
+                shared.connection_for(endpoint, authorizer, timeout).await?
+            };
             conn.open_flow().await
         };
         match tokio::time::timeout(timeout, work).await {
@@ -313,15 +377,26 @@ impl Manager {
         authorizer: Arc<dyn PeerAuthorizer>,
     ) -> Result<Flow> {
         let shared = self.shared();
-        let key = shared.cache_key(endpoint)?.0;
-        match shared
-            .cache
-            .lookup(&key, authorizer.as_ref(), false)
-            .map_err(|e| e.with_endpoint(endpoint))?
-        {
-            Some(Lookup::Hit(conn)) => conn.open_flow().await,
-            _ => Err(Error::new(Reason::NotCached).with_endpoint(endpoint)),
+        let candidates = if endpoint.protocol() == crate::select::PREFERENCE_SCHEME {
+            crate::select::PREFERENCE_PROTOCOLS
+                .iter()
+                .filter(|name| shared.registry.get(name).is_some())
+                .map(|name| Endpoint::new(name, endpoint.address()))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![endpoint.clone()]
+        };
+        for candidate in &candidates {
+            let key = shared.cache_key(candidate)?.0;
+            if let Some(Lookup::Hit(conn)) = shared
+                .cache
+                .lookup(&key, authorizer.as_ref(), false)
+                .map_err(|e| e.with_endpoint(endpoint))?
+            {
+                return conn.open_flow().await;
+            }
         }
+        Err(Error::new(Reason::NotCached).with_endpoint(endpoint))
     }
 
     /// The live connections, dialed and accepted.
@@ -348,6 +423,11 @@ impl std::fmt::Debug for Manager {
             .field("registry", self.registry())
             .finish_non_exhaustive()
     }
+}
+
+/// Failures that say the peer is not who we want: no other protocol will change that.
+fn is_trust_error(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Auth | ErrorKind::NotTrusted)
 }
 
 fn fill_endpoint(err: Error, endpoint: &Endpoint) -> Error {
@@ -405,6 +485,117 @@ impl Shared {
                 None => return Err(Error::new(Reason::NotCached)),
             }
         }
+    }
+
+    async fn connection_by_preference(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        authorizer: Arc<dyn PeerAuthorizer>,
+        timeout: Duration,
+        selection: &Selection,
+    ) -> Result<ManagedConn> {
+        let address = endpoint.address();
+        let mut candidates: Vec<(Endpoint, bool)> = Vec::new();
+        for name in crate::select::PREFERENCE_PROTOCOLS {
+            let Some(protocol) = self.registry.get(name) else {
+                continue;
+            };
+            let properties = protocol.properties();
+            if selection.admits(&properties) {
+                candidates.push((Endpoint::new(name, address)?, properties.is_udp()));
+            }
+        }
+        selection.rank(&mut candidates, |(e, _)| {
+            self.registry
+                .get(e.protocol())
+                .map(|p| p.properties())
+                .unwrap_or_default()
+        });
+        if candidates.is_empty() {
+            return Err(Error::new(Reason::Protocol(
+                ErrorKind::BadArg,
+                "no registered protocol satisfies the selection".into(),
+            )));
+        }
+        // A connection we already have to this destination wins outright.
+        for (candidate, _) in &candidates {
+            let (key, _) = self.cache_key(candidate)?;
+            if let Some(Lookup::Hit(conn)) = self.cache.lookup(&key, authorizer.as_ref(), false)? {
+                return Ok(conn);
+            }
+        }
+        if self.udp_seems_blocked(address) && candidates.iter().any(|(_, udp)| !udp) {
+            candidates.retain(|(_, udp)| !udp);
+        }
+        let mut candidates = candidates.into_iter();
+        let Some((first, first_udp)) = candidates.next() else {
+            return Err(Error::new(Reason::NotCached));
+        };
+        let Some((second, second_udp)) = candidates.next() else {
+            return self.connection_for(&first, authorizer, timeout).await;
+        };
+        let first_failed = tokio::sync::Notify::new();
+        let delay = self.config.happy_eyeballs_delay;
+        let first_dial = async {
+            let outcome = self
+                .connection_for(&first, authorizer.clone(), timeout)
+                .await;
+            if outcome.is_err() {
+                first_failed.notify_one();
+            }
+            outcome
+        };
+        let second_dial = async {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = first_failed.notified() => {}
+            }
+            tracing::debug!(%second, "starting the second candidate");
+            self.connection_for(&second, authorizer.clone(), timeout)
+                .await
+        };
+        tokio::pin!(first_dial, second_dial);
+        let (mut first_error, mut second_error) = (None, None);
+        loop {
+            tokio::select! {
+                outcome = &mut first_dial, if first_error.is_none() => match outcome {
+                    Ok(conn) => return Ok(conn),
+                    Err(e) if is_trust_error(&e) => return Err(e),
+                    Err(e) => first_error = Some(e),
+                },
+                outcome = &mut second_dial, if second_error.is_none() => match outcome {
+                    Ok(conn) => {
+                        if first_udp && !second_udp {
+                            tracing::info!(%address, "HTTPS won the race; remembering UDP as blocked");
+                            self.remember_udp_blocked(address);
+                        }
+                        return Ok(conn);
+                    }
+                    Err(e) if is_trust_error(&e) => return Err(e),
+                    Err(e) => second_error = Some(e),
+                },
+            }
+            if let (Some(a), Some(b)) = (&first_error, &second_error) {
+                return Err(Error::new(Reason::ConnectFailed(format!(
+                    "{first}: {a}; {second}: {b}"
+                ))));
+            }
+        }
+    }
+
+    fn udp_seems_blocked(&self, address: &str) -> bool {
+        let mut blocked = self.udp_blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        blocked.retain(|_, until| *until > now);
+        blocked.contains_key(address)
+    }
+
+    fn remember_udp_blocked(&self, address: &str) {
+        let until = Instant::now() + self.config.udp_blocked_ttl;
+        self.udp_blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), until);
     }
 
     async fn dial_new(

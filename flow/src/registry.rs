@@ -270,7 +270,18 @@ impl ListenContext {
     /// A TLS 1.3 server configuration that presents our certificate, requires a client
     /// certificate with an Ed25519 key, and refuses clients the authorizer refuses.
     pub fn tls_server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig> {
-        identity::server_tls_config(&self.identity, self.authorizer.clone(), alpn)
+        identity::server_tls_config(&self.identity, self.authorizer.clone(), alpn, true)
+    }
+
+    /// Like [`ListenContext::tls_server_config`], but a client may also connect
+    /// without a certificate (a load balancer's health check, say). A certificate
+    /// that is presented is checked as strictly; the protocol must give anonymous
+    /// connections nothing but what is public.
+    pub fn tls_server_config_allowing_anonymous(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<rustls::ServerConfig> {
+        identity::server_tls_config(&self.identity, self.authorizer.clone(), alpn, false)
     }
 
     /// Checks a peer's proven key against the authorizer (for protocols without TLS).
@@ -339,7 +350,7 @@ pub async fn resolve_socket_addrs(address: &str) -> Result<Vec<SocketAddr>> {
 
 /// The protocols a manager can use, by name and alias.
 ///
-/// `Registry::default()` holds `quic`; `Registry::new()` is empty.
+/// `Registry::default()` holds `quic` and `https`; `Registry::new()` is empty.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -347,7 +358,7 @@ pub async fn resolve_socket_addrs(address: &str) -> Result<Vec<SocketAddr>> {
 /// let mut registry = Registry::default();
 /// assert!(!registry.register("mem", Arc::new(MemProtocol::new()), &["inproc"]));
 /// assert!(registry.get("inproc").is_some());
-/// assert_eq!(registry.protocols(), vec!["mem".to_string(), "quic".to_string()]);
+/// assert_eq!(registry.protocols(), vec!["https", "mem", "quic"]);
 /// ```
 #[derive(Clone)]
 pub struct Registry {
@@ -366,12 +377,17 @@ impl Registry {
         }
     }
 
-    /// The built-in protocols (`quic`) with default settings.
+    /// The built-in protocols (`quic` and `https`) with default settings.
     pub fn with_defaults() -> Self {
         let mut registry = Registry::new();
         registry.register(
             "quic",
             Arc::new(crate::protocol::quic::QuicProtocol::default()),
+            &[],
+        );
+        registry.register(
+            "https",
+            Arc::new(crate::protocol::https::HttpsProtocol::default()),
             &[],
         );
         registry

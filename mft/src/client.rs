@@ -566,6 +566,11 @@ fn retry_delay(error: &Error, attempt: u32) -> Duration {
             retry_after: Some(delay),
             ..
         } => *delay,
+        Error::Flow(e) => match e.reason() {
+            // HTTPS: 503/429 with Retry-After.
+            flow::Reason::Busy(delay) => *delay,
+            _ => backoff(attempt),
+        },
         _ => backoff(attempt),
     }
 }

@@ -1,4 +1,5 @@
 //! The built-in protocols.
 
+pub mod https;
 pub mod mem;
 pub mod quic;
