@@ -236,6 +236,7 @@ struct Shared {
     retry: Mutex<VecDeque<Pending>>,
     acked_bytes: AtomicU64,
     acked_segments: AtomicU64,
+    progress: Mutex<()>,
     events: broadcast::Sender<Event>,
 }
 
@@ -254,6 +255,8 @@ impl Shared {
     }
 
     fn acked(&self, pending: &Pending) {
+        // One lock around count and event, so progress events are monotonic.
+        let _order = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = self
             .acked_bytes
             .fetch_add(pending.plaintext_len, Ordering::Relaxed)
@@ -382,15 +385,23 @@ impl Sender {
             retry: Mutex::new(VecDeque::new()),
             acked_bytes: AtomicU64::new(0),
             acked_segments: AtomicU64::new(0),
+            progress: Mutex::new(()),
             events: self.events.clone(),
         });
         let mut workers = JoinSet::new();
         for _ in 0..self.config.streams {
             workers.spawn(send_segments(shared.clone()));
         }
+        // One incident (a lost connection fails every worker on it) costs one
+        // attempt and one wait; progress since the last incident renews the budget.
+        let mut acked_at_incident = 0;
         while let Some(joined) = workers.join_next().await {
             let outcome = joined.map_err(|e| Error::Io(std::io::Error::other(e)))?;
             let Err(error) = outcome else { continue };
+            let acked_now = shared.acked_segments.load(Ordering::Relaxed);
+            if acked_now > acked_at_incident {
+                attempt = 0;
+            }
             if !error.is_retryable() || attempt >= self.config.retries {
                 workers.abort_all();
                 producer.abort();
@@ -404,6 +415,20 @@ impl Sender {
                 error: error.to_string(),
             });
             tokio::time::sleep(delay).await;
+            // The workers that failed in the same incident restart without costing
+            // another attempt.
+            let mut restart = 1;
+            while let Some(joined) = workers.try_join_next() {
+                match joined.map_err(|e| Error::Io(std::io::Error::other(e)))? {
+                    Ok(()) => {}
+                    Err(e) if e.is_retryable() => restart += 1,
+                    Err(e) => {
+                        workers.abort_all();
+                        producer.abort();
+                        return Err(e);
+                    }
+                }
+            }
             // Ask what the server holds and drop those from the resend queue: a
             // segment may have been stored with its acknowledgement lost.
             if let Ok(stored) = self.stored(secret.transfer_id).await {
@@ -419,7 +444,10 @@ impl Sender {
                     }
                 }
             }
-            workers.spawn(send_segments(shared.clone()));
+            acked_at_incident = shared.acked_segments.load(Ordering::Relaxed);
+            for _ in 0..restart {
+                workers.spawn(send_segments(shared.clone()));
+            }
         }
         let (count, size, chain) = producer
             .await
@@ -474,8 +502,7 @@ impl Sender {
             &self.config.voucher,
         );
         let (mut reader, mut writer) = self.flow().await?;
-        session::send(&mut writer, &Message::Hello(hello)).await?;
-        match session::recv(&mut reader, "Accept").await? {
+        match session::request(&mut reader, &mut writer, &Message::Hello(hello), "Accept").await? {
             Message::Accept(accept) => handshake.finish_push(&accept, &self.config.server_key),
             other => Err(session::unexpected("Accept", &other)),
         }
@@ -483,8 +510,8 @@ impl Sender {
 
     async fn stored(&self, transfer_id: [u8; 16]) -> Result<Stored> {
         let (mut reader, mut writer) = self.flow().await?;
-        session::send(&mut writer, &Message::Resume(Resume { transfer_id })).await?;
-        match session::recv(&mut reader, "Stored").await? {
+        let resume = Message::Resume(Resume { transfer_id });
+        match session::request(&mut reader, &mut writer, &resume, "Stored").await? {
             Message::Stored(stored) => Ok(stored),
             other => Err(session::unexpected("Stored", &other)),
         }
@@ -523,8 +550,8 @@ impl Sender {
 
     async fn complete(&self, complete: &Complete) -> Result<Receipt> {
         let (mut reader, mut writer) = self.flow().await?;
-        session::send(&mut writer, &Message::Complete(complete.clone())).await?;
-        match session::recv(&mut reader, "Receipt").await? {
+        let message = Message::Complete(complete.clone());
+        match session::request(&mut reader, &mut writer, &message, "Receipt").await? {
             Message::Receipt(receipt) => Ok(receipt),
             other => Err(session::unexpected("Receipt", &other)),
         }
@@ -698,8 +725,10 @@ async fn send_one(
         .write_msg(&[&header, &pending.ciphertext, &pending.signature])
         .await;
     if let Err(e) = sent {
+        // A server that refused (busy, say) may have answered before closing.
+        let refusal = session::pending_refusal(reader).await;
         *flow = None;
-        return Err(e.into());
+        return Err(refusal.unwrap_or(e.into()));
     }
     match session::recv(reader, "SegmentAck").await {
         Ok(Message::SegmentAck(ack)) if ack.index == pending.index => Ok(()),
@@ -760,8 +789,8 @@ impl Retriever {
         let (handshake, hello) =
             ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher);
         let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
-        session::send(&mut writer, &Message::PullHello(hello)).await?;
-        let secret = match session::recv(&mut reader, "PullAccept").await? {
+        let hello = Message::PullHello(hello);
+        let secret = match session::request(&mut reader, &mut writer, &hello, "PullAccept").await? {
             Message::PullAccept(accept) => {
                 handshake.finish_pull(&accept, &self.config.server_key)?
             }

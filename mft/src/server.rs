@@ -308,7 +308,12 @@ impl Server {
         let peer = flow.remote_identity();
         flow.set_max_msg_size(self.inner.config.max_segment_message());
         let Some(_slot) = self.flow_slot(peer) else {
-            let (_, mut writer) = flow.into_split();
+            let (mut reader, mut writer) = flow.into_split();
+            // Take the first message before answering, so the client's write
+            // completes and it reads the refusal rather than a broken pipe.
+            let _ =
+                tokio::time::timeout(self.inner.config.first_message_timeout, reader.read_msg())
+                    .await;
             let busy = Message::Refuse(Refuse {
                 code: RefuseCode::Busy,
                 retry_after_ms: self.retry_after_ms(),

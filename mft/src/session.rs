@@ -33,6 +33,28 @@ pub(crate) async fn recv(reader: &mut FlowReader, expected: &'static str) -> Res
         .ok_or_else(|| Error::Protocol(format!("the flow ended before {expected}")))
 }
 
+/// Sends `message` and receives the answer. A write that fails because the peer
+/// refused and closed early reports the refusal, not the broken write.
+pub(crate) async fn request(
+    reader: &mut FlowReader,
+    writer: &mut FlowWriter,
+    message: &Message,
+    expected: &'static str,
+) -> Result<Message> {
+    if let Err(e) = send(writer, message).await {
+        return Err(pending_refusal(reader).await.unwrap_or(e));
+    }
+    recv(reader, expected).await
+}
+
+/// After a failed write: the refusal the peer sent before closing, if one is there.
+pub(crate) async fn pending_refusal(reader: &mut FlowReader) -> Option<Error> {
+    match tokio::time::timeout(Duration::from_secs(1), recv_opt(reader)).await {
+        Ok(Err(e @ Error::Refused { .. })) => Some(e),
+        _ => None,
+    }
+}
+
 /// The error for a refusal the peer sent.
 pub(crate) fn refused(refuse: Refuse) -> Error {
     Error::Refused {

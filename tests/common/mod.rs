@@ -108,3 +108,80 @@ pub async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> 
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {TIMEOUT:?}"))
 }
+
+/// Runs `f` with the bound `limit` (for the few operations that move hundreds of MiB).
+pub async fn bounded_for<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// An mft authoriser that lets every key through.
+pub fn allow_all() -> mft::Authorize {
+    Arc::new(|_, _, _| true)
+}
+
+/// An mft authoriser that refuses every key.
+pub fn deny_all() -> mft::Authorize {
+    Arc::new(|_, _, _| false)
+}
+
+/// An mft authoriser that lets only `key` through.
+pub fn allow_only(key: flow::PeerKey) -> mft::Authorize {
+    Arc::new(move |peer, _, _| *peer == key)
+}
+
+/// Starts an mft server as `identity` over `store` on transport `t`, serving until
+/// its manager closes: the server, the endpoint it listens on and its manager.
+pub async fn mft_server(
+    t: &Transport,
+    identity: Identity,
+    store: Arc<dyn mft::store::Store>,
+    config: mft::ServerConfig,
+    senders: mft::Authorize,
+    retrievers: mft::Authorize,
+) -> (mft::Server, Endpoint, Manager) {
+    let manager = t.manager_as(identity.clone(), ManagerConfig::default());
+    let endpoint = manager
+        .listen(t.name(), &t.listen_address())
+        .await
+        .unwrap()
+        .endpoint()
+        .clone();
+    let server = mft::Server::new(identity, store, config)
+        .authorize_senders(senders)
+        .authorize_retrievers(retrievers);
+    tokio::spawn({
+        let server = server.clone();
+        let manager = manager.clone();
+        async move { server.serve(manager).await }
+    });
+    (server, endpoint, manager)
+}
+
+/// A fresh private directory under the system's temporary directory, removed (with
+/// everything in it) when dropped.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("mftq-test-{}", rand_suffix()));
+        std::fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

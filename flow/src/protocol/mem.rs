@@ -332,7 +332,7 @@ impl Conn for MemConn {
                 side: peer_side,
             },
             Abortable {
-                inner: their_write,
+                inner: EndOnDrop(their_write),
                 closed: Box::pin(self.link.closed.clone().cancelled_owned()),
                 link: self.link.clone(),
                 side: peer_side,
@@ -341,7 +341,10 @@ impl Conn for MemConn {
         self.outgoing
             .send(theirs)
             .map_err(|_| self.link.error_for(self.side))?;
-        Ok(RawFlow::new(self.half(our_read), self.half(our_write)))
+        Ok(RawFlow::new(
+            self.half(our_read),
+            self.half(EndOnDrop(our_write)),
+        ))
     }
 
     async fn accept_flow(&self) -> Result<RawFlow> {
@@ -408,6 +411,36 @@ impl<T: AsyncRead + Unpin> AsyncRead for Abortable<T> {
     ) -> Poll<io::Result<()>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// The sending half of an in-memory flow: dropping it ends the peer's reading side,
+/// as dropping a QUIC send stream does.
+struct EndOnDrop<T: AsyncWrite + Unpin>(T);
+
+impl<T: AsyncWrite + Unpin> Drop for EndOnDrop<T> {
+    fn drop(&mut self) {
+        // Shutting down an in-memory pipe completes at once; no waker is needed.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(&mut self.0).poll_shutdown(&mut cx);
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for EndOnDrop<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

@@ -1,0 +1,1659 @@
+//! The transfer protocol end to end: real QUIC on loopback (and the in-process `mem`
+//! protocol where it applies), real keys, real stores.
+//!
+//! Honest clients are [`mft::Sender`] and [`mft::Retriever`]. Dishonest ones are built
+//! here from the sans-IO `wire`, `handshake` and `crypto` modules: they complete a
+//! genuine handshake, then send segments and completions that are wrong in exactly
+//! one way, and every test checks both the refusal and what the store holds after it.
+
+mod common;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::{
+    TIMEOUT, TempDir, Transport, allow_all, allow_only, bounded, bounded_for, init_tracing,
+    mft_server,
+};
+use flow::{
+    Authorizer, Endpoint, FlowReader, FlowWriter, Identity, Manager, ManagerConfig, PeerKey,
+};
+use mft::crypto::{self, AesGcm, Chain, context};
+use mft::handshake::{ClientHandshake, PushSecret};
+use mft::store::{BatchStore, FsStore, MemoryStore, Store, StoreError, TransferId};
+use mft::wire::{Complete, Message, Receipt, Refuse, RefuseCode, Segment};
+use mft::{ClientConfig, ErrorKind, Event, Retriever, Sender, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::sync::{broadcast, oneshot};
+
+/// Generates one `#[tokio::test]` per transport for a scenario `fn(Transport)`.
+macro_rules! on_every_transport {
+    ($($scenario:ident),* $(,)?) => {
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::init_tracing();
+                    super::$scenario(super::Transport::quic()).await;
+                }
+            )*
+        }
+        mod mem {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::init_tracing();
+                    super::$scenario(super::Transport::mem()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_transport!(
+    round_trip_of_an_empty_batch,
+    round_trip_of_one_byte,
+    round_trip_of_whole_chunks,
+    round_trip_of_whole_chunks_and_one_byte,
+    a_send_reports_its_events,
+    unauthorised_sender_is_refused,
+    wrong_server_key_is_refused,
+    tampered_segment_is_refused,
+    segment_replayed_from_another_transfer_is_refused,
+    duplicate_segment_is_refused_and_the_first_copy_kept,
+    missing_segment_fails_the_completion,
+    wrong_completion_id_is_refused,
+    wrong_segment_count_is_refused,
+    wrong_chain_is_refused,
+    metadata_over_the_limit_is_refused,
+    segment_over_the_limit_is_refused,
+    unauthorised_retriever_is_refused,
+    batch_survives_a_server_restart,
+    busy_server_refuses_extra_flows,
+    send_resumes_after_the_connection_is_lost,
+);
+
+/// Chunk size of the small round trips and of the dishonest clients' transfers.
+const CHUNK: u32 = 64 << 10;
+
+// ---------------------------------------------------------------------------------
+// Test data: a seeded xorshift pattern of a prime length, repeated. Large inputs need
+// not be held in memory and can be regenerated to compare against; copying from the
+// pattern is quick even in a debug build, and as its period is prime no chunk (a power
+// of two in size) repeats another, so misplaced data shows.
+
+/// Length of the pattern: a prime a little under 1 MiB.
+const PERIOD: usize = 1_000_003;
+
+/// The byte stream of a seed.
+struct Prng {
+    pattern: Arc<[u8]>,
+    pos: usize,
+}
+
+impl Prng {
+    fn new(seed: u64) -> Self {
+        // xorshift64, seeded (never zero).
+        let mut state = (seed ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        let mut pattern = vec![0u8; PERIOD];
+        for word in pattern.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let n = word.len();
+            word.copy_from_slice(&state.to_le_bytes()[..n]);
+        }
+        Prng {
+            pattern: pattern.into(),
+            pos: 0,
+        }
+    }
+
+    /// The next `out.len()` bytes of the stream, however the stream is cut.
+    fn fill(&mut self, out: &mut [u8]) {
+        let mut i = 0;
+        while i < out.len() {
+            let n = (PERIOD - self.pos).min(out.len() - i);
+            out[i..i + n].copy_from_slice(&self.pattern[self.pos..self.pos + n]);
+            self.pos = (self.pos + n) % PERIOD;
+            i += n;
+        }
+    }
+}
+
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    Prng::new(seed).fill(&mut v);
+    v
+}
+
+/// `len` bytes of the stream of `seed`, as an input; optionally it stops after `gate_at`
+/// bytes until the gate opens.
+struct PrngReader {
+    prng: Prng,
+    remaining: u64,
+    produced: u64,
+    gate_at: u64,
+    gate: Option<oneshot::Receiver<()>>,
+}
+
+impl PrngReader {
+    fn new(seed: u64, len: u64) -> Self {
+        PrngReader {
+            prng: Prng::new(seed),
+            remaining: len,
+            produced: 0,
+            gate_at: u64::MAX,
+            gate: None,
+        }
+    }
+
+    /// Like `new`, but yields nothing past `gate_at` bytes until `gate` fires.
+    fn gated(seed: u64, len: u64, gate_at: u64, gate: oneshot::Receiver<()>) -> Self {
+        PrngReader {
+            gate_at,
+            gate: Some(gate),
+            ..PrngReader::new(seed, len)
+        }
+    }
+}
+
+impl AsyncRead for PrngReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let mut allowed = this.remaining;
+        if let Some(gate) = this.gate.as_mut() {
+            if this.produced >= this.gate_at {
+                match Pin::new(gate).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(_) => this.gate = None,
+                }
+            } else {
+                allowed = allowed.min(this.gate_at - this.produced);
+            }
+        }
+        let n = (buf.remaining() as u64).min(allowed) as usize;
+        this.prng.fill(buf.initialize_unfilled_to(n));
+        buf.advance(n);
+        this.remaining -= n as u64;
+        this.produced += n as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads `reader` to its end and checks it yields exactly the `len` bytes of the
+/// stream of `seed`, comparing a piece at a time.
+async fn assert_content(mut reader: impl AsyncRead + Unpin, seed: u64, len: u64) {
+    let mut expected = Prng::new(seed);
+    let mut got = vec![0u8; 1 << 20];
+    let mut want = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = bounded("reading the batch", reader.read(&mut got))
+            .await
+            .unwrap_or_else(|e| panic!("reading the batch failed after {total} bytes: {e}"));
+        if n == 0 {
+            break;
+        }
+        assert!(
+            total + n as u64 <= len,
+            "the batch has more than the {len} bytes sent"
+        );
+        expected.fill(&mut want[..n]);
+        if got[..n] != want[..n] {
+            let at = (0..n).find(|&i| got[i] != want[i]).unwrap_or(0);
+            panic!("the batch differs at byte {}", total + at as u64);
+        }
+        total += n as u64;
+    }
+    assert_eq!(total, len, "the batch ended early");
+}
+
+// ---------------------------------------------------------------------------------
+// Set-up.
+
+/// A server on a transport, its store, and a client manager with its own key.
+struct Harness {
+    t: Transport,
+    server: mft::Server,
+    endpoint: Endpoint,
+    server_manager: Manager,
+    store: Arc<dyn Store>,
+    client: Manager,
+}
+
+impl Harness {
+    async fn new(t: Transport, config: ServerConfig) -> Self {
+        Self::with(
+            t,
+            Arc::new(MemoryStore::new()),
+            config,
+            allow_all(),
+            allow_all(),
+        )
+        .await
+    }
+
+    async fn with(
+        t: Transport,
+        store: Arc<dyn Store>,
+        config: ServerConfig,
+        senders: mft::Authorize,
+        retrievers: mft::Authorize,
+    ) -> Self {
+        let (server, endpoint, server_manager) = mft_server(
+            &t,
+            Identity::generate(),
+            store.clone(),
+            config,
+            senders,
+            retrievers,
+        )
+        .await;
+        let client = t.manager(ManagerConfig::default());
+        Harness {
+            t,
+            server,
+            endpoint,
+            server_manager,
+            store,
+            client,
+        }
+    }
+
+    fn server_key(&self) -> PeerKey {
+        self.server.identity().public_key()
+    }
+
+    fn client_key(&self) -> PeerKey {
+        self.client.identity().public_key()
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.endpoint.clone(), self.server_key());
+        config.chunk_size(CHUNK);
+        config
+    }
+
+    fn sender(&self) -> Sender {
+        Sender::new(self.client.clone(), self.config()).unwrap()
+    }
+
+    fn retriever(&self) -> Retriever {
+        Retriever::new(self.client.clone(), self.config()).unwrap()
+    }
+
+    /// A dishonest client with the client manager's key.
+    fn raw(&self) -> Raw {
+        Raw {
+            manager: self.client.clone(),
+            endpoint: self.endpoint.clone(),
+            server_key: self.server_key(),
+        }
+    }
+
+    /// Asserts no batch `batch_id` is stored, nor any other.
+    async fn assert_no_batch(&self, batch_id: &[u8]) {
+        assert!(self.store.batch(batch_id).await.unwrap().is_none());
+        assert!(self.store.batches().await.unwrap().is_empty());
+    }
+
+    /// Checks a receipt against what was sent and what the store holds.
+    async fn check_receipt(&self, receipt: &Receipt, batch_id: &[u8], size: u64) {
+        let segments = size.div_ceil(u64::from(CHUNK));
+        assert_eq!(&receipt.batch_id[..], batch_id);
+        assert_eq!(receipt.size, size);
+        assert_eq!(receipt.segment_count, segments);
+        assert_eq!(receipt.sender, *self.client_key().as_bytes());
+        assert_eq!(receipt.server, *self.server_key().as_bytes());
+        assert!(crypto::verify(
+            &receipt.server,
+            context::RECEIPT,
+            &[&receipt.signed_bytes()],
+            &receipt.signature
+        ));
+        let record = self.store.batch(batch_id).await.unwrap().unwrap();
+        assert_eq!(record.batch_id, batch_id);
+        assert_eq!(record.transfer.0, receipt.transfer_id);
+        assert_eq!(record.sender, receipt.sender);
+        assert_eq!(record.chunk_size, CHUNK);
+        assert_eq!(record.segment_count, segments);
+        assert_eq!(record.size, size);
+        assert_eq!(record.chain, receipt.chain);
+        assert_eq!(record.receipt, Message::Receipt(receipt.clone()).encode());
+        let stored = self.store.segments(record.transfer).await.unwrap();
+        assert_eq!(stored.len() as u64, segments);
+        // A completed transfer is no longer open.
+        assert!(self.store.transfers().await.unwrap().is_empty());
+    }
+
+    /// Retrieves `batch_id` locally and over the network and checks both against the
+    /// stream of `seed` and the metadata.
+    async fn check_retrieval(&self, batch_id: &[u8], seed: u64, size: u64, metadata: &[u8]) {
+        let segments = size.div_ceil(u64::from(CHUNK));
+        let (local, info) = self
+            .server
+            .retrieve(&self.client_key(), batch_id)
+            .await
+            .unwrap();
+        check_info(&info, batch_id, size, segments, self.client_key(), metadata);
+        assert_content(local, seed, size).await;
+
+        let (remote, info) = bounded("get", self.retriever().get(batch_id))
+            .await
+            .unwrap();
+        check_info(&info, batch_id, size, segments, self.client_key(), metadata);
+        assert_content(remote, seed, size).await;
+    }
+}
+
+fn check_info(
+    info: &mft::BatchInfo,
+    batch_id: &[u8],
+    size: u64,
+    segments: u64,
+    sender: PeerKey,
+    metadata: &[u8],
+) {
+    assert_eq!(info.batch_id, batch_id);
+    assert_eq!(info.size, size);
+    assert_eq!(info.segment_count, segments);
+    assert_eq!(info.sender, sender);
+    assert_eq!(&info.metadata[..], metadata);
+}
+
+// ---------------------------------------------------------------------------------
+// A dishonest client, from the wire, handshake and crypto modules.
+
+struct Raw {
+    manager: Manager,
+    endpoint: Endpoint,
+    server_key: PeerKey,
+}
+
+/// One transfer the dishonest client opened with a genuine handshake.
+struct RawTransfer {
+    identity: Identity,
+    batch_id: Vec<u8>,
+    secret: PushSecret,
+    cipher: AesGcm,
+}
+
+impl Raw {
+    /// A new flow to the server, trusting any key (the handshake checks it).
+    async fn flow(&self) -> (FlowReader, FlowWriter) {
+        bounded(
+            "dial",
+            self.manager
+                .dial(&self.endpoint, Authorizer::any(), TIMEOUT),
+        )
+        .await
+        .unwrap()
+        .into_split()
+    }
+
+    /// Runs the push handshake for `batch_id`, proposing `chunk_size`.
+    async fn open(&self, batch_id: &[u8], chunk_size: u32) -> RawTransfer {
+        let identity = self.manager.identity().clone();
+        let (handshake, hello) = ClientHandshake::push(&identity, batch_id, chunk_size, b"");
+        let (mut reader, mut writer) = self.flow().await;
+        writer
+            .write_msg(&[&Message::Hello(hello).encode()])
+            .await
+            .unwrap();
+        let accept = match recv(&mut reader).await {
+            Some(Message::Accept(accept)) => accept,
+            other => panic!("expected Accept, got {other:?}"),
+        };
+        let secret = handshake.finish_push(&accept, &self.server_key).unwrap();
+        RawTransfer {
+            identity,
+            batch_id: batch_id.to_vec(),
+            cipher: AesGcm::new(&secret.data_key),
+            secret,
+        }
+    }
+
+    /// Sends `segments` on one new flow, each after the previous one's answer: the
+    /// indices acknowledged, or the refusal (after which the server must have ended
+    /// the flow).
+    async fn send(&self, segments: &[Segment]) -> Result<Vec<u64>, Refuse> {
+        let (mut reader, mut writer) = self.flow().await;
+        let mut acked = Vec::new();
+        for s in segments {
+            let header = Segment::header(&s.transfer_id, s.index, s.ciphertext.len() as u32);
+            // A refused flow may be reset under a write; the answer tells.
+            let _ = writer
+                .write_msg(&[&header, &s.ciphertext, &s.signature])
+                .await;
+            match recv(&mut reader).await {
+                Some(Message::SegmentAck(ack)) => {
+                    assert_eq!(ack.index, s.index);
+                    acked.push(ack.index);
+                }
+                Some(Message::Refuse(refuse)) => {
+                    assert_flow_ended(&mut reader).await;
+                    return Err(refuse);
+                }
+                other => panic!("expected SegmentAck or Refuse, got {other:?}"),
+            }
+        }
+        Ok(acked)
+    }
+
+    /// Sends `segments`, expecting each to be acknowledged.
+    async fn send_ok(&self, segments: &[Segment]) {
+        let expected: Vec<u64> = segments.iter().map(|s| s.index).collect();
+        assert_eq!(self.send(segments).await.unwrap(), expected);
+    }
+
+    /// Sends `segments`, expecting the last to be refused with `code` and the others
+    /// acknowledged.
+    async fn send_refused(&self, segments: &[Segment], code: RefuseCode) -> Refuse {
+        let refuse = self
+            .send(segments)
+            .await
+            .expect_err("the server accepted every segment");
+        assert_eq!(refuse.code, code, "refusal: {refuse:?}");
+        refuse
+    }
+
+    /// Sends a completion on its own flow: the receipt, or the refusal.
+    async fn complete(&self, complete: &Complete) -> Result<Receipt, Refuse> {
+        let (mut reader, mut writer) = self.flow().await;
+        writer
+            .write_msg(&[&Message::Complete(complete.clone()).encode()])
+            .await
+            .unwrap();
+        let answer = recv(&mut reader).await;
+        assert_flow_ended(&mut reader).await;
+        match answer {
+            Some(Message::Receipt(receipt)) => Ok(receipt),
+            Some(Message::Refuse(refuse)) => Err(refuse),
+            other => panic!("expected Receipt or Refuse, got {other:?}"),
+        }
+    }
+
+    async fn complete_refused(&self, complete: &Complete, code: RefuseCode) {
+        let refuse = self
+            .complete(complete)
+            .await
+            .expect_err("the server accepted the completion");
+        assert_eq!(refuse.code, code, "refusal: {refuse:?}");
+    }
+}
+
+impl RawTransfer {
+    fn id(&self) -> TransferId {
+        TransferId(self.secret.transfer_id)
+    }
+
+    /// Segment `index` carrying `plaintext`, sealed and signed as an honest sender
+    /// would.
+    fn segment(&self, index: u64, plaintext: &[u8]) -> Segment {
+        let mut buf = plaintext.to_vec();
+        let tag = crypto::seal_segment(&self.cipher, &self.secret.transfer_id, index, &mut buf);
+        let mut segment = Segment {
+            transfer_id: self.secret.transfer_id,
+            index,
+            ciphertext: buf.into(),
+            signature: [0; 64],
+        };
+        resign(&mut segment, &self.identity, tag);
+        segment
+    }
+
+    /// The segments of `data` cut into chunks of the negotiated size.
+    fn segments(&self, data: &[u8]) -> Vec<Segment> {
+        data.chunks(self.secret.chunk_size as usize)
+            .enumerate()
+            .map(|(i, chunk)| self.segment(i as u64, chunk))
+            .collect()
+    }
+
+    /// The chain hash over `segments`, in order.
+    fn chain(&self, segments: &[Segment]) -> [u8; 64] {
+        let mut chain = Chain::new(&self.secret.transfer_id, &self.batch_id);
+        for s in segments {
+            chain.push(s.ciphertext.len() as u32, &s.tag());
+        }
+        chain.value()
+    }
+
+    /// A signed completion with these claims.
+    fn completion(
+        &self,
+        segment_count: u64,
+        size: u64,
+        completion_id: [u8; 32],
+        chain: [u8; 64],
+        metadata: &[u8],
+    ) -> Complete {
+        let sealed = crypto::seal(
+            &self.cipher,
+            &crypto::METADATA_NONCE,
+            &crypto::metadata_aad(&self.secret.transfer_id),
+            metadata,
+        );
+        let mut complete = Complete {
+            transfer_id: self.secret.transfer_id,
+            segment_count,
+            size,
+            completion_id,
+            chain,
+            sealed_metadata: sealed.into(),
+            signature: [0; 64],
+        };
+        complete.signature = crypto::sign(
+            &self.identity,
+            context::COMPLETE,
+            &[&complete.signed_bytes()],
+        );
+        complete
+    }
+
+    /// The honest completion for `segments` carrying `size` plaintext bytes.
+    fn honest_completion(&self, segments: &[Segment], size: usize, metadata: &[u8]) -> Complete {
+        self.completion(
+            segments.len() as u64,
+            size as u64,
+            self.secret.completion_id,
+            self.chain(segments),
+            metadata,
+        )
+    }
+}
+
+/// Signs `segment` (as it now stands, with `tag`) as `identity`.
+fn resign(segment: &mut Segment, identity: &Identity, tag: [u8; 16]) {
+    let signed = crypto::segment_signed(
+        &segment.transfer_id,
+        segment.index,
+        segment.ciphertext.len() as u32,
+        &tag,
+    );
+    segment.signature = crypto::sign(identity, context::SEGMENT, &[&signed]);
+}
+
+/// The next message on a flow, decoded; `None` at its clean end.
+async fn recv(reader: &mut FlowReader) -> Option<Message> {
+    let bytes = bounded("an answer", reader.read_msg()).await.unwrap()?;
+    Some(Message::decode(bytes).unwrap())
+}
+
+/// The server ends a flow after its last answer.
+async fn assert_flow_ended(reader: &mut FlowReader) {
+    match bounded("the end of the flow", reader.read_msg()).await {
+        Ok(None) => {}
+        Ok(Some(bytes)) => panic!("more after the last answer: {:?}", Message::decode(bytes)),
+        Err(e) => panic!("the flow failed instead of ending: {e}"),
+    }
+}
+
+/// The three-segment test batch of the dishonest clients: two full chunks and a
+/// short one.
+fn raw_data(seed: u64) -> Vec<u8> {
+    data(seed, 2 * CHUNK as usize + 1000)
+}
+
+/// Reads a local retrieval whole.
+async fn retrieve_all(server: &mft::Server, key: &PeerKey, batch_id: &[u8]) -> Vec<u8> {
+    let (mut reader, _) = server.retrieve(key, batch_id).await.unwrap();
+    let mut out = Vec::new();
+    bounded("retrieve", reader.read_to_end(&mut out))
+        .await
+        .unwrap();
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// 1. Round trips.
+
+async fn round_trip(t: Transport, size: u64) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let batch_id = format!("round-trip-{size}").into_bytes();
+    let metadata = br#"{"name":"data.bin","type":"application/octet-stream"}"#;
+    let seed = 1000 + size;
+    let receipt = bounded(
+        "send",
+        h.sender()
+            .send(PrngReader::new(seed, size), &batch_id, metadata),
+    )
+    .await
+    .unwrap();
+    h.check_receipt(&receipt, &batch_id, size).await;
+    h.check_retrieval(&batch_id, seed, size, metadata).await;
+}
+
+async fn round_trip_of_an_empty_batch(t: Transport) {
+    round_trip(t, 0).await;
+}
+
+async fn round_trip_of_one_byte(t: Transport) {
+    round_trip(t, 1).await;
+}
+
+async fn round_trip_of_whole_chunks(t: Transport) {
+    round_trip(t, 5 * u64::from(CHUNK)).await;
+}
+
+async fn round_trip_of_whole_chunks_and_one_byte(t: Transport) {
+    round_trip(t, 5 * u64::from(CHUNK) + 1).await;
+}
+
+/// 200 MiB of pseudo-random data in 1 MiB chunks over 8 streams, never held whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_of_200_mib_over_quic() {
+    init_tracing();
+    const SIZE: u64 = 200 << 20;
+    const CHUNK_1M: u32 = 1 << 20;
+    const LIMIT: Duration = Duration::from_secs(120);
+    let h = Harness::new(Transport::quic(), ServerConfig::default()).await;
+    let mut config = h.config();
+    config.chunk_size(CHUNK_1M).streams(8);
+    let sender = Sender::new(h.client.clone(), config.clone()).unwrap();
+    let seed = 200;
+    let receipt = bounded_for(
+        LIMIT,
+        "sending 200 MiB",
+        sender.send(PrngReader::new(seed, SIZE), b"big", b"big"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&receipt.batch_id[..], b"big");
+    assert_eq!(receipt.size, SIZE);
+    assert_eq!(receipt.segment_count, 200);
+    assert_eq!(receipt.sender, *h.client_key().as_bytes());
+    assert_eq!(receipt.server, *h.server_key().as_bytes());
+    let record = h.store.batch(b"big").await.unwrap().unwrap();
+    assert_eq!((record.size, record.segment_count), (SIZE, 200));
+    assert_eq!(record.chunk_size, CHUNK_1M);
+
+    let (local, info) = h.server.retrieve(&h.client_key(), b"big").await.unwrap();
+    check_info(&info, b"big", SIZE, 200, h.client_key(), b"big");
+    bounded_for(LIMIT, "reading locally", assert_content(local, seed, SIZE)).await;
+
+    let retriever = Retriever::new(h.client.clone(), config).unwrap();
+    let (remote, info) = bounded("get", retriever.get(b"big")).await.unwrap();
+    check_info(&info, b"big", SIZE, 200, h.client_key(), b"big");
+    bounded_for(
+        LIMIT,
+        "reading remotely",
+        assert_content(remote, seed, SIZE),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------
+// 7. Events.
+
+/// Every event still queued for `rx`.
+fn drain(rx: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+    let mut events = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(e) => events.push(e),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("{n} events lost"),
+            Err(_) => return events,
+        }
+    }
+}
+
+async fn a_send_reports_its_events(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let sender = h.sender();
+    let mut rx = sender.subscribe();
+    let size = 3 * u64::from(CHUNK) + 10;
+    let receipt = bounded(
+        "send",
+        sender.send(PrngReader::new(7, size), b"events", b""),
+    )
+    .await
+    .unwrap();
+    let events = drain(&mut rx);
+    assert_eq!(
+        events.first(),
+        Some(&Event::Opened {
+            batch_id: b"events".to_vec()
+        })
+    );
+    assert_eq!(
+        events.get(1),
+        Some(&Event::Accepted {
+            transfer_id: receipt.transfer_id,
+            chunk_size: CHUNK
+        })
+    );
+    assert_eq!(events.last(), Some(&Event::Completed { size, segments: 4 }));
+    let progress: Vec<(u64, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress { bytes, segments } => Some((*bytes, *segments)),
+            _ => None,
+        })
+        .collect();
+    // One per segment acknowledged. Workers report concurrently, so two events may
+    // arrive out of order; their counts are still 1..=4 and the largest is the total.
+    let mut sorted = progress.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted.iter().map(|p| p.1).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "{events:?}"
+    );
+    assert_eq!(sorted.last(), Some(&(size, 4)), "{events:?}");
+    for w in sorted.windows(2) {
+        assert!(w[0].0 < w[1].0, "{progress:?}");
+    }
+    // Nothing but these: no retries, no failure.
+    assert_eq!(events.len(), 2 + 4 + 1, "{events:?}");
+}
+
+// ---------------------------------------------------------------------------------
+// 2. Refusals that leave nothing stored.
+
+async fn unauthorised_sender_is_refused(t: Transport) {
+    // Only some other key may send.
+    let other = Identity::generate().public_key();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = Harness::with(
+        t,
+        store,
+        ServerConfig::default(),
+        allow_only(other),
+        allow_all(),
+    )
+    .await;
+    let sender = h.sender();
+    let mut rx = sender.subscribe();
+    let err = bounded("send", sender.send(PrngReader::new(1, 1000), b"nope", b""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.refuse_code(), Some(RefuseCode::NotAuthorized), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Auth);
+    assert!(!err.is_retryable());
+    h.assert_no_batch(b"nope").await;
+    assert!(h.store.transfers().await.unwrap().is_empty());
+    let events = drain(&mut rx);
+    assert!(
+        matches!(&events[..], [Event::Opened { .. }, Event::Failed { .. }]),
+        "{events:?}"
+    );
+}
+
+async fn wrong_server_key_is_refused(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let impostor = Identity::generate().public_key();
+    let config = ClientConfig::new(h.endpoint.clone(), impostor);
+
+    // The flow layer refuses the server's key before any transfer message is sent.
+    let sender = Sender::new(h.client.clone(), config.clone()).unwrap();
+    let err = bounded(
+        "send",
+        sender.send(PrngReader::new(2, 1000), b"misdirected", b""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(matches!(err, mft::Error::Flow(_)), "{err:?}");
+    assert_eq!(err.refuse_code(), None);
+    let retriever = Retriever::new(h.client.clone(), config).unwrap();
+    let err = bounded("get", retriever.get(b"misdirected"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    h.assert_no_batch(b"misdirected").await;
+    assert!(h.store.transfers().await.unwrap().is_empty());
+
+    // Past the flow layer, the handshake checks the key the server signs with.
+    let raw = h.raw();
+    let identity = h.client.identity().clone();
+    let (handshake, hello) = ClientHandshake::push(&identity, b"misdirected", CHUNK, b"");
+    let (mut reader, mut writer) = raw.flow().await;
+    writer
+        .write_msg(&[&Message::Hello(hello).encode()])
+        .await
+        .unwrap();
+    let Some(Message::Accept(accept)) = recv(&mut reader).await else {
+        panic!("expected Accept");
+    };
+    let err = handshake.finish_push(&accept, &impostor).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    h.assert_no_batch(b"misdirected").await;
+}
+
+async fn tampered_segment_is_refused(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"tampered", CHUNK).await;
+    let plain = raw_data(10);
+    let segments = tr.segments(&plain);
+
+    // One ciphertext bit flipped; the signature (over the tag) still verifies.
+    let mut tampered = segments[0].clone();
+    let mut ct = tampered.ciphertext.to_vec();
+    ct[100] ^= 0x01;
+    tampered.ciphertext = ct.into();
+    raw.send_refused(&[tampered], RefuseCode::BadSegment).await;
+    assert!(h.store.segments(tr.id()).await.unwrap().is_empty());
+
+    // A flipped tag byte, re-signed: AES-GCM still catches it.
+    let mut bad_tag = segments[1].clone();
+    let mut ct = bad_tag.ciphertext.to_vec();
+    let last = ct.len() - 1;
+    ct[last] ^= 0x80;
+    bad_tag.ciphertext = ct.into();
+    let tag = bad_tag.tag();
+    resign(&mut bad_tag, &tr.identity, tag);
+    raw.send_refused(&[segments[0].clone(), bad_tag], RefuseCode::BadSegment)
+        .await;
+    let stored = h.store.segments(tr.id()).await.unwrap();
+    assert_eq!(stored.iter().map(|s| s.index).collect::<Vec<_>>(), [0]);
+
+    let complete = tr.honest_completion(&segments, plain.len(), b"");
+    raw.complete_refused(&complete, RefuseCode::WrongSegmentCount)
+        .await;
+    h.assert_no_batch(b"tampered").await;
+
+    // The genuine segments still complete the transfer.
+    raw.send_ok(&segments[1..]).await;
+    raw.complete(&complete).await.unwrap();
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"tampered").await,
+        plain
+    );
+}
+
+async fn segment_replayed_from_another_transfer_is_refused(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let a = raw.open(b"replay-a", CHUNK).await;
+    let b = raw.open(b"replay-b", CHUNK).await;
+    assert_ne!(a.secret.transfer_id, b.secret.transfer_id);
+    let plain = raw_data(11);
+    let from_a = a.segments(&plain);
+    raw.send_ok(&from_a).await;
+
+    // A's segment 0 as it was sent, relabelled for B: its signature names A.
+    let mut replayed = from_a[0].clone();
+    replayed.transfer_id = b.secret.transfer_id;
+    raw.send_refused(std::slice::from_ref(&replayed), RefuseCode::BadSignature)
+        .await;
+    // Re-signed for B by the sender itself: the data key and AAD still say A.
+    let tag = replayed.tag();
+    resign(&mut replayed, &b.identity, tag);
+    raw.send_refused(&[replayed], RefuseCode::BadSegment).await;
+    assert!(h.store.segments(b.id()).await.unwrap().is_empty());
+    assert_eq!(h.store.segments(a.id()).await.unwrap().len(), 3);
+
+    // B completed with A's chain and counts: nothing of A's counts for B.
+    let complete = b.completion(
+        3,
+        plain.len() as u64,
+        b.secret.completion_id,
+        b.chain(&from_a),
+        b"",
+    );
+    raw.complete_refused(&complete, RefuseCode::WrongSegmentCount)
+        .await;
+    h.assert_no_batch(b"replay-b").await;
+
+    // A itself is intact.
+    raw.complete(&a.honest_completion(&from_a, plain.len(), b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"replay-a").await,
+        plain
+    );
+    assert!(h.store.batch(b"replay-b").await.unwrap().is_none());
+}
+
+async fn duplicate_segment_is_refused_and_the_first_copy_kept(t: Transport) {
+    let dir = TempDir::new();
+    let fs_store = tokio::task::spawn_blocking({
+        let path = dir.path().join("store");
+        move || FsStore::open(path).unwrap()
+    })
+    .await
+    .unwrap();
+    let stores: [(&str, Arc<dyn Store>); 2] = [
+        ("memory", Arc::new(MemoryStore::new())),
+        ("fs", Arc::new(fs_store)),
+    ];
+    for (name, store) in stores {
+        tracing::info!(store = name, "duplicate segments");
+        let h = Harness::with(
+            t.clone(),
+            store,
+            ServerConfig::default(),
+            allow_all(),
+            allow_all(),
+        )
+        .await;
+        let raw = h.raw();
+        let tr = raw.open(b"dup", CHUNK).await;
+        let plain = raw_data(12);
+        let segments = tr.segments(&plain);
+
+        // The same segment twice on one flow.
+        raw.send_refused(
+            &[segments[0].clone(), segments[0].clone()],
+            RefuseCode::DuplicateSegment,
+        )
+        .await;
+        // Another valid segment for a stored index, on a new flow.
+        let impostor = tr.segment(0, &data(99, CHUNK as usize));
+        raw.send_refused(&[impostor], RefuseCode::DuplicateSegment)
+            .await;
+        let stored = h.store.segments(tr.id()).await.unwrap();
+        assert_eq!(stored.len(), 1, "{name}");
+        assert_eq!(stored[0].tag, segments[0].tag(), "{name}");
+        h.assert_no_batch(b"dup").await;
+
+        // The rest, then an honest completion: the batch is the first copy.
+        raw.send_ok(&segments[1..]).await;
+        let receipt = raw
+            .complete(&tr.honest_completion(&segments, plain.len(), b"m"))
+            .await
+            .unwrap();
+        assert_eq!(receipt.segment_count, 3);
+        assert_eq!(
+            retrieve_all(&h.server, &h.client_key(), b"dup").await,
+            plain,
+            "{name}"
+        );
+        h.server_manager.close();
+    }
+}
+
+async fn missing_segment_fails_the_completion(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"gap", CHUNK).await;
+    let plain = raw_data(13);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&[segments[0].clone(), segments[2].clone()])
+        .await;
+
+    // The right count, size and chain for the whole batch: segment 1 is missing.
+    let complete = tr.honest_completion(&segments, plain.len(), b"");
+    raw.complete_refused(&complete, RefuseCode::WrongSegmentCount)
+        .await;
+    // Claiming just the two stored segments: they are not contiguous.
+    let two = [segments[0].clone(), segments[2].clone()];
+    let size = CHUNK as usize + 1000;
+    raw.complete_refused(
+        &tr.honest_completion(&two, size, b""),
+        RefuseCode::WrongSegmentCount,
+    )
+    .await;
+    h.assert_no_batch(b"gap").await;
+
+    raw.send_ok(&segments[1..2]).await;
+    raw.complete(&complete).await.unwrap();
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"gap").await,
+        plain
+    );
+}
+
+async fn wrong_completion_id_is_refused(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"completion-id", CHUNK).await;
+    let plain = raw_data(14);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments).await;
+    let mut wrong_id = tr.secret.completion_id;
+    wrong_id[31] ^= 1;
+    let complete = tr.completion(3, plain.len() as u64, wrong_id, tr.chain(&segments), b"");
+    raw.complete_refused(&complete, RefuseCode::WrongCompletionId)
+        .await;
+    h.assert_no_batch(b"completion-id").await;
+
+    // The transfer's own completion id from another transfer does not do either.
+    let other = raw.open(b"completion-id-2", CHUNK).await;
+    let complete = tr.completion(
+        3,
+        plain.len() as u64,
+        other.secret.completion_id,
+        tr.chain(&segments),
+        b"",
+    );
+    raw.complete_refused(&complete, RefuseCode::WrongCompletionId)
+        .await;
+    h.assert_no_batch(b"completion-id").await;
+
+    raw.complete(&tr.honest_completion(&segments, plain.len(), b""))
+        .await
+        .unwrap();
+}
+
+async fn wrong_segment_count_is_refused(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"count", CHUNK).await;
+    let plain = raw_data(15);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments).await;
+    let size = plain.len() as u64;
+    let chain = tr.chain(&segments);
+    let id = tr.secret.completion_id;
+    for (count, size) in [(2, size), (4, size), (3, size - 1), (3, size + 1), (0, 0)] {
+        raw.complete_refused(
+            &tr.completion(count, size, id, chain, b""),
+            RefuseCode::WrongSegmentCount,
+        )
+        .await;
+    }
+    h.assert_no_batch(b"count").await;
+    raw.complete(&tr.honest_completion(&segments, plain.len(), b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"count").await,
+        plain
+    );
+}
+
+async fn wrong_chain_is_refused(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"chain", CHUNK).await;
+    let plain = raw_data(16);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments).await;
+    let size = plain.len() as u64;
+    let id = tr.secret.completion_id;
+
+    let mut flipped = tr.chain(&segments);
+    flipped[0] ^= 1;
+    // The segments' chain in another order, and one over another batch id.
+    let reordered = tr.chain(&[
+        segments[1].clone(),
+        segments[0].clone(),
+        segments[2].clone(),
+    ]);
+    let mut other_batch = Chain::new(&tr.secret.transfer_id, b"chain-2");
+    for s in &segments {
+        other_batch.push(s.ciphertext.len() as u32, &s.tag());
+    }
+    for chain in [flipped, reordered, other_batch.value()] {
+        raw.complete_refused(
+            &tr.completion(3, size, id, chain, b""),
+            RefuseCode::ChainMismatch,
+        )
+        .await;
+    }
+    h.assert_no_batch(b"chain").await;
+    raw.complete(&tr.honest_completion(&segments, plain.len(), b""))
+        .await
+        .unwrap();
+}
+
+async fn metadata_over_the_limit_is_refused(t: Transport) {
+    let mut config = ServerConfig::default();
+    config.max_metadata(1024);
+    let h = Harness::new(t, config).await;
+
+    // The sender learns the limit in the handshake and refuses before sending data.
+    let err = bounded(
+        "send",
+        h.sender()
+            .send(PrngReader::new(3, 1000), b"meta-big", &[b'x'; 2048]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadArg, "{err}");
+    assert!(
+        matches!(
+            err,
+            mft::Error::Config {
+                field: "metadata",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("metadata"), "{err}");
+    h.assert_no_batch(b"meta-big").await;
+    // Exactly at the limit is fine.
+    let receipt = bounded(
+        "send",
+        h.sender()
+            .send(PrngReader::new(3, 1000), b"meta-max", &[b'y'; 1024]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(receipt.size, 1000);
+    let (_, info) = h
+        .server
+        .retrieve(&h.client_key(), b"meta-max")
+        .await
+        .unwrap();
+    assert_eq!(&info.metadata[..], &[b'y'; 1024]);
+
+    // A client that ignores the limit is refused at completion.
+    let raw = h.raw();
+    let tr = raw.open(b"meta-raw", CHUNK).await;
+    assert_eq!(tr.secret.max_metadata, 1024);
+    let plain = raw_data(17);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments).await;
+    raw.complete_refused(
+        &tr.honest_completion(&segments, plain.len(), &[b'z'; 2048]),
+        RefuseCode::MetadataTooLarge,
+    )
+    .await;
+    raw.complete_refused(
+        &tr.honest_completion(&segments, plain.len(), &[b'z'; 1025]),
+        RefuseCode::MetadataTooLarge,
+    )
+    .await;
+    assert!(h.store.batch(b"meta-raw").await.unwrap().is_none());
+    assert!(h.store.batch(b"meta-big").await.unwrap().is_none());
+    assert_eq!(h.store.batches().await.unwrap().len(), 1);
+}
+
+async fn segment_over_the_limit_is_refused(t: Transport) {
+    let mut config = ServerConfig::default();
+    config.max_chunk_size(64 << 10).unwrap();
+    let h = Harness::new(t, config).await;
+    let raw = h.raw();
+    // The client asks for 1 MiB chunks; the server lowers that to its maximum.
+    let tr = raw.open(b"too-large", 1 << 20).await;
+    assert_eq!(tr.secret.chunk_size, 64 << 10);
+    let huge = tr.segment(0, &data(18, 1 << 20));
+
+    // As the first message of a flow, and after a good segment: refused from the
+    // length prefix, while the client is still sending the body.
+    let good = tr.segment(0, &data(19, 64 << 10));
+    for first in [None, Some(&good)] {
+        let (mut reader, mut writer) = raw.flow().await;
+        if let Some(s) = first {
+            let header = Segment::header(&s.transfer_id, s.index, s.ciphertext.len() as u32);
+            writer
+                .write_msg(&[&header, &s.ciphertext, &s.signature])
+                .await
+                .unwrap();
+            assert!(matches!(
+                recv(&mut reader).await,
+                Some(Message::SegmentAck(ack)) if ack.index == 0
+            ));
+        }
+        let mut big = huge.clone();
+        big.index = 1;
+        let tag = big.tag();
+        resign(&mut big, &tr.identity, tag);
+        // The body may never be read: write it from a task, and read the answer here.
+        let writing = tokio::spawn(async move {
+            let header = Segment::header(&big.transfer_id, big.index, big.ciphertext.len() as u32);
+            let _ = writer
+                .write_msg(&[&header, &big.ciphertext, &big.signature])
+                .await;
+            writer
+        });
+        match recv(&mut reader).await {
+            Some(Message::Refuse(r)) => assert_eq!(r.code, RefuseCode::SegmentTooLarge, "{r:?}"),
+            other => panic!("expected Refuse, got {other:?}"),
+        }
+        assert_flow_ended(&mut reader).await;
+        writing.abort();
+    }
+    let stored = h.store.segments(tr.id()).await.unwrap();
+    assert_eq!(stored.iter().map(|s| s.index).collect::<Vec<_>>(), [0]);
+
+    // Under the server's maximum but over the chunk size negotiated for this
+    // transfer: refused after reading, nothing stored.
+    let small = raw.open(b"too-large-2", 16 << 10).await;
+    assert_eq!(small.secret.chunk_size, 16 << 10);
+    raw.send_refused(
+        &[small.segment(0, &data(20, (16 << 10) + 1))],
+        RefuseCode::SegmentTooLarge,
+    )
+    .await;
+    assert!(h.store.segments(small.id()).await.unwrap().is_empty());
+    h.assert_no_batch(b"too-large").await;
+    h.assert_no_batch(b"too-large-2").await;
+}
+
+// ---------------------------------------------------------------------------------
+// 3. Retrieval authorisation.
+
+async fn unauthorised_retriever_is_refused(t: Transport) {
+    let reader_manager = t.manager(ManagerConfig::default());
+    let reader_key = reader_manager.identity().public_key();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = Harness::with(
+        t,
+        store,
+        ServerConfig::default(),
+        allow_all(),
+        allow_only(reader_key),
+    )
+    .await;
+    let size = 3 * u64::from(CHUNK) + 5;
+    bounded(
+        "send",
+        h.sender().send(PrngReader::new(30, size), b"private", b"p"),
+    )
+    .await
+    .unwrap();
+
+    // The sender is not a retriever: refused as if the batch did not exist.
+    let err = bounded("get", h.retriever().get(b"private"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    let err = h
+        .server
+        .retrieve(&h.client_key(), b"private")
+        .await
+        .unwrap_err();
+    assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Refused);
+    // A missing batch looks the same to an authorised retriever.
+    let reader_config = ClientConfig::new(h.endpoint.clone(), h.server_key());
+    let retriever = Retriever::new(reader_manager, reader_config).unwrap();
+    let err = bounded("get", retriever.get(b"absent")).await.unwrap_err();
+    assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
+    let err = h.server.retrieve(&reader_key, b"absent").await.unwrap_err();
+    assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
+
+    // The authorised key gets it, and the batch is still there.
+    let (data, info) = bounded("get", retriever.get(b"private")).await.unwrap();
+    check_info(&info, b"private", size, 4, h.client_key(), b"p");
+    assert_content(data, 30, size).await;
+    let (data, _) = h.server.retrieve(&reader_key, b"private").await.unwrap();
+    assert_content(data, 30, size).await;
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Restart with the embedded store.
+
+async fn batch_survives_a_server_restart(t: Transport) {
+    let dir = TempDir::new();
+    let path = dir.path().join("store");
+    // The last handle may be dropped on another thread, where the database's drop
+    // (which releases its file lock) is still running when the count reaches zero:
+    // like a new process after an old one, wait for the lock, and only for that.
+    let open = |path: std::path::PathBuf| async move {
+        bounded("opening the store", async {
+            loop {
+                let path = path.clone();
+                match tokio::task::spawn_blocking(move || FsStore::open(path))
+                    .await
+                    .unwrap()
+                {
+                    Ok(store) => return Arc::new(store),
+                    Err(StoreError::Database(e)) if e.contains("already open") => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(e) => panic!("opening the store failed: {e}"),
+                }
+            }
+        })
+        .await
+    };
+    let identity = Identity::generate();
+    let size = 4 * u64::from(CHUNK) + 321;
+    let metadata = b"survives";
+    let client = t.manager(ManagerConfig::default());
+
+    let store = open(path.clone()).await;
+    let weak = Arc::downgrade(&store);
+    let (server, endpoint, manager) = mft_server(
+        &t,
+        identity.clone(),
+        store,
+        ServerConfig::default(),
+        allow_all(),
+        allow_all(),
+    )
+    .await;
+    let mut config = ClientConfig::new(endpoint, identity.public_key());
+    config.chunk_size(CHUNK);
+    let receipt = bounded(
+        "send",
+        Sender::new(client.clone(), config).unwrap().send(
+            PrngReader::new(40, size),
+            b"durable",
+            metadata,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(receipt.size, size);
+
+    // Stop everything holding the store, and wait until it is really closed.
+    manager.close();
+    for conn in client.connections() {
+        conn.close();
+    }
+    drop(server);
+    bounded("every handle on the store to be dropped", async {
+        while weak.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let store = open(path).await;
+    let (server, endpoint, _manager) = mft_server(
+        &t,
+        identity.clone(),
+        store.clone(),
+        ServerConfig::default(),
+        allow_all(),
+        allow_all(),
+    )
+    .await;
+    let record = store.batch(b"durable").await.unwrap().unwrap();
+    assert_eq!(record.receipt, Message::Receipt(receipt.clone()).encode());
+    let key = client.identity().public_key();
+    let (data, info) = server.retrieve(&key, b"durable").await.unwrap();
+    check_info(&info, b"durable", size, 5, key, metadata);
+    assert_content(data, 40, size).await;
+    let mut config = ClientConfig::new(endpoint, identity.public_key());
+    config.chunk_size(CHUNK);
+    // (The retriever, and with it the client manager, must outlive the reading.)
+    let retriever = Retriever::new(client, config).unwrap();
+    let (data, info) = bounded("get", retriever.get(b"durable")).await.unwrap();
+    check_info(&info, b"durable", size, 5, key, metadata);
+    assert_content(data, 40, size).await;
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Busy.
+
+/// A server allowing one flow per key, answering extra ones busy (retry in 50 ms).
+async fn busy_harness(t: Transport) -> Harness {
+    let mut config = ServerConfig::default();
+    config
+        .max_flows_per_peer(1)
+        .busy_retry_after(Duration::from_millis(50));
+    Harness::new(t, config).await
+}
+
+/// Opens a transfer and a segment flow that stays open after its first segment,
+/// taking the client key's one flow. The handshake flow's slot may not be free yet
+/// when the segment flow starts: it tries again while the server says busy.
+async fn hold_the_only_flow(raw: &Raw, batch_id: &[u8]) -> (RawTransfer, FlowReader, FlowWriter) {
+    let tr = raw.open(batch_id, CHUNK).await;
+    let segment = tr.segment(0, &data(50, CHUNK as usize));
+    let (reader, writer) = bounded("a segment flow", async {
+        loop {
+            let (mut reader, mut writer) = raw.flow().await;
+            let header = Segment::header(
+                &segment.transfer_id,
+                segment.index,
+                segment.ciphertext.len() as u32,
+            );
+            let _ = writer
+                .write_msg(&[&header, &segment.ciphertext, &segment.signature])
+                .await;
+            match recv(&mut reader).await {
+                Some(Message::SegmentAck(_)) => break (reader, writer),
+                Some(Message::Refuse(r)) if r.code == RefuseCode::Busy => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => panic!("expected SegmentAck or Busy, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    (tr, reader, writer)
+}
+
+async fn busy_server_refuses_extra_flows(t: Transport) {
+    let h = busy_harness(t).await;
+    let raw = h.raw();
+    let (tr, mut held_reader, mut held_writer) = hold_the_only_flow(&raw, b"busy-1").await;
+
+    // While it is open, any other flow of this key is refused as busy.
+    let (mut reader, mut writer) = raw.flow().await;
+    let resume = mft::wire::Resume {
+        transfer_id: tr.secret.transfer_id,
+    };
+    let _ = writer.write_msg(&[&Message::Resume(resume).encode()]).await;
+    match recv(&mut reader).await {
+        Some(Message::Refuse(r)) => {
+            assert_eq!(r.code, RefuseCode::Busy, "{r:?}");
+            assert_eq!(r.retry_after_ms, 50);
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_flow_ended(&mut reader).await;
+
+    // Other keys are not affected.
+    let other = h.t.manager(ManagerConfig::default());
+    let mut other_config = h.config();
+    other_config.retries(20).streams(1);
+    bounded(
+        "send",
+        Sender::new(other.clone(), other_config).unwrap().send(
+            PrngReader::new(52, 1000),
+            b"busy-other",
+            b"",
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Once the held flow ends, a sender that retries gets through (its own flows may
+    // meet each other's slot still taken: busy, retried after 50 ms).
+    held_writer.shutdown().await.unwrap();
+    assert_flow_ended(&mut held_reader).await;
+    drop((held_reader, held_writer));
+    let mut config = h.config();
+    config.retries(20).streams(1);
+    let size = 3 * u64::from(CHUNK);
+    let receipt = bounded(
+        "send",
+        Sender::new(h.client.clone(), config).unwrap().send(
+            PrngReader::new(53, size),
+            b"busy-2",
+            b"",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(receipt.size, size);
+    let (data, _) = h.server.retrieve(&h.client_key(), b"busy-2").await.unwrap();
+    assert_content(data, 53, size).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_refusal_reaches_the_client_over_quic() {
+    init_tracing();
+    busy_refusal_reaches_the_client(Transport::quic()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_refusal_reaches_the_client_over_mem() {
+    init_tracing();
+    busy_refusal_reaches_the_client(Transport::mem()).await;
+}
+
+/// A sender or retriever that may not retry reports the server's busy refusal, with
+/// its delay, rather than whatever the refused flow did next. Tried repeatedly: the
+/// server answers busy without reading, so the client's request races the answer.
+async fn busy_refusal_reaches_the_client(t: Transport) {
+    let h = busy_harness(t).await;
+    let raw = h.raw();
+    let (_tr, _held_reader, _held_writer) = hold_the_only_flow(&raw, b"busy-1").await;
+    let mut config = h.config();
+    config.retries(0);
+    let sender = Sender::new(h.client.clone(), config.clone()).unwrap();
+    let retriever = Retriever::new(h.client.clone(), config).unwrap();
+    let mut wrong = Vec::new();
+    for _ in 0..20 {
+        let err = bounded(
+            "send",
+            sender.send(PrngReader::new(51, 1000), b"busy-2", b""),
+        )
+        .await
+        .unwrap_err();
+        if err.refuse_code() != Some(RefuseCode::Busy) {
+            wrong.push(format!("send: {err}"));
+        } else {
+            assert_eq!(err.kind(), ErrorKind::Refused);
+            assert!(err.is_retryable());
+            assert!(matches!(
+                err,
+                mft::Error::Refused { retry_after: Some(d), .. } if d == Duration::from_millis(50)
+            ));
+        }
+        let err = bounded("get", retriever.get(b"busy-1")).await.unwrap_err();
+        if err.refuse_code() != Some(RefuseCode::Busy) {
+            wrong.push(format!("get: {err}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 40 not busy: {wrong:#?}",
+        wrong.len()
+    );
+    h.assert_no_batch(b"busy-2").await;
+    assert!(
+        h.store
+            .find_transfer(*h.client_key().as_bytes(), b"busy-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Resume after a connection loss.
+
+/// 8 MiB in 256 KiB chunks; the input pauses after 8 chunks until the client's
+/// connections have been closed, which happens once `close_after` segments are
+/// acknowledged: the loss falls in the middle of the transfer however fast the
+/// machine is. Returns the outcome and every event of the send.
+async fn send_through_a_connection_loss(
+    h: &Harness,
+    config: ClientConfig,
+    batch_id: &[u8],
+    close_after: u64,
+) -> (mft::Result<Receipt>, Vec<Event>) {
+    let sender = Sender::new(h.client.clone(), config).unwrap();
+    let mut rx = sender.subscribe();
+    let (open_gate, gate) = oneshot::channel();
+    let input = PrngReader::gated(60, RESUME_SIZE, 8 * u64::from(RESUME_CHUNK), gate);
+    let client = h.client.clone();
+    let watcher = tokio::spawn(async move {
+        let mut open_gate = Some(open_gate);
+        let mut events = Vec::new();
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    if let Event::Progress { segments, .. } = event
+                        && segments >= close_after
+                        && let Some(gate) = open_gate.take()
+                    {
+                        let conns = client.connections();
+                        assert!(!conns.is_empty());
+                        for conn in conns {
+                            conn.close();
+                        }
+                        let _ = gate.send(());
+                    }
+                    let end = matches!(event, Event::Completed { .. } | Event::Failed { .. });
+                    events.push(event);
+                    if end {
+                        return events;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return events,
+            }
+        }
+    });
+    let outcome = bounded_for(
+        Duration::from_secs(60),
+        "send",
+        sender.send(input, batch_id, b"r"),
+    )
+    .await;
+    let events = bounded("events", watcher).await.unwrap();
+    (outcome, events)
+}
+
+const RESUME_CHUNK: u32 = 256 << 10;
+const RESUME_SIZE: u64 = 8 << 20;
+
+async fn send_resumes_after_the_connection_is_lost(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let mut config = h.config();
+    // Two streams: both have a flow on the connection when it is lost, and each
+    // failure costs a retry attempt and a backoff (see the test below).
+    config.chunk_size(RESUME_CHUNK).retries(10).streams(2);
+    let (outcome, events) = send_through_a_connection_loss(&h, config, b"resumed", 4).await;
+    let receipt = outcome.unwrap();
+    assert_eq!(receipt.size, RESUME_SIZE);
+    assert_eq!(receipt.segment_count, 32);
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Retrying { .. })),
+        "{events:?}"
+    );
+    let resumed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Resumed { stored } => Some(*stored),
+            _ => None,
+        })
+        .collect();
+    assert!(!resumed.is_empty(), "{events:?}");
+    assert!(resumed.iter().all(|&s| s >= 4), "{resumed:?}");
+    assert_eq!(
+        events.last(),
+        Some(&Event::Completed {
+            size: RESUME_SIZE,
+            segments: 32
+        })
+    );
+
+    let (data, info) = h
+        .server
+        .retrieve(&h.client_key(), b"resumed")
+        .await
+        .unwrap();
+    assert_eq!((info.size, info.segment_count), (RESUME_SIZE, 32));
+    assert_content(data, 60, RESUME_SIZE).await;
+    let (data, _) = bounded("get", h.retriever().get(b"resumed")).await.unwrap();
+    assert_content(data, 60, RESUME_SIZE).await;
+}
+
+/// One lost connection under the default settings (8 streams, 5 retries), with every
+/// stream holding a flow on it when it goes: the send must survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_loss_does_not_exhaust_the_default_retries() {
+    init_tracing();
+    let h = Harness::new(Transport::quic(), ServerConfig::default()).await;
+    let mut config = h.config();
+    config.chunk_size(RESUME_CHUNK);
+    // Closed once all 8 gated segments are acknowledged: each of the 8 streams has
+    // sent one of them (the queue is handed out in turn) over the lost connection.
+    let (outcome, events) = send_through_a_connection_loss(&h, config, b"blip", 8).await;
+    let retrying = events
+        .iter()
+        .filter(|e| matches!(e, Event::Retrying { .. }))
+        .count();
+    let receipt = outcome.unwrap_or_else(|e| {
+        panic!("one connection loss failed the send after {retrying} retries: {e}")
+    });
+    assert_eq!(receipt.size, RESUME_SIZE);
+    let (data, _) = h.server.retrieve(&h.client_key(), b"blip").await.unwrap();
+    assert_content(data, 60, RESUME_SIZE).await;
+}
