@@ -42,6 +42,15 @@ macro_rules! on_every_transport {
                 }
             )*
         }
+        mod https {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::init_tracing();
+                    super::$scenario(super::Transport::https()).await;
+                }
+            )*
+        }
         mod mem {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

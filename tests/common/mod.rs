@@ -29,6 +29,8 @@ pub fn init_tracing() {
 pub enum Transport {
     /// Real QUIC on loopback.
     Quic,
+    /// Real HTTPS (HTTP/2 over TLS over TCP) on loopback.
+    Https,
     /// The in-process protocol; managers of one test share this network.
     Mem(MemProtocol),
 }
@@ -38,13 +40,24 @@ impl Transport {
         Transport::Quic
     }
 
+    pub fn https() -> Self {
+        Transport::Https
+    }
+
     pub fn mem() -> Self {
         Transport::Mem(MemProtocol::new())
+    }
+
+    /// Whether the accepting side can open flows back to the dialer (not over
+    /// HTTP/2, where only clients open streams).
+    pub fn server_opens_flows(&self) -> bool {
+        !matches!(self, Transport::Https)
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Transport::Quic => "quic",
+            Transport::Https => "https",
             Transport::Mem(_) => "mem",
         }
     }
@@ -52,7 +65,7 @@ impl Transport {
     /// An address to listen on.
     pub fn listen_address(&self) -> String {
         match self {
-            Transport::Quic => "127.0.0.1:0".to_string(),
+            Transport::Quic | Transport::Https => "127.0.0.1:0".to_string(),
             Transport::Mem(_) => format!("server-{}", rand_suffix()),
         }
     }
@@ -65,6 +78,12 @@ impl Transport {
                 let port = socket.local_addr().unwrap().port();
                 drop(socket);
                 Endpoint::new("quic", &format!("127.0.0.1:{port}")).unwrap()
+            }
+            Transport::Https => {
+                let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = socket.local_addr().unwrap().port();
+                drop(socket);
+                Endpoint::new("https", &format!("127.0.0.1:{port}")).unwrap()
             }
             Transport::Mem(_) => Endpoint::new("mem", "nobody-home").unwrap(),
         }

@@ -9,8 +9,9 @@
 //! (load balancers); every other anonymous request gets 401.
 //!
 //! As over QUIC, a TLS 1.3 client finishes its handshake before the server has
-//! judged its certificate, so a dial confirms with `GET /mftq/welcome` before
-//! returning. HTTP/2 has no way for a server to open a stream to its client, so on
+//! judged its certificate, so the server confirms: its first application bytes on a
+//! connection with an accepted certificate are [`WELCOME`], before HTTP/2 begins, and
+//! a dial reads them (or the alert refusing it) before returning. HTTP/2 has no way for a server to open a stream to its client, so on
 //! this protocol only the dialer opens flows (the transfer protocol never needs
 //! more); the listening side's `open_flow` fails with [`ErrorKind::BadArg`].
 //!
@@ -55,11 +56,10 @@ const ALPN_CLIENT: [&[u8]; 1] = [b"h2"];
 
 /// The path of a flow request.
 pub const FLOW_PATH: &str = "/mftq/flow";
-/// The path a dialer confirms its connection with.
-pub const WELCOME_PATH: &str = "/mftq/welcome";
 /// The health-check path, answered to anyone.
 pub const HEALTH_PATH: &str = "/healthz";
-/// The body of a welcome response.
+/// What a listener writes first on a connection whose client certificate it
+/// accepted, before HTTP/2 begins.
 pub const WELCOME: &[u8] = b"mftq-flow/1 welcome";
 
 /// Chunks of a flow buffered between the application and HTTP/2, each direction.
@@ -270,10 +270,20 @@ impl Protocol for HttpsProtocol {
             let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let server_name = ServerName::try_from(TLS_SERVER_NAME)
                 .map_err(|e| Error::new(Reason::BadConfig(e.to_string())))?;
-            let tls = connector
+            let mut tls = connector
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| dial_error(ctx, e))?;
+            // The server's first bytes: its welcome, or the alert refusing us.
+            let mut welcome = [0u8; WELCOME.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut tls, &mut welcome)
+                .await
+                .map_err(|e| dial_error(ctx, e))?;
+            if welcome != WELCOME {
+                return Err(Error::new(Reason::IncompatibleVersion(
+                    String::from_utf8_lossy(&welcome).into_owned(),
+                )));
+            }
             let remote_key =
                 key_from_certificates(tls.get_ref().1.peer_certificates().unwrap_or(&[]))?;
             if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
@@ -290,11 +300,12 @@ impl Protocol for HttpsProtocol {
                 .keep_alive_interval(config.keep_alive_interval)
                 .keep_alive_timeout(config.keep_alive_timeout)
                 .keep_alive_while_idle(true);
+            let state = ConnState::new();
+            let io = Killable::new(tls, &state);
             let (sender, connection) = builder
-                .handshake::<_, PipeBody>(TokioIo::new(tls))
+                .handshake::<_, PipeBody>(TokioIo::new(io))
                 .await
                 .map_err(|e| dial_error(ctx, e))?;
-            let state = ConnState::new();
             tokio::spawn({
                 let state = state.clone();
                 async move {
@@ -313,15 +324,13 @@ impl Protocol for HttpsProtocol {
                     state.ended(outcome);
                 }
             });
-            let conn = HttpsConn {
+            Ok(HttpsConn {
                 state,
                 side: Side::Client(sender),
                 remote_key,
                 local,
                 remote: remote.to_string(),
-            };
-            conn.welcome(ctx).await?;
-            Ok(conn)
+            })
         };
         match tokio::time::timeout(timeout, setup).await {
             Ok(conn) => Ok(Arc::new(conn?)),
@@ -410,7 +419,7 @@ async fn accept_loop(
             })
             .await;
             drop(permit);
-            let (tls, local) = match handshake {
+            let (mut tls, local) = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "https handshake failed");
@@ -428,6 +437,16 @@ async fn accept_loop(
                 .map(key_from_certificates);
             let authenticated = match peer {
                 Some(Ok(key)) => {
+                    // Confirm before HTTP/2 starts: the client waits for these bytes
+                    // (or reads the alert that refused it).
+                    let welcome = async {
+                        tokio::io::AsyncWriteExt::write_all(&mut tls, WELCOME).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut tls).await
+                    };
+                    if let Err(e) = welcome.await {
+                        tracing::debug!(%remote, error = %e, "could not welcome");
+                        return;
+                    }
                     let (flows_tx, flows_rx) = mpsc::channel(config.accept_backlog);
                     let conn = HttpsConn {
                         state: ConnState::new(),
@@ -480,7 +499,11 @@ async fn serve_connection(
         .max_concurrent_streams(config.max_concurrent_streams)
         .keep_alive_interval(config.keep_alive_interval)
         .keep_alive_timeout(config.keep_alive_timeout);
-    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    let io = match &state {
+        Some(state) => Killable::new(tls, state),
+        None => Killable::unkillable(tls),
+    };
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let closed = state.as_ref().map(|s| s.token.clone()).unwrap_or_default();
     let outcome = tokio::select! {
         r = connection => r.map_err(|e| Error::new(Reason::ConnectionLost(e.to_string()))),
@@ -507,13 +530,10 @@ fn route(
     };
     match (request.method(), request.uri().path(), flows, state) {
         (&Method::GET, HEALTH_PATH, _, _) => status(StatusCode::OK, "ok\n"),
-        (_, WELCOME_PATH | FLOW_PATH, None, _) | (_, WELCOME_PATH | FLOW_PATH, _, None) => status(
+        (_, FLOW_PATH, None, _) | (_, FLOW_PATH, _, None) => status(
             StatusCode::UNAUTHORIZED,
             "a client certificate is required\n",
         ),
-        (&Method::GET, WELCOME_PATH, Some(_), Some(_)) => {
-            Response::new(PipeBody::full(Bytes::from_static(WELCOME)))
-        }
         (&Method::POST, FLOW_PATH, Some(flows), Some(state)) => {
             if request.version() != hyper::Version::HTTP_2 {
                 return status(
@@ -537,7 +557,7 @@ fn route(
                 }
             }
         }
-        (_, HEALTH_PATH | WELCOME_PATH | FLOW_PATH, _, _) => {
+        (_, HEALTH_PATH | FLOW_PATH, _, _) => {
             status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => status(StatusCode::NOT_FOUND, "not found\n"),
@@ -635,51 +655,6 @@ impl HttpsConn {
             .uri(format!("https://{TLS_SERVER_NAME}{path}"))
             .body(body)
             .map_err(|e| Error::new(Reason::Io(e.to_string())))
-    }
-
-    /// Asks the server to confirm it accepted our certificate.
-    async fn welcome(&self, ctx: &DialContext) -> Result<()> {
-        let mut sender = self.sender()?;
-        let request = self.request(Method::GET, WELCOME_PATH, PipeBody::empty())?;
-        let response = match sender.send_request(request).await {
-            Ok(response) => response,
-            Err(e) => {
-                // The connection's own error says more (a refusal arrives as a TLS
-                // alert on the connection, not on this request).
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.state.token.cancelled())
-                    .await;
-                let reason = self
-                    .state
-                    .reason
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                return Err(match reason {
-                    Some(known) if known.kind() == ErrorKind::NotTrusted => known,
-                    _ => dial_error(ctx, e),
-                });
-            }
-        };
-        if response.status() != StatusCode::OK {
-            return Err(Error::new(Reason::IncompatibleVersion(format!(
-                "welcome answered {}",
-                response.status()
-            ))));
-        }
-        let mut body = IncomingReader::new_body(response.into_body());
-        let mut welcome = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(
-            &mut tokio::io::AsyncReadExt::take(&mut body, 64),
-            &mut welcome,
-        )
-        .await
-        .map_err(|e| dial_error(ctx, e))?;
-        if welcome != WELCOME {
-            return Err(Error::new(Reason::IncompatibleVersion(
-                String::from_utf8_lossy(&welcome).into_owned(),
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -809,13 +784,6 @@ struct PipeBody {
 }
 
 impl PipeBody {
-    fn empty() -> Self {
-        PipeBody {
-            rx: None,
-            full: None,
-        }
-    }
-
     fn full(bytes: Bytes) -> Self {
         PipeBody {
             rx: None,
@@ -1000,6 +968,92 @@ impl AsyncRead for IncomingReader {
                 }
             }
         }
+    }
+}
+
+/// The TLS stream under HTTP/2, failing every operation once the connection is
+/// closed. hyper finishes open streams before it lets a connection go; closing must
+/// end it at once (and so end the peer's flows too), so we cut the I/O under it.
+///
+/// It also watches reads for the TLS alert by which a server refuses our
+/// certificate, and records it: hyper reports only that the connection failed.
+struct Killable<T> {
+    inner: T,
+    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    state: Option<Arc<ConnState>>,
+}
+
+impl<T> Killable<T> {
+    fn new(inner: T, state: &Arc<ConnState>) -> Self {
+        Killable {
+            inner,
+            closed: Some(Box::pin(state.token.clone().cancelled_owned())),
+            state: Some(state.clone()),
+        }
+    }
+
+    /// For anonymous connections, which have no state to close them by.
+    fn unkillable(inner: T) -> Self {
+        Killable {
+            inner,
+            closed: None,
+            state: None,
+        }
+    }
+
+    fn note_error(&self, e: &io::Error) {
+        if let Some(state) = &self.state
+            && peer_refused(e)
+        {
+            state.set_reason(Error::new(Reason::RefusedByPeer));
+            state.token.cancel();
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.closed.as_mut().map(|c| c.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Killable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &read {
+            self.note_error(e);
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
