@@ -1,6 +1,7 @@
 //! The flow manager end to end: real QUIC on loopback with real keys, and the same
 //! scenarios over the in-process `mem` protocol where they apply.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -11,39 +12,6 @@ use flow::{Authorizer, Endpoint, ErrorKind, Identity, ManagerConfig, Reason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DIAL: Duration = Duration::from_secs(10);
-
-/// Generates one `#[tokio::test]` per transport for a scenario `fn(Transport)`.
-macro_rules! on_every_transport {
-    ($($scenario:ident),* $(,)?) => {
-        mod quic {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::init_tracing();
-                    super::$scenario(super::Transport::quic()).await;
-                }
-            )*
-        }
-        mod https {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::init_tracing();
-                    super::$scenario(super::Transport::https()).await;
-                }
-            )*
-        }
-        mod mem {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::init_tracing();
-                    super::$scenario(super::Transport::mem()).await;
-                }
-            )*
-        }
-    };
-}
 
 on_every_transport!(
     dial_accept_and_echo,

@@ -6,6 +6,7 @@
 //! genuine handshake, then send segments and completions that are wrong in exactly
 //! one way, and every test checks both the refusal and what the store holds after it.
 
+#[macro_use]
 mod common;
 
 use std::future::Future;
@@ -29,39 +30,6 @@ use mft::wire::{Complete, Message, Receipt, Refuse, RefuseCode, Segment};
 use mft::{ClientConfig, ErrorKind, Event, Retriever, Sender, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::{broadcast, oneshot};
-
-/// Generates one `#[tokio::test]` per transport for a scenario `fn(Transport)`.
-macro_rules! on_every_transport {
-    ($($scenario:ident),* $(,)?) => {
-        mod quic {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::init_tracing();
-                    super::$scenario(super::Transport::quic()).await;
-                }
-            )*
-        }
-        mod https {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::init_tracing();
-                    super::$scenario(super::Transport::https()).await;
-                }
-            )*
-        }
-        mod mem {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::init_tracing();
-                    super::$scenario(super::Transport::mem()).await;
-                }
-            )*
-        }
-    };
-}
 
 on_every_transport!(
     round_trip_of_an_empty_batch,

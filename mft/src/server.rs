@@ -879,25 +879,7 @@ impl Server {
             .batch(&hello.batch_id)
             .await?
             .ok_or_else(not_found)?;
-        let sealed = self
-            .inner
-            .store
-            .secret(batch.transfer)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("batch transfer {} has no secret", batch.transfer))
-            })?;
-        let (data_key, _) = self.open_at_rest(&batch.transfer, &sealed)?;
-        let secret = PullSecret {
-            transfer_id: batch.transfer.0,
-            data_key,
-            chunk_size: batch.chunk_size,
-            segment_count: batch.segment_count,
-            size: batch.size,
-            chain: batch.chain,
-            sender: batch.sender,
-            sealed_metadata: batch.sealed_metadata.clone(),
-        };
+        let secret = self.pull_secret(&batch).await?;
         let accept = handshake::accept_pull(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
         session::send(writer, &Message::PullAccept(accept))
@@ -919,6 +901,30 @@ impl Server {
         let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
         tracing::info!(%peer, batch = batch.transfer.to_hex(), "batch retrieved");
         Ok(None)
+    }
+
+    /// What a retriever of `batch` needs: its key (unsealed from the store) and
+    /// description.
+    async fn pull_secret(&self, batch: &BatchRecord) -> Result<PullSecret, StoreError> {
+        let sealed = self
+            .inner
+            .store
+            .secret(batch.transfer)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("batch transfer {} has no secret", batch.transfer))
+            })?;
+        let (data_key, _) = self.open_at_rest(&batch.transfer, &sealed)?;
+        Ok(PullSecret {
+            transfer_id: batch.transfer.0,
+            data_key,
+            chunk_size: batch.chunk_size,
+            segment_count: batch.segment_count,
+            size: batch.size,
+            chain: batch.chain,
+            sender: batch.sender,
+            sealed_metadata: batch.sealed_metadata.clone(),
+        })
     }
 
     /// Reads a completed batch locally: the plaintext as a stream (verified segment by
@@ -943,25 +949,7 @@ impl Server {
             .batch(batch_id)
             .await?
             .ok_or_else(not_found)?;
-        let sealed = self
-            .inner
-            .store
-            .secret(batch.transfer)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("batch transfer {} has no secret", batch.transfer))
-            })?;
-        let (data_key, _) = self.open_at_rest(&batch.transfer, &sealed)?;
-        let secret = PullSecret {
-            transfer_id: batch.transfer.0,
-            data_key,
-            chunk_size: batch.chunk_size,
-            segment_count: batch.segment_count,
-            size: batch.size,
-            chain: batch.chain,
-            sender: batch.sender,
-            sealed_metadata: batch.sealed_metadata,
-        };
+        let secret = self.pull_secret(&batch).await?;
         let source = StoreSource {
             store: self.inner.store.clone(),
             transfer: batch.transfer,

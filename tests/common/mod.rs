@@ -2,6 +2,42 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+/// Generates one `#[tokio::test]` per transport (QUIC, HTTPS, mem) for each scenario
+/// `async fn(Transport)` named; the test file must have `init_tracing` and
+/// `Transport` in scope.
+#[allow(unused_macros)]
+macro_rules! on_every_transport {
+    ($($scenario:ident),* $(,)?) => {
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::init_tracing();
+                    super::$scenario(super::Transport::quic()).await;
+                }
+            )*
+        }
+        mod https {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::init_tracing();
+                    super::$scenario(super::Transport::https()).await;
+                }
+            )*
+        }
+        mod mem {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::init_tracing();
+                    super::$scenario(super::Transport::mem()).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::sync::{Arc, Once};
 use std::time::Duration;
 

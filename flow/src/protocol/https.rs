@@ -43,6 +43,7 @@ use tokio_util::sync::{CancellationToken, PollSender, WaitForCancellationFutureO
 
 use crate::error::{Error, ErrorKind, Reason, Result};
 use crate::identity::{PeerKey, TLS_SERVER_NAME, key_from_certificates};
+use crate::protocol::abort::AbortOnClose;
 use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
     resolve_socket_addrs,
@@ -603,12 +604,9 @@ impl ConnState {
             .unwrap_or_else(|| Error::new(Reason::ConnectionLost("connection closed".into())))
     }
 
-    fn abortable<T>(self: &Arc<Self>, inner: T) -> Abortable<T> {
-        Abortable {
-            inner,
-            closed: Box::pin(self.token.clone().cancelled_owned()),
-            state: self.clone(),
-        }
+    fn abortable<T>(self: &Arc<Self>, inner: T) -> AbortOnClose<T> {
+        let state = self.clone();
+        AbortOnClose::new(inner, &self.token, Arc::new(move || state.error()))
     }
 }
 
@@ -1037,55 +1035,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Killable<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A flow half that fails with the connection's error once it is closed, so closing
-/// a connection fails its flows here as well as at the peer.
-struct Abortable<T> {
-    inner: T,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    state: Arc<ConnState>,
-}
-
-impl<T> Abortable<T> {
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.closed.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(self.state.error().into_io()),
-            Poll::Pending => Ok(()),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Abortable<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Abortable<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -7,7 +7,6 @@
 //! be tested without the network.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +15,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Reason, Result};
 use crate::identity::PeerKey;
+use crate::protocol::abort::AbortOnClose;
 use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
 };
@@ -297,14 +297,19 @@ impl MemConn {
         self
     }
 
-    fn half<T>(&self, inner: T) -> Abortable<T> {
-        Abortable {
-            inner,
-            closed: Box::pin(self.link.closed.clone().cancelled_owned()),
-            link: self.link.clone(),
-            side: self.side,
-        }
+    fn half<T>(&self, inner: T) -> AbortOnClose<T> {
+        half(&self.link, self.side, inner)
     }
+}
+
+/// A flow half for `side` of `link`, failing with the link's close error.
+fn half<T>(link: &Arc<Link>, side: usize, inner: T) -> AbortOnClose<T> {
+    let error_link = link.clone();
+    AbortOnClose::new(
+        inner,
+        &link.closed,
+        Arc::new(move || error_link.error_for(side)),
+    )
 }
 
 impl Drop for MemConn {
@@ -325,18 +330,8 @@ impl Conn for MemConn {
         let (their_read, their_write) = tokio::io::split(theirs);
         let peer_side = 1 - self.side;
         let theirs = RawFlow::new(
-            Abortable {
-                inner: their_read,
-                closed: Box::pin(self.link.closed.clone().cancelled_owned()),
-                link: self.link.clone(),
-                side: peer_side,
-            },
-            Abortable {
-                inner: EndOnDrop(their_write),
-                closed: Box::pin(self.link.closed.clone().cancelled_owned()),
-                link: self.link.clone(),
-                side: peer_side,
-            },
+            half(&self.link, peer_side, their_read),
+            half(&self.link, peer_side, EndOnDrop(their_write)),
         );
         self.outgoing
             .send(theirs)
@@ -385,35 +380,6 @@ impl Conn for MemConn {
     }
 }
 
-/// A flow half that fails with the link's close error once the link closes, so
-/// closing a connection fails its flows on both sides as over a real network.
-struct Abortable<T> {
-    inner: T,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    link: Arc<Link>,
-    side: usize,
-}
-
-impl<T> Abortable<T> {
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.closed.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(self.link.error_for(self.side).into_io()),
-            Poll::Pending => Ok(()),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Abortable<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
 /// The sending half of an in-memory flow: dropping it ends the peer's reading side,
 /// as dropping a QUIC send stream does.
 struct EndOnDrop<T: AsyncWrite + Unpin>(T);
@@ -441,26 +407,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EndOnDrop<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Abortable<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,4 +1,6 @@
-//! The built-in protocols.
+//! The built-in protocols, and helpers for writing your own.
+
+pub mod abort;
 
 pub mod https;
 pub mod mem;
