@@ -785,6 +785,46 @@ impl Retriever {
         }
     }
 
+    /// Every batch this key may retrieve, with its metadata, in batch-id order.
+    pub async fn list(&self) -> Result<Vec<BatchSummary>> {
+        let mut all = Vec::new();
+        let mut after = Bytes::new();
+        loop {
+            let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
+            let request = Message::List(wire::List {
+                after: after.clone(),
+                limit: wire::MAX_LISTING_ENTRIES as u32,
+                voucher: Bytes::copy_from_slice(&self.config.voucher),
+            });
+            let listing =
+                match session::request(&mut reader, &mut writer, &request, "Listing").await? {
+                    Message::Listing(listing) => listing,
+                    other => return Err(session::unexpected("Listing", &other)),
+                };
+            let Some(last) = listing.entries.last().map(|e| e.batch_id.clone()) else {
+                return Ok(all);
+            };
+            if last <= after {
+                return Err(Error::Protocol("the listing went backwards".into()));
+            }
+            for e in listing.entries {
+                all.push(BatchSummary {
+                    batch_id: e.batch_id.to_vec(),
+                    size: e.size,
+                    segment_count: e.segment_count,
+                    sender: PeerKey::from_bytes(e.sender)
+                        .map_err(|_| Error::Protocol("a listed sender key is invalid".into()))?,
+                    completed_unix: e.completed_unix,
+                    metadata: e.metadata,
+                });
+            }
+            if !listing.more {
+                return Ok(all);
+            }
+            after = last;
+        }
+    }
+
     async fn try_get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
         let (handshake, hello) =
             ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher);
@@ -806,6 +846,23 @@ impl Retriever {
             },
         )
     }
+}
+
+/// A batch as [`Retriever::list`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// The batch id.
+    pub batch_id: Vec<u8>,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// Who sent it.
+    pub sender: PeerKey,
+    /// When it completed, seconds since the Unix epoch.
+    pub completed_unix: u64,
+    /// The metadata the sender attached.
+    pub metadata: Bytes,
 }
 
 /// Pull segments arriving on a flow.

@@ -349,6 +349,7 @@ impl Server {
             Ok(Message::Complete(complete)) => self.handle_complete(peer, &complete).await,
             Ok(Message::Resume(resume)) => self.handle_resume(peer, resume.transfer_id).await,
             Ok(Message::PullHello(hello)) => self.handle_pull(peer, &hello, &mut writer).await,
+            Ok(Message::List(list)) => self.handle_list(peer, &list).await,
             Ok(other) => Err(refusal(
                 RefuseCode::BadMessage,
                 format!("{} cannot start a flow", other.name()),
@@ -901,6 +902,50 @@ impl Server {
         let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
         tracing::info!(%peer, batch = batch.transfer.to_hex(), "batch retrieved");
         Ok(None)
+    }
+
+    /// A page of the batches `peer` may retrieve, with their metadata.
+    async fn handle_list(
+        &self,
+        peer: PeerKey,
+        list: &wire::List,
+    ) -> Result<Option<Message>, Refusal> {
+        // Metadata per page is bounded too, so a listing always fits one message.
+        const MAX_PAGE_METADATA: usize = 8 << 20;
+        let limit = (list.limit as usize).clamp(1, wire::MAX_LISTING_ENTRIES);
+        let mut listing = wire::Listing::default();
+        let mut metadata_bytes = 0;
+        for batch in self.inner.store.batches().await? {
+            if batch.batch_id.as_slice() <= list.after.as_ref()
+                || !(self.inner.retrievers)(&peer, &list.voucher, &batch.batch_id)
+            {
+                continue;
+            }
+            if listing.entries.len() == limit || metadata_bytes >= MAX_PAGE_METADATA {
+                listing.more = true;
+                break;
+            }
+            let secret = self.pull_secret(&batch).await?;
+            let metadata = crypto::open(
+                &AesGcm::new(&secret.data_key),
+                &crypto::METADATA_NONCE,
+                &crypto::metadata_aad(&batch.transfer.0),
+                &batch.sealed_metadata,
+            )
+            .map_err(|_| {
+                StoreError::Corrupt(format!("metadata of batch transfer {}", batch.transfer))
+            })?;
+            metadata_bytes += metadata.len();
+            listing.entries.push(wire::ListingEntry {
+                batch_id: Bytes::from(batch.batch_id),
+                size: batch.size,
+                segment_count: batch.segment_count,
+                sender: batch.sender,
+                completed_unix: batch.completed_unix,
+                metadata: Bytes::from(metadata),
+            });
+        }
+        Ok(Some(Message::Listing(listing)))
     }
 
     /// What a retriever of `batch` needs: its key (unsealed from the store) and

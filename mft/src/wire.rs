@@ -29,6 +29,8 @@ pub const MAX_SEGMENT_WIRE: usize = MAX_CHUNK_SIZE as usize + TAG_LEN;
 pub const MAX_METADATA: usize = 1 << 20;
 /// Longest refusal message, in bytes.
 pub const MAX_REFUSE_MESSAGE: usize = 1024;
+/// Most entries in one [`Listing`].
+pub const MAX_LISTING_ENTRIES: usize = 1024;
 /// Most runs in a [`Stored`] message.
 pub const MAX_STORED_RUNS: usize = 1 << 16;
 /// Longest sealed handshake secret (a pull's carries the sealed metadata).
@@ -200,6 +202,8 @@ mod ty {
     pub(super) const PULL_HELLO: u8 = 0x40;
     pub(super) const PULL_ACCEPT: u8 = 0x41;
     pub(super) const PULL_SEGMENT: u8 = 0x42;
+    pub(super) const LIST: u8 = 0x50;
+    pub(super) const LISTING: u8 = 0x51;
     pub(super) const REFUSE: u8 = 0x7f;
 }
 
@@ -576,6 +580,73 @@ impl PullSegment {
     }
 }
 
+/// Asks which batches the requester may retrieve, a page at a time: client → server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct List {
+    /// Only batch ids after this one (byte order); empty for the first page.
+    pub after: Bytes,
+    /// The most entries wanted (the server may send fewer).
+    pub limit: u32,
+    /// An optional application token, handed to the authoriser.
+    pub voucher: Bytes,
+}
+
+/// One batch in a [`Listing`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListingEntry {
+    /// The batch id.
+    pub batch_id: Bytes,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// The sender's key.
+    pub sender: [u8; 32],
+    /// When it completed, seconds since the Unix epoch.
+    pub completed_unix: u64,
+    /// The metadata the sender attached (decrypted by the server for the requester).
+    pub metadata: Bytes,
+}
+
+/// A page of batches: server → client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The batches, in batch-id order.
+    pub entries: Vec<ListingEntry>,
+    /// Whether more batches follow (ask again with `after` = the last id).
+    pub more: bool,
+}
+
+impl Listing {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let n = r.u32("entry count")? as usize;
+        if n > MAX_LISTING_ENTRIES {
+            return Err(DecodeError::TooLong {
+                field: "listing",
+                len: n,
+                max: MAX_LISTING_ENTRIES,
+            });
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(ListingEntry {
+                batch_id: r.bytes16("batch id", MAX_BATCH_ID)?,
+                size: r.u64("size")?,
+                segment_count: r.u64("segment count")?,
+                sender: r.array("sender key")?,
+                completed_unix: r.u64("completion time")?,
+                metadata: r.bytes32("metadata", MAX_METADATA)?,
+            });
+        }
+        let more = match r.u8("more")? {
+            0 => false,
+            1 => true,
+            _ => return Err(DecodeError::Invalid("more flag")),
+        };
+        Ok(Listing { entries, more })
+    }
+}
+
 /// Refusal codes: what the peer did wrong, or why the server cannot serve now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -710,6 +781,10 @@ pub enum Message {
     PullAccept(Accept),
     /// See [`PullSegment`].
     PullSegment(PullSegment),
+    /// See [`List`].
+    List(List),
+    /// See [`Listing`].
+    Listing(Listing),
     /// See [`Refuse`].
     Refuse(Refuse),
 }
@@ -729,6 +804,8 @@ impl Message {
             Message::PullHello(_) => "PullHello",
             Message::PullAccept(_) => "PullAccept",
             Message::PullSegment(_) => "PullSegment",
+            Message::List(_) => "List",
+            Message::Listing(_) => "Listing",
             Message::Refuse(_) => "Refuse",
         }
     }
@@ -759,6 +836,18 @@ impl Message {
                 }
                 Message::PullSegment(PullSegment { index, ciphertext })
             }
+            ty::LIST => {
+                let version = r.u8("version")?;
+                if version != VERSION {
+                    return Err(DecodeError::UnsupportedVersion(version));
+                }
+                Message::List(List {
+                    after: r.bytes16("after", MAX_BATCH_ID)?,
+                    limit: r.u32("limit")?,
+                    voucher: r.bytes16("voucher", MAX_VOUCHER)?,
+                })
+            }
+            ty::LISTING => Message::Listing(Listing::decode(&mut r)?),
             ty::REFUSE => {
                 let code = r.u16("refuse code")?;
                 let retry_after_ms = r.u32("retry after")?;
@@ -816,6 +905,29 @@ impl Message {
                 let mut out = PullSegment::header(m.index, len).to_vec();
                 out.extend_from_slice(&m.ciphertext);
                 out
+            }
+            Message::List(m) => {
+                let mut w = Writer::with_type(ty::LIST);
+                w.put(&[VERSION])
+                    .bytes16(&m.after)
+                    .u32(m.limit)
+                    .bytes16(&m.voucher);
+                w.into_vec()
+            }
+            Message::Listing(m) => {
+                let mut w = Writer::with_type(ty::LISTING);
+                let entries = &m.entries[..m.entries.len().min(MAX_LISTING_ENTRIES)];
+                w.u32(entries.len() as u32);
+                for e in entries {
+                    w.bytes16(&e.batch_id)
+                        .u64(e.size)
+                        .u64(e.segment_count)
+                        .put(&e.sender)
+                        .u64(e.completed_unix)
+                        .bytes32(&e.metadata);
+                }
+                w.put(&[u8::from(m.more)]);
+                w.into_vec()
             }
             Message::Refuse(m) => {
                 let mut w = Writer::with_type(ty::REFUSE);
@@ -1016,6 +1128,54 @@ mod tests {
                     Message::PullSegment(PullSegment {
                         index,
                         ciphertext: Bytes::from(ct),
+                    })
+                }),
+            (bytes(MAX_BATCH_ID), any::<u32>(), bytes(64)).prop_map(|(after, limit, voucher)| {
+                Message::List(List {
+                    after,
+                    limit,
+                    voucher,
+                })
+            }),
+            (
+                proptest::collection::vec(
+                    (
+                        bytes(40),
+                        any::<u64>(),
+                        any::<u64>(),
+                        array(),
+                        any::<u64>(),
+                        bytes(60)
+                    ),
+                    0..5,
+                ),
+                any::<bool>(),
+            )
+                .prop_map(|(entries, more)| {
+                    Message::Listing(Listing {
+                        entries: entries
+                            .into_iter()
+                            .map(
+                                |(
+                                    batch_id,
+                                    size,
+                                    segment_count,
+                                    sender,
+                                    completed_unix,
+                                    metadata,
+                                )| {
+                                    ListingEntry {
+                                        batch_id,
+                                        size,
+                                        segment_count,
+                                        sender,
+                                        completed_unix,
+                                        metadata,
+                                    }
+                                },
+                            )
+                            .collect(),
+                        more,
                     })
                 }),
             (code(), any::<u32>(), "[a-z ]{0,40}").prop_map(|(code, retry_after_ms, message)| {
