@@ -706,7 +706,8 @@ async fn a_send_reports_its_events(t: Transport) {
         events.get(1),
         Some(&Event::Accepted {
             transfer_id: receipt.transfer_id,
-            chunk_size: CHUNK
+            chunk_size: CHUNK,
+            protocol: h.t.name().to_string(),
         })
     );
     assert_eq!(events.last(), Some(&Event::Completed { size, segments: 4 }));

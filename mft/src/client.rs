@@ -163,6 +163,9 @@ pub enum Event {
         transfer_id: [u8; 16],
         /// The negotiated chunk size.
         chunk_size: u32,
+        /// The protocol the connection runs on (`quic`, `https`, …): with an
+        /// `mftq://` endpoint, the one that won.
+        protocol: String,
     },
     /// More segments were stored by the server.
     Progress {
@@ -340,7 +343,7 @@ impl Sender {
             batch_id: batch_id.to_vec(),
         });
         let mut attempt = 0;
-        let secret = self
+        let (secret, protocol) = self
             .retrying(&mut attempt, || self.handshake(batch_id))
             .await?;
         if metadata.len() > secret.max_metadata as usize {
@@ -356,6 +359,7 @@ impl Sender {
         let _ = self.events.send(Event::Accepted {
             transfer_id: secret.transfer_id,
             chunk_size: secret.chunk_size,
+            protocol,
         });
 
         // A transfer reopened by a new process (same sender, same batch id) may have
@@ -494,7 +498,7 @@ impl Sender {
         open_flow(&self.manager, &self.config).await
     }
 
-    async fn handshake(&self, batch_id: &[u8]) -> Result<PushSecret> {
+    async fn handshake(&self, batch_id: &[u8]) -> Result<(PushSecret, String)> {
         let (handshake, hello) = ClientHandshake::push(
             self.manager.identity(),
             batch_id,
@@ -502,8 +506,12 @@ impl Sender {
             &self.config.voucher,
         );
         let (mut reader, mut writer) = self.flow().await?;
+        let protocol = reader.conn().protocol().to_string();
         match session::request(&mut reader, &mut writer, &Message::Hello(hello), "Accept").await? {
-            Message::Accept(accept) => handshake.finish_push(&accept, &self.config.server_key),
+            Message::Accept(accept) => Ok((
+                handshake.finish_push(&accept, &self.config.server_key)?,
+                protocol,
+            )),
             other => Err(session::unexpected("Accept", &other)),
         }
     }
