@@ -389,9 +389,14 @@ async fn accept_loop(
     let handshakes = Arc::new(Semaphore::new(config.max_concurrent_handshakes));
     loop {
         let accepted = tokio::select! {
-            accepted = tcp.accept() => accepted,
+            // A stopped listener must not take one more connection.
+            biased;
             _ = stop.cancelled() => return,
+            accepted = tcp.accept() => accepted,
         };
+        if stop.is_cancelled() {
+            return;
+        }
         let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {

@@ -322,9 +322,17 @@ async fn accept_loop(
 ) {
     loop {
         let incoming = tokio::select! {
-            incoming = endpoint.accept() => incoming,
+            // A stopped listener must not take one more connection.
+            biased;
             _ = stop.cancelled() => return,
+            incoming = endpoint.accept() => incoming,
         };
+        if stop.is_cancelled() {
+            if let Some(incoming) = incoming {
+                incoming.refuse();
+            }
+            return;
+        }
         let Some(incoming) = incoming else {
             let _ = ready
                 .send(Err(Error::new(Reason::ConnectionLost(
