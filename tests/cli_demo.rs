@@ -1,4 +1,5 @@
-//! The `mftq` binary as a newcomer meets it.
+//! `mftq demo` and the command line as a newcomer meets it. The full command set
+//! (keygen, serve, send, get, list) is exercised in `tests/cli.rs`.
 
 use std::process::Command;
 
@@ -10,18 +11,34 @@ fn mftq(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn demo_transfers_and_verifies() {
-    let out = mftq(&["demo", "--size", "4MiB", "--flows", "4"]);
+fn demo_json_reports_both_transports() {
+    let out = mftq(&["demo", "--size", "4MiB", "--flows", "4", "--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("4.0 MiB, 4 segments over 4 flows on 1 QUIC connection")
-            && stdout.contains("verified: every byte and the metadata match"),
-        "{stdout}"
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(report["size"], 4 << 20);
+    let transports: Vec<_> = report["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            (
+                r["transport"].as_str().unwrap_or(""),
+                r["segments"].clone(),
+                r["verified"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transports,
+        vec![
+            ("quic", 4.into(), true.into()),
+            ("https", 4.into(), true.into())
+        ]
     );
 }
 
@@ -31,6 +48,7 @@ fn bad_arguments_exit_2_naming_the_problem() {
         (&["demo", "--size", "lots"][..], "lots"),
         (&["demo", "--flows", "0"][..], "--flows"),
         (&["frobnicate"][..], "frobnicate"),
+        (&[][..], "Usage"),
     ] {
         let out = mftq(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -40,8 +58,19 @@ fn bad_arguments_exit_2_naming_the_problem() {
 }
 
 #[test]
-fn help_exits_0() {
-    let out = mftq(&["--help"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("usage: mftq demo"));
+fn help_exits_0_with_examples() {
+    for args in [
+        &["--help"][..],
+        &["keygen", "--help"],
+        &["serve", "--help"],
+        &["send", "--help"],
+        &["get", "--help"],
+        &["list", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = mftq(args);
+        assert!(out.status.success(), "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("Examples:"), "{args:?}: {stdout}");
+    }
 }

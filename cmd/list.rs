@@ -1,0 +1,63 @@
+//! `mftq list`: the batches this key may retrieve.
+
+use serde_json::json;
+
+use crate::args::ListArgs;
+use crate::client::Client;
+use crate::error::CliError;
+use crate::output::{human, metadata_json, metadata_summary, print_json, utc};
+
+/// Lists the batches as a table (or JSON).
+pub async fn run(args: ListArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.client, "--from", &args.from)?;
+    let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
+        .map_err(|e| CliError::mft("configuring the retriever", e))?;
+    let batches = retriever.list().await;
+    client.manager.close();
+    let batches = batches.map_err(|e| CliError::mft("listing batches", e))?;
+
+    if args.client.json {
+        let list: Vec<_> = batches
+            .iter()
+            .map(|b| {
+                json!({
+                    "batch_id": String::from_utf8_lossy(&b.batch_id),
+                    "size": b.size,
+                    "segments": b.segment_count,
+                    "sender": b.sender.to_string(),
+                    "completed_unix": b.completed_unix,
+                    "metadata": metadata_json(&b.metadata),
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(list));
+        return Ok(());
+    }
+    if batches.is_empty() {
+        eprintln!("mftq: no batches this key may retrieve");
+        return Ok(());
+    }
+    let width = batches
+        .iter()
+        .map(|b| String::from_utf8_lossy(&b.batch_id).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(8, 40);
+    println!(
+        "{:<width$}  {:>10}  {:>8}  {:<20}  {:<16}  metadata",
+        "batch", "size", "segments", "completed (UTC)", "sender"
+    );
+    for b in &batches {
+        let sender = b.sender.to_string();
+        println!(
+            "{:<width$}  {:>10}  {:>8}  {:<20}  {:<16}  {}",
+            String::from_utf8_lossy(&b.batch_id),
+            human(b.size),
+            b.segment_count,
+            utc(b.completed_unix),
+            &sender[..16.min(sender.len())],
+            metadata_summary(&b.metadata, 60),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Output helpers: sizes and rates for people, progress bars, JSON, hex.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// `1.5 MiB`, `3.00 GiB`, `12 B`.
+pub fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Megabytes (10⁶ bytes) per second.
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A progress bar on stderr with rate and ETA, hidden when stderr is not a
+/// terminal or `hidden` is set. `len` is `None` when the total is unknown.
+pub fn progress(len: Option<u64>, what: &str, hidden: bool) -> ProgressBar {
+    let bar = match len {
+        Some(len) => ProgressBar::new(len),
+        None => ProgressBar::no_length(),
+    };
+    if hidden || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+        return bar;
+    }
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    let template = if len.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+    } else {
+        "{msg} {bytes} {bytes_per_sec} {elapsed}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Prints `value` as one line of pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Metadata bytes as JSON when they are JSON, else as a (lossy) string.
+pub fn metadata_json(metadata: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(metadata)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(metadata).into()))
+}
+
+/// Metadata as one line of text, cut to `max` characters.
+pub fn metadata_summary(metadata: &[u8], max: usize) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(metadata) {
+        Ok(v) => v.to_string(),
+        Err(_) => String::from_utf8_lossy(metadata).replace(['\n', '\r', '\t'], " "),
+    };
+    if text.chars().count() > max {
+        let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// `2026-11-22T22:04:33Z` from seconds since the Unix epoch (UTC).
+pub fn utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(human(4 << 20), "4.0 MiB");
+        assert_eq!(human(12), "12 B");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(hex(&[0, 255]), "00ff");
+        assert_eq!(metadata_summary(br#"{"a": 1}"#, 40), r#"{"a":1}"#);
+        assert_eq!(metadata_summary(b"abcdef", 4), "abc…");
+    }
+}

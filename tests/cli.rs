@@ -1,0 +1,720 @@
+//! The `mftq` binary end to end: keys, a server on loopback (QUIC and HTTPS), send,
+//! get, list, refusals and bad input with their exit codes. Every child process is
+//! bounded in time and killed if a test fails.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mftq");
+
+/// What a finished command printed.
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `mftq args` in `dir`, failing the test if it takes longer than `limit`.
+fn mftq_in(dir: &Path, args: &[&str], limit: Duration) -> Out {
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mftq starts");
+    let mut guard = Guard(child);
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let stdout = drain(guard.0.stdout.take().map(|s| Box::new(s) as _));
+    let stderr = drain(guard.0.stderr.take().map(|s| Box::new(s) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("waits") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mftq {args:?} took longer than {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Out {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// A private key file in `dir`; returns its public key.
+fn keygen(dir: &Path, name: &str) -> String {
+    let out = mftq_in(dir, &["keygen", "--out", name], Duration::from_secs(20));
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let key = out.stdout.trim().to_string();
+    assert_eq!(key.len(), 64, "{key:?}");
+    key
+}
+
+/// Pseudo-random bytes (xorshift), so each file is different and incompressible.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A running `mftq serve` and what it printed on start.
+struct Server {
+    child: Guard,
+    quic: String,
+    https: String,
+    key: String,
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "quic/127.0.0.1:0",
+        "--listen",
+        "https/127.0.0.1:0",
+        "--data",
+        "data",
+        "--key",
+        "server.key",
+    ];
+    args.extend_from_slice(extra);
+    let child = Command::new(BIN)
+        .args(&args)
+        .current_dir(dir)
+        // Warnings and errors only: the test output stays readable.
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("mftq serve starts");
+    let mut child = Guard(child);
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut quic, mut https, mut key) = (None, None, None);
+    while quic.is_none() || https.is_none() || key.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("serve prints its endpoints and key");
+        if let Some(ep) = line.strip_prefix("listening on ") {
+            if ep.starts_with("quic://") {
+                quic = Some(ep.to_string());
+            } else if ep.starts_with("https://") {
+                https = Some(ep.to_string());
+            }
+        } else if let Some(k) = line.strip_prefix("public key ") {
+            key = Some(k.to_string());
+        }
+    }
+    Server {
+        child,
+        quic: quic.unwrap_or_default(),
+        https: https.unwrap_or_default(),
+        key: key.unwrap_or_default(),
+    }
+}
+
+/// Files in `dir` whose names contain `part`.
+fn files_containing(dir: &Path, part: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("reads dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains(part))
+        .collect()
+}
+
+const LONG: Duration = Duration::from_secs(120);
+const SHORT: Duration = Duration::from_secs(30);
+
+#[test]
+fn serve_send_get_list_over_quic_and_https() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server_pub = keygen(dir, "server.key");
+    let client_pub = keygen(dir, "client.key");
+    let outsider_pub = keygen(dir, "outsider.key");
+    std::fs::write(
+        dir.join("allowed.txt"),
+        format!("# who may send and retrieve\n\n{client_pub}  the test client\n"),
+    )
+    .expect("writes allow-list");
+    let server = serve(
+        dir,
+        &["--senders", "allowed.txt", "--retrievers", "allowed.txt"],
+    );
+    assert_eq!(server.key, server_pub);
+
+    for (n, endpoint) in [&server.quic, &server.https].into_iter().enumerate() {
+        let name = format!("input-{n}.bin");
+        let data = random_bytes(20 << 20, 0x5eed + n as u64);
+        std::fs::write(dir.join(&name), &data).expect("writes input");
+        let send = mftq_in(
+            dir,
+            &[
+                "send",
+                &name,
+                "--to",
+                endpoint,
+                "--server-key",
+                &server.key,
+                "--key",
+                "client.key",
+                "--json",
+            ],
+            LONG,
+        );
+        assert_eq!(
+            send.code(),
+            Some(0),
+            "send over {endpoint}: {}",
+            send.explain()
+        );
+        let receipt: serde_json::Value = serde_json::from_str(&send.stdout).expect("JSON receipt");
+        assert_eq!(receipt["batch_id"], name.as_str());
+        assert_eq!(receipt["size"], 20 << 20);
+        assert_eq!(receipt["server"], server.key.as_str());
+        assert_eq!(receipt["signature"].as_str().map(str::len), Some(128));
+
+        let output = format!("output-{n}.bin");
+        let get = mftq_in(
+            dir,
+            &[
+                "get",
+                &name,
+                "--from",
+                endpoint,
+                "--server-key",
+                &server.key,
+                "--key",
+                "client.key",
+                "-o",
+                &output,
+            ],
+            LONG,
+        );
+        assert_eq!(
+            get.code(),
+            Some(0),
+            "get over {endpoint}: {}",
+            get.explain()
+        );
+        let back = std::fs::read(dir.join(&output)).expect("reads output");
+        assert!(back == data, "the bytes retrieved over {endpoint} differ");
+        assert!(
+            get.stdout.contains("metadata {")
+                && get.stdout.contains(&format!("\"name\":\"{name}\""))
+                && get.stdout.contains("\"sha256\":"),
+            "{}",
+            get.explain()
+        );
+    }
+
+    // An unknown batch: a clear error, and no output file (or temporary) left behind.
+    let get = mftq_in(
+        dir,
+        &[
+            "get",
+            "no-such-batch",
+            "--from",
+            &server.quic,
+            "--server-key",
+            &server.key,
+            "--key",
+            "client.key",
+            "-o",
+            "missing.bin",
+        ],
+        SHORT,
+    );
+    assert_eq!(get.code(), Some(1), "{}", get.explain());
+    assert!(
+        get.stderr.contains("no batch \"no-such-batch\""),
+        "{}",
+        get.explain()
+    );
+    assert!(files_containing(dir, "missing").is_empty());
+    assert!(files_containing(dir, "mftq-part").is_empty());
+
+    // A key the server does not authorise: exit 3, naming the refusal.
+    let refused = mftq_in(
+        dir,
+        &[
+            "send",
+            "input-0.bin",
+            "--batch-id",
+            "outsider",
+            "--to",
+            &server.quic,
+            "--server-key",
+            &server.key,
+            "--key",
+            "outsider.key",
+        ],
+        SHORT,
+    );
+    assert_eq!(refused.code(), Some(3), "{}", refused.explain());
+    assert!(
+        refused.stderr.contains("NotAuthorized"),
+        "{}",
+        refused.explain()
+    );
+
+    // The wrong server key: exit 3.
+    let pinned = mftq_in(
+        dir,
+        &[
+            "send",
+            "input-0.bin",
+            "--batch-id",
+            "pinned",
+            "--to",
+            &server.https,
+            "--server-key",
+            &outsider_pub,
+            "--key",
+            "client.key",
+        ],
+        SHORT,
+    );
+    assert_eq!(pinned.code(), Some(3), "{}", pinned.explain());
+    assert!(
+        pinned.stderr.contains("--server-key"),
+        "{}",
+        pinned.explain()
+    );
+
+    // Bad input: exit 2 naming the problem, before anything is sent.
+    std::fs::write(dir.join("bad.key"), "not a key\n").expect("writes bad key");
+    let ep = server.quic.as_str();
+    let key = server.key.as_str();
+    for (args, needle) in [
+        (
+            vec![
+                "send",
+                "absent.bin",
+                "--to",
+                ep,
+                "--server-key",
+                key,
+                "--key",
+                "client.key",
+            ],
+            "absent.bin",
+        ),
+        (
+            vec![
+                "send",
+                "input-0.bin",
+                "--batch-id",
+                "b1",
+                "--to",
+                ep,
+                "--server-key",
+                key,
+                "--key",
+                "bad.key",
+            ],
+            "bad.key",
+        ),
+        (
+            vec![
+                "send",
+                "input-0.bin",
+                "--batch-id",
+                "b2",
+                "--to",
+                "quic://no-port",
+                "--server-key",
+                key,
+                "--key",
+                "client.key",
+            ],
+            "--to",
+        ),
+        (
+            vec![
+                "send",
+                "input-0.bin",
+                "--batch-id",
+                "b3",
+                "--to",
+                "ftp://127.0.0.1:21",
+                "--server-key",
+                key,
+                "--key",
+                "client.key",
+            ],
+            "ftp",
+        ),
+        (
+            vec![
+                "send",
+                "input-0.bin",
+                "--batch-id",
+                "b4",
+                "--to",
+                ep,
+                "--server-key",
+                key,
+                "--key",
+                "client.key",
+                "--chunk",
+                "huge",
+            ],
+            "huge",
+        ),
+        (
+            vec![
+                "send",
+                "input-0.bin",
+                "--batch-id",
+                "b5",
+                "--to",
+                ep,
+                "--server-key",
+                "abc",
+                "--key",
+                "client.key",
+            ],
+            "--server-key",
+        ),
+        (
+            vec![
+                "send",
+                "input-0.bin",
+                "--batch-id",
+                "b6",
+                "--to",
+                ep,
+                "--server-key",
+                key,
+                "--key",
+                "client.key",
+                "--metadata",
+                "{oops",
+            ],
+            "--metadata",
+        ),
+    ] {
+        let out = mftq_in(dir, &args, SHORT);
+        assert_eq!(out.code(), Some(2), "{args:?}: {}", out.explain());
+        assert!(
+            out.stderr.starts_with("mftq: "),
+            "{args:?}: {}",
+            out.explain()
+        );
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.explain());
+    }
+
+    // `list` shows exactly the two batches: nothing else was sent.
+    let list = mftq_in(
+        dir,
+        &[
+            "list",
+            "--from",
+            &server.https,
+            "--server-key",
+            &server.key,
+            "--key",
+            "client.key",
+            "--json",
+        ],
+        SHORT,
+    );
+    assert_eq!(list.code(), Some(0), "{}", list.explain());
+    let batches: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON list");
+    let mut ids: Vec<_> = batches
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|b| {
+            assert_eq!(b["size"], 20 << 20);
+            assert_eq!(b["sender"], client_pub.as_str());
+            b["batch_id"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["input-0.bin", "input-1.bin"]);
+    let table = mftq_in(
+        dir,
+        &[
+            "list",
+            "--from",
+            &server.quic,
+            "--server-key",
+            &server.key,
+            "--key",
+            "client.key",
+        ],
+        SHORT,
+    );
+    assert!(
+        table.stdout.contains("input-0.bin") && table.stdout.contains("20.0 MiB"),
+        "{}",
+        table.explain()
+    );
+
+    // SIGTERM: the server stops cleanly.
+    let mut child = server.child;
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("waits") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn keygen_writes_a_private_file_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let first = keygen(dir, "me.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("me.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = mftq_in(dir, &["keygen", "--out", "me.key"], SHORT);
+    assert_eq!(again.code(), Some(2), "{}", again.explain());
+    assert!(again.stderr.contains("--force"), "{}", again.explain());
+    let forced = mftq_in(dir, &["keygen", "--out", "me.key", "--force"], SHORT);
+    assert_eq!(forced.code(), Some(0), "{}", forced.explain());
+    assert_ne!(forced.stdout.trim(), first);
+}
+
+#[test]
+fn serve_refuses_a_malformed_allow_list_naming_file_and_line() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let client = keygen(dir, "server.key");
+    std::fs::write(dir.join("senders.txt"), format!("# ok\n{client}\nbogus\n"))
+        .expect("writes list");
+    let out = mftq_in(
+        dir,
+        &[
+            "serve",
+            "--listen",
+            "quic/127.0.0.1:0",
+            "--data",
+            "data",
+            "--key",
+            "server.key",
+            "--senders",
+            "senders.txt",
+        ],
+        SHORT,
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(
+        out.stderr.contains("senders.txt line 3"),
+        "{}",
+        out.explain()
+    );
+    // A config file with an unknown setting is named too.
+    std::fs::write(dir.join("mftq.toml"), "listn = []\n").expect("writes config");
+    let out = mftq_in(dir, &["serve", "--config", "mftq.toml"], SHORT);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("mftq.toml"), "{}", out.explain());
+}
+
+#[test]
+fn an_unreachable_server_exits_4() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server = keygen(dir, "server.key");
+    keygen(dir, "client.key");
+    // Nothing listens on this port (we bound it and let it go).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let to = format!("https://127.0.0.1:{port}");
+    let out = mftq_in(
+        dir,
+        &[
+            "list",
+            "--from",
+            &to,
+            "--server-key",
+            &server,
+            "--key",
+            "client.key",
+            "--retries",
+            "0",
+            "--dial-timeout",
+            "3",
+        ],
+        SHORT,
+    );
+    assert_eq!(out.code(), Some(4), "{}", out.explain());
+}
+
+#[test]
+fn demo_runs_over_both_transports() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = mftq_in(tmp.path(), &["demo", "--size", "8MiB"], LONG);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("quic ") || l.starts_with("https "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", out.explain());
+    assert!(out.stdout.contains("verified"), "{}", out.explain());
+}
+
+#[test]
+fn send_resumes_an_interrupted_batch() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let client_pub = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client_pub}\n")).expect("writes list");
+    let server = serve(
+        dir,
+        &["--senders", "allowed.txt", "--retrievers", "allowed.txt"],
+    );
+    let data = random_bytes(24 << 20, 7);
+    std::fs::write(dir.join("big.bin"), &data).expect("writes input");
+    // Small segments, one at a time: slow enough to interrupt part way.
+    let args = [
+        "send",
+        "big.bin",
+        "--to",
+        &server.quic,
+        "--server-key",
+        &server.key,
+        "--key",
+        "client.key",
+        "--chunk",
+        "4KiB",
+        "--streams",
+        "1",
+    ];
+    let mut first = Guard(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("send starts"),
+    );
+    // Interrupt it once the server holds some of the batch.
+    let segments = dir.join("data").join("segments");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: u64 = std::fs::read_dir(&segments)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if stored >= 1 << 20 {
+            break;
+        }
+        assert!(
+            first.0.try_wait().expect("waits").is_none(),
+            "the first send finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the first send made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+
+    let again = mftq_in(dir, &args, LONG);
+    assert_eq!(again.code(), Some(0), "{}", again.explain());
+    assert!(
+        again.stderr.contains("resuming: the server holds"),
+        "{}",
+        again.explain()
+    );
+    let get = mftq_in(
+        dir,
+        &[
+            "get",
+            "big.bin",
+            "--from",
+            &server.https,
+            "--server-key",
+            &server.key,
+            "--key",
+            "client.key",
+            "-o",
+            "back.bin",
+        ],
+        LONG,
+    );
+    assert_eq!(get.code(), Some(0), "{}", get.explain());
+    assert!(std::fs::read(dir.join("back.bin")).expect("output") == data);
+}
