@@ -187,3 +187,46 @@ async fn blocked_udp_falls_back_to_https_and_is_remembered() {
         "UDP was tried again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_an_mftq_endpoint_runs_over_the_winner() {
+    init_tracing();
+    let (server_manager, port) = server(true).await;
+    let server = mft::Server::new(
+        server_manager.identity().clone(),
+        Arc::new(mft::store::MemoryStore::new()),
+        mft::ServerConfig::default(),
+    )
+    .authorize_senders(Arc::new(|_, _, _| true))
+    .authorize_retrievers(Arc::new(|_, _, _| true));
+    tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(server_manager).await }
+    });
+    let endpoint: Endpoint = format!("mftq://127.0.0.1:{port}").parse().unwrap();
+    let config = mft::ClientConfig::new(endpoint, server.identity().public_key());
+    let client = manager();
+    let sender = mft::Sender::new(client.clone(), config.clone()).unwrap();
+    let mut events = sender.subscribe();
+    let receipt = bounded("send", sender.send(&b"over the winner"[..], b"b", b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(receipt.size, 15);
+    let mut protocol = None;
+    while let Ok(event) = events.try_recv() {
+        if let mft::Event::Accepted { protocol: p, .. } = event {
+            protocol = Some(p);
+        }
+    }
+    assert_eq!(protocol.as_deref(), Some("quic"));
+    let (mut data, _) = mft::Retriever::new(client, config)
+        .unwrap()
+        .get(b"b")
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut data, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, b"over the winner");
+}

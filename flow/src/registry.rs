@@ -425,6 +425,19 @@ impl Registry {
         self.protocols.get(name).cloned()
     }
 
+    /// Whether a manager with this registry can dial `endpoint`: its protocol (or an
+    /// alias) is registered, or it is an `mftq://` endpoint and one of the protocols
+    /// it stands for is, or it has no protocol and one was given to
+    /// [`Registry::register_unknown`].
+    pub fn can_dial(&self, endpoint: &crate::Endpoint) -> bool {
+        match endpoint.protocol() {
+            crate::select::PREFERENCE_SCHEME => crate::select::PREFERENCE_PROTOCOLS
+                .iter()
+                .any(|name| self.get(name).is_some()),
+            name => self.lookup(name).is_ok(),
+        }
+    }
+
     /// The protocol for `name` and the name to call it with: for the empty name, the
     /// protocol given to [`Registry::register_unknown`].
     pub(crate) fn lookup(&self, name: &str) -> Result<(String, Arc<dyn Protocol>)> {

@@ -278,7 +278,7 @@ impl Sender {
     /// A sender using `manager`'s identity and connections.
     pub fn new(manager: Manager, config: ClientConfig) -> Result<Self> {
         config.validate()?;
-        if manager.registry().get(config.endpoint.protocol()).is_none() {
+        if !manager.registry().can_dial(&config.endpoint) {
             return Err(Error::config(
                 "endpoint",
                 format!("no protocol {:?} is registered", config.endpoint.protocol()),
