@@ -62,6 +62,6 @@ pub use crate::protocol::mem::MemProtocol;
 pub use crate::protocol::quic::{CongestionControl, QuicConfig, QuicProtocol};
 pub use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow, Registry,
-    resolve_socket_addrs,
+    resolve_socket_addr, resolve_socket_addrs,
 };
 pub use crate::select::{Property, Selection};

@@ -13,7 +13,9 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind, Reason, Result};
 use crate::flow::{DEFAULT_MAX_MSG_SIZE, Flow};
 use crate::identity::{self, Authorizer, Identity, PeerAuthorizer};
-use crate::registry::{CloseCode, Conn, DialContext, ListenContext, Listener, Protocol, Registry};
+use crate::registry::{
+    CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, Registry,
+};
 use crate::select::Selection;
 
 /// Settings of a [`Manager`], with safe defaults.
@@ -378,23 +380,19 @@ impl Manager {
     ) -> Result<Flow> {
         let shared = self.shared();
         let candidates = if endpoint.protocol() == crate::select::PREFERENCE_SCHEME {
-            crate::select::PREFERENCE_PROTOCOLS
-                .iter()
-                .filter(|name| shared.registry.get(name).is_some())
-                .map(|name| Endpoint::new(name, endpoint.address()))
-                .collect::<Result<Vec<_>>>()?
+            shared
+                .preference_candidates(endpoint.address(), &Selection::default())?
+                .into_iter()
+                .map(|(candidate, _)| candidate)
+                .collect()
         } else {
             vec![endpoint.clone()]
         };
-        for candidate in &candidates {
-            let key = shared.cache_key(candidate)?.0;
-            if let Some(Lookup::Hit(conn)) = shared
-                .cache
-                .lookup(&key, authorizer.as_ref(), false)
-                .map_err(|e| e.with_endpoint(endpoint))?
-            {
-                return conn.open_flow().await;
-            }
+        if let Some(conn) = shared
+            .cached_among(&candidates, authorizer.as_ref())
+            .map_err(|e| e.with_endpoint(endpoint))?
+        {
+            return conn.open_flow().await;
         }
         Err(Error::new(Reason::NotCached).with_endpoint(endpoint))
     }
@@ -495,22 +493,11 @@ impl Shared {
         selection: &Selection,
     ) -> Result<ManagedConn> {
         let address = endpoint.address();
-        let mut candidates: Vec<(Endpoint, bool)> = Vec::new();
-        for name in crate::select::PREFERENCE_PROTOCOLS {
-            let Some(protocol) = self.registry.get(name) else {
-                continue;
-            };
-            let properties = protocol.properties();
-            if selection.admits(&properties) {
-                candidates.push((Endpoint::new(name, address)?, properties.is_udp()));
-            }
-        }
-        selection.rank(&mut candidates, |(e, _)| {
-            self.registry
-                .get(e.protocol())
-                .map(|p| p.properties())
-                .unwrap_or_default()
-        });
+        let mut candidates: Vec<(Endpoint, bool)> = self
+            .preference_candidates(address, selection)?
+            .into_iter()
+            .map(|(candidate, properties)| (candidate, properties.is_udp()))
+            .collect();
         if candidates.is_empty() {
             return Err(Error::new(Reason::Protocol(
                 ErrorKind::BadArg,
@@ -518,11 +505,9 @@ impl Shared {
             )));
         }
         // A connection we already have to this destination wins outright.
-        for (candidate, _) in &candidates {
-            let (key, _) = self.cache_key(candidate)?;
-            if let Some(Lookup::Hit(conn)) = self.cache.lookup(&key, authorizer.as_ref(), false)? {
-                return Ok(conn);
-            }
+        let endpoints: Vec<Endpoint> = candidates.iter().map(|(e, _)| e.clone()).collect();
+        if let Some(conn) = self.cached_among(&endpoints, authorizer.as_ref())? {
+            return Ok(conn);
         }
         if self.udp_seems_blocked(address) && candidates.iter().any(|(_, udp)| !udp) {
             candidates.retain(|(_, udp)| !udp);
@@ -581,6 +566,42 @@ impl Shared {
                 ))));
             }
         }
+    }
+
+    /// The protocols an `mftq://` address may be dialed by under `selection`, best
+    /// first, with their properties.
+    fn preference_candidates(
+        &self,
+        address: &str,
+        selection: &Selection,
+    ) -> Result<Vec<(Endpoint, Properties)>> {
+        let mut candidates = Vec::new();
+        for name in crate::select::PREFERENCE_PROTOCOLS {
+            let Some(protocol) = self.registry.get(name) else {
+                continue;
+            };
+            let properties = protocol.properties();
+            if selection.admits(&properties) {
+                candidates.push((Endpoint::new(name, address)?, properties));
+            }
+        }
+        selection.rank(&mut candidates, |(_, properties)| *properties);
+        Ok(candidates)
+    }
+
+    /// The first of `candidates` with a usable cached connection to a trusted peer.
+    fn cached_among(
+        &self,
+        candidates: &[Endpoint],
+        authorizer: &dyn PeerAuthorizer,
+    ) -> Result<Option<ManagedConn>> {
+        for candidate in candidates {
+            let (key, _) = self.cache_key(candidate)?;
+            if let Some(Lookup::Hit(conn)) = self.cache.lookup(&key, authorizer, false)? {
+                return Ok(Some(conn));
+            }
+        }
+        Ok(None)
     }
 
     fn udp_seems_blocked(&self, address: &str) -> bool {

@@ -348,6 +348,16 @@ pub async fn resolve_socket_addrs(address: &str) -> Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// The first address `host:port` resolves to (see [`resolve_socket_addrs`]).
+pub async fn resolve_socket_addr(address: &str) -> Result<SocketAddr> {
+    let addrs = resolve_socket_addrs(address).await?;
+    // resolve_socket_addrs never returns an empty list.
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| Error::new(Reason::Resolve("no addresses found".into())))
+}
+
 /// The protocols a manager can use, by name and alias.
 ///
 /// `Registry::default()` holds `quic` and `https`; `Registry::new()` is empty.

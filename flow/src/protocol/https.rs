@@ -20,7 +20,6 @@
 //! [`Reason::Busy`].
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,14 +38,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tokio_util::sync::{CancellationToken, PollSender, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, PollSender};
 
 use crate::error::{Error, ErrorKind, Reason, Result};
 use crate::identity::{PeerKey, TLS_SERVER_NAME, key_from_certificates};
 use crate::protocol::abort::AbortOnClose;
 use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
-    resolve_socket_addrs,
+    resolve_socket_addr,
 };
 
 /// The ALPN protocols the listener offers: HTTP/2 for flows, HTTP/1.1 for health
@@ -257,10 +256,7 @@ impl Protocol for HttpsProtocol {
         address: &str,
         timeout: Duration,
     ) -> Result<Arc<dyn Conn>> {
-        let remote = *resolve_socket_addrs(address)
-            .await?
-            .first()
-            .ok_or_else(|| Error::new(Reason::Resolve("no addresses found".into())))?;
+        let remote = resolve_socket_addr(address).await?;
         let connector = TlsConnector::from(Arc::new(ctx.tls_client_config(&ALPN_CLIENT)?));
         let config = self.config.clone();
         let setup = async {
@@ -302,7 +298,12 @@ impl Protocol for HttpsProtocol {
                 .keep_alive_timeout(config.keep_alive_timeout)
                 .keep_alive_while_idle(true);
             let state = ConnState::new();
-            let io = Killable::new(tls, &state);
+            // Closing cuts the I/O under hyper, which otherwise finishes open streams
+            // before it lets a connection go.
+            let io = state.abortable(WatchRefusal {
+                inner: tls,
+                state: state.clone(),
+            });
             let (sender, connection) = builder
                 .handshake::<_, PipeBody>(TokioIo::new(io))
                 .await
@@ -345,10 +346,7 @@ impl Protocol for HttpsProtocol {
         _protocol: &str,
         address: &str,
     ) -> Result<Box<dyn Listener>> {
-        let addr = *resolve_socket_addrs(address)
-            .await?
-            .first()
-            .ok_or_else(|| Error::new(Reason::Resolve("no addresses found".into())))?;
+        let addr = resolve_socket_addr(address).await?;
         let acceptor = TlsAcceptor::from(Arc::new(
             ctx.tls_server_config_allowing_anonymous(&ALPN_SERVER)?,
         ));
@@ -505,12 +503,14 @@ async fn serve_connection(
         .max_concurrent_streams(config.max_concurrent_streams)
         .keep_alive_interval(config.keep_alive_interval)
         .keep_alive_timeout(config.keep_alive_timeout);
+    let closed = state.as_ref().map(|s| s.token.clone()).unwrap_or_default();
     let io = match &state {
-        Some(state) => Killable::new(tls, state),
-        None => Killable::unkillable(tls),
+        // Closing cuts the I/O under hyper, so the peer's flows end at once.
+        Some(state) => state.abortable(tls),
+        // Anonymous connections have nothing to close them by but the listener's stop.
+        None => AbortOnClose::new(tls, &closed, Arc::new(|| Error::new(Reason::NotListening))),
     };
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    let closed = state.as_ref().map(|s| s.token.clone()).unwrap_or_default();
     let outcome = tokio::select! {
         r = connection => r.map_err(|e| Error::new(Reason::ConnectionLost(e.to_string()))),
         _ = closed.cancelled() => Ok(()),
@@ -974,88 +974,45 @@ impl AsyncRead for IncomingReader {
     }
 }
 
-/// The TLS stream under HTTP/2, failing every operation once the connection is
-/// closed. hyper finishes open streams before it lets a connection go; closing must
-/// end it at once (and so end the peer's flows too), so we cut the I/O under it.
-///
-/// It also watches reads for the TLS alert by which a server refuses our
-/// certificate, and records it: hyper reports only that the connection failed.
-struct Killable<T> {
+/// A dialer's TLS stream, watched for the alert by which a server refuses our
+/// certificate: hyper reports only that the connection failed, so the refusal is
+/// recorded here, and the connection closed with it.
+struct WatchRefusal<T> {
     inner: T,
-    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    state: Option<Arc<ConnState>>,
+    state: Arc<ConnState>,
 }
 
-impl<T> Killable<T> {
-    fn new(inner: T, state: &Arc<ConnState>) -> Self {
-        Killable {
-            inner,
-            closed: Some(Box::pin(state.token.clone().cancelled_owned())),
-            state: Some(state.clone()),
-        }
-    }
-
-    /// For anonymous connections, which have no state to close them by.
-    fn unkillable(inner: T) -> Self {
-        Killable {
-            inner,
-            closed: None,
-            state: None,
-        }
-    }
-
-    fn note_error(&self, e: &io::Error) {
-        if let Some(state) = &self.state
-            && peer_refused(e)
-        {
-            state.set_reason(Error::new(Reason::RefusedByPeer));
-            state.token.cancel();
-        }
-    }
-
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.closed.as_mut().map(|c| c.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed",
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Killable<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for WatchRefusal<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check(cx)?;
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Err(e)) = &read {
-            self.note_error(e);
+        if let Poll::Ready(Err(e)) = &read
+            && peer_refused(e)
+        {
+            self.state.set_reason(Error::new(Reason::RefusedByPeer));
+            self.state.token.cancel();
         }
         read
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Killable<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for WatchRefusal<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{Error, Reason, Result};
 use crate::identity::{PeerKey, TLS_SERVER_NAME, key_from_certificates};
 use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
-    resolve_socket_addrs,
+    resolve_socket_addr,
 };
 
 /// The ALPN protocol id of flows over QUIC.
@@ -217,10 +217,7 @@ impl Protocol for QuicProtocol {
         address: &str,
         timeout: Duration,
     ) -> Result<Arc<dyn Conn>> {
-        let remote = *resolve_socket_addrs(address)
-            .await?
-            .first()
-            .ok_or_else(|| Error::new(Reason::Resolve("no addresses found".into())))?;
+        let remote = resolve_socket_addr(address).await?;
         let tls = QuicClientConfig::try_from(ctx.tls_client_config(&[ALPN])?)
             .map_err(|e| Error::new(Reason::BadConfig(format!("quic tls: {e}"))))?;
         let mut client = quinn::ClientConfig::new(Arc::new(tls));
@@ -262,10 +259,7 @@ impl Protocol for QuicProtocol {
         _protocol: &str,
         address: &str,
     ) -> Result<Box<dyn Listener>> {
-        let addr = *resolve_socket_addrs(address)
-            .await?
-            .first()
-            .ok_or_else(|| Error::new(Reason::Resolve("no addresses found".into())))?;
+        let addr = resolve_socket_addr(address).await?;
         let tls = QuicServerConfig::try_from(ctx.tls_server_config(&[ALPN])?)
             .map_err(|e| Error::new(Reason::BadConfig(format!("quic tls: {e}"))))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls));
