@@ -471,27 +471,12 @@ impl Sender {
     }
 
     /// Runs `op`, retrying retryable failures within the budget.
-    async fn retrying<T, F, Fut>(&self, attempt: &mut u32, mut op: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, attempt: &mut u32, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && *attempt < self.config.retries => {
-                    *attempt += 1;
-                    let delay = retry_delay(&e, *attempt);
-                    let _ = self.events.send(Event::Retrying {
-                        attempt: *attempt,
-                        delay,
-                        error: e.to_string(),
-                    });
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(exhausted(*attempt, e)),
-            }
-        }
+        retry_within(self.config.retries, attempt, Some(&self.events), op).await
     }
 
     async fn flow(&self) -> Result<(FlowReader, FlowWriter)> {
@@ -592,6 +577,38 @@ impl Sender {
             ));
         }
         Ok(())
+    }
+}
+
+/// Runs `op`, retrying retryable failures (after the delay the failure asks for, or
+/// backoff) while `attempt` is below `retries`; reports each retry to `events`.
+async fn retry_within<T, F, Fut>(
+    retries: u32,
+    attempt: &mut u32,
+    events: Option<&broadcast::Sender<Event>>,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && *attempt < retries => {
+                *attempt += 1;
+                let delay = retry_delay(&e, *attempt);
+                if let Some(events) = events {
+                    let _ = events.send(Event::Retrying {
+                        attempt: *attempt,
+                        delay,
+                        error: e.to_string(),
+                    });
+                }
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(exhausted(*attempt, e)),
+        }
     }
 }
 
@@ -781,16 +798,10 @@ impl Retriever {
     pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
         check_batch_id(batch_id)?;
         let mut attempt = 0;
-        loop {
-            match self.try_get(batch_id).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < self.config.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(retry_delay(&e, attempt)).await;
-                }
-                Err(e) => return Err(exhausted(attempt, e)),
-            }
-        }
+        retry_within(self.config.retries, &mut attempt, None, || {
+            self.try_get(batch_id)
+        })
+        .await
     }
 
     /// Every batch this key may retrieve, with its metadata, in batch-id order.

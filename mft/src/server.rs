@@ -314,11 +314,7 @@ impl Server {
             let _ =
                 tokio::time::timeout(self.inner.config.first_message_timeout, reader.read_msg())
                     .await;
-            let busy = Message::Refuse(Refuse {
-                code: RefuseCode::Busy,
-                retry_after_ms: self.retry_after_ms(),
-                message: "too many flows from this key".into(),
-            });
+            let Refusal(busy) = self.busy("too many flows from this key");
             let _ = writer.write_msg_and_close(&[&busy.encode()]).await;
             return;
         };

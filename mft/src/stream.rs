@@ -130,6 +130,7 @@ async fn verify_segments(
 ) -> Result<()> {
     let chunk_wire = secret.chunk_size as usize + wire::TAG_LEN;
     let mut total = 0u64;
+    let mut held: Option<Bytes> = None;
     for expected in 0..secret.segment_count {
         let (index, ciphertext) = source.next_segment().await?.ok_or_else(|| {
             Error::Integrity(format!(
@@ -163,37 +164,28 @@ async fn verify_segments(
         .map_err(|e| Error::Io(io::Error::other(e)))?
         .map_err(|_| Error::Integrity(format!("segment {index} fails authentication")))?;
         total += plaintext.len() as u64;
-        if !last {
-            if tx.send(Ok(plaintext)).await.is_err() {
-                return Ok(()); // the reader was dropped
-            }
-        } else {
-            // Hold the last segment until the whole batch checks out, so a reader
-            // never sees a clean end of a batch that is wrong.
-            if total != secret.size {
-                return Err(Error::Integrity(format!(
-                    "the batch has {total} bytes, {} expected",
-                    secret.size
-                )));
-            }
-            if !crypto::secrets_equal(&chain.value(), &secret.chain) {
-                return Err(Error::Integrity("the chain hash does not match".into()));
-            }
-            if source.next_segment().await?.is_some() {
-                return Err(Error::Integrity("segments after the last one".into()));
-            }
-            let _ = tx.send(Ok(plaintext)).await;
+        if last {
+            // Held until the whole batch checks out, so a reader never sees a clean
+            // end of a batch that is wrong.
+            held = Some(plaintext);
+        } else if tx.send(Ok(plaintext)).await.is_err() {
+            return Ok(()); // the reader was dropped
         }
     }
-    if secret.segment_count == 0 {
-        if !crypto::secrets_equal(&chain.value(), &secret.chain) || secret.size != 0 {
-            return Err(Error::Integrity(
-                "the empty batch does not match its chain".into(),
-            ));
-        }
-        if source.next_segment().await?.is_some() {
-            return Err(Error::Integrity("segments in an empty batch".into()));
-        }
+    if total != secret.size {
+        return Err(Error::Integrity(format!(
+            "the batch has {total} bytes, {} expected",
+            secret.size
+        )));
+    }
+    if !crypto::secrets_equal(&chain.value(), &secret.chain) {
+        return Err(Error::Integrity("the chain hash does not match".into()));
+    }
+    if source.next_segment().await?.is_some() {
+        return Err(Error::Integrity("segments after the last one".into()));
+    }
+    if let Some(last) = held {
+        let _ = tx.send(Ok(last)).await;
     }
     Ok(())
 }
