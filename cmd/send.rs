@@ -1,13 +1,11 @@
 //! `mftq send`: push a file (or stdin) to a server as a batch, with a progress bar,
 //! and print the server's signed receipt.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::{Instant, UNIX_EPOCH};
 
 use indicatif::ProgressBar;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncRead;
 
 use crate::args::SendArgs;
@@ -61,19 +59,18 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs());
-        // mft::Sender takes the metadata when the transfer starts: hash first.
-        let sha256 = if args.metadata.is_none() {
-            Some(hash_file(path, info.len(), json_out).await?)
-        } else {
-            None
-        };
-        let metadata =
-            json!({ "name": name, "size": info.len(), "mtime": mtime, "sha256": sha256 });
+        let metadata = json!({ "name": name, "size": info.len(), "mtime": mtime });
         (batch_id, Some(info.len()), metadata)
     };
-    let metadata: Vec<u8> = match &args.metadata {
-        None => default_metadata.to_string().into_bytes(),
-        Some(text) => read_metadata(text)?,
+    // The default metadata carries the SHA-256 of the data, computed by the sender
+    // as the segments are sealed and added when the data has streamed: the file is
+    // read once. A file that changed meanwhile is refused before completion.
+    let before = (!stdin)
+        .then(|| FileState::of(Path::new(&args.file)))
+        .transpose()?;
+    let fixed_metadata: Option<Vec<u8>> = match &args.metadata {
+        None => None,
+        Some(text) => Some(read_metadata(text)?),
     };
     let reader: Box<dyn AsyncRead + Send + Unpin> = if stdin {
         Box::new(tokio::io::stdin())
@@ -90,7 +87,21 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
     let bar = progress(size, "sending", json_out);
     let watcher = tokio::spawn(watch(sender.subscribe(), bar.clone()));
     let started = Instant::now();
-    let result = sender.send(reader, batch_id.as_bytes(), &metadata).await;
+    let result = match fixed_metadata {
+        Some(metadata) => sender.send(reader, batch_id.as_bytes(), &metadata).await,
+        None => {
+            let path = args.file.clone();
+            let make = move |content: &mft::Content| {
+                if let Some(before) = before {
+                    before.unchanged(Path::new(&path), content.size)?;
+                }
+                let mut metadata = default_metadata;
+                metadata["sha256"] = json!(hex(&content.sha256));
+                Ok(metadata.to_string().into_bytes())
+            };
+            sender.send_with(reader, batch_id.as_bytes(), make).await
+        }
+    };
     let elapsed = started.elapsed();
     watcher.abort();
     bar.finish_and_clear();
@@ -164,29 +175,58 @@ fn note(bar: &ProgressBar, line: String) {
     }
 }
 
-/// SHA-256 of the file, read once before sending (on a blocking thread).
-async fn hash_file(path: &Path, len: u64, hidden: bool) -> Result<String, CliError> {
-    let bar = progress(Some(len), "hashing", hidden);
-    let path = path.to_path_buf();
-    let worker_bar = bar.clone();
-    let result = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut file = std::fs::File::open(&path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            worker_bar.inc(n as u64);
+/// What identifies a file's content without reading it: if any of this changed
+/// between the start and the end of a send, so may have the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+    #[cfg(unix)]
+    ctime: (i64, i64),
+}
+
+impl FileState {
+    fn of(path: &Path) -> Result<Self, CliError> {
+        let info = std::fs::metadata(path)
+            .map_err(|e| CliError::io(format!("input file {}", path.display()), e))?;
+        Ok(Self::from_metadata(&info))
+    }
+
+    fn from_metadata(info: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        FileState {
+            len: info.len(),
+            modified: info.modified().ok(),
+            #[cfg(unix)]
+            inode: (info.dev(), info.ino()),
+            #[cfg(unix)]
+            ctime: (info.ctime(), info.ctime_nsec()),
         }
-        Ok(hex(&hasher.finalize()))
-    })
-    .await
-    .map_err(|e| CliError::other(format!("hashing: {e}")))?;
-    bar.finish_and_clear();
-    result.map_err(|e| CliError::io("hashing the input file", e))
+    }
+
+    /// Checks that the file at `path` is still as it was, and that `sent` bytes
+    /// (all of them) were read from it.
+    fn unchanged(&self, path: &Path, sent: u64) -> mft::Result<()> {
+        let changed = |why: String| mft::Error::InputChanged(format!("{}: {why}", path.display()));
+        let now = std::fs::metadata(path)
+            .map(|info| Self::from_metadata(&info))
+            .map_err(|e| changed(format!("it can no longer be read ({e})")))?;
+        if sent != self.len {
+            return Err(changed(format!(
+                "{sent} bytes were read, but the file had {} when the send started",
+                self.len
+            )));
+        }
+        if now != *self {
+            return Err(changed(
+                "its size, modification time or inode changed during the send; send it again once it is stable".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `--metadata`: JSON text, or `@FILE` holding it; must be valid JSON.
@@ -200,4 +240,43 @@ fn read_metadata(text: &str) -> Result<Vec<u8>, CliError> {
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| CliError::usage(format!("--metadata: not valid JSON: {e}")))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_changes_during_a_send_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.bin");
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let before = FileState::of(&path).unwrap();
+        before.unchanged(&path, 4096).unwrap();
+
+        // Fewer bytes read than the file had: refused.
+        let short = before.unchanged(&path, 4000).unwrap_err();
+        assert_eq!(short.kind(), mft::ErrorKind::Integrity, "{short}");
+
+        // Rewritten in place with the same size: the modification time moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, vec![8u8; 4096]).unwrap();
+        let rewritten = before.unchanged(&path, 4096).unwrap_err();
+        assert!(
+            rewritten.to_string().contains("changed during the send"),
+            "{rewritten}"
+        );
+
+        // Replaced by another file (rename over it): a new inode.
+        let fresh = FileState::of(&path).unwrap();
+        let other = dir.path().join("other.bin");
+        std::fs::write(&other, vec![8u8; 4096]).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(fresh.unchanged(&path, 4096).is_err());
+
+        // Deleted: refused, naming the file.
+        std::fs::remove_file(&path).unwrap();
+        let gone = fresh.unchanged(&path, 4096).unwrap_err();
+        assert!(gone.to_string().contains("input.bin"), "{gone}");
+    }
 }

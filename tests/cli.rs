@@ -257,7 +257,9 @@ fn serve_send_get_list_over_quic_and_https() {
         assert!(
             get.stdout.contains("metadata {")
                 && get.stdout.contains(&format!("\"name\":\"{name}\""))
-                && get.stdout.contains("\"sha256\":"),
+                && get
+                    .stdout
+                    .contains(&format!("\"sha256\":\"{}\"", sha256_hex(&data))),
             "{}",
             get.explain()
         );
@@ -740,4 +742,13 @@ fn interrupted_send_resumes(kill_server: bool) {
     );
     assert_eq!(get.code(), Some(0), "{}", get.explain());
     assert!(std::fs::read(dir.join("back.bin")).expect("output") == data);
+}
+
+/// The SHA-256 of `data` in lowercase hex, as `mftq send` puts it in the metadata.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

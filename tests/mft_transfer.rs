@@ -52,6 +52,9 @@ on_every_transport!(
     batch_survives_a_server_restart,
     busy_server_refuses_extra_flows,
     send_resumes_after_the_connection_is_lost,
+    deferred_metadata_carries_the_digest_of_the_data_sent,
+    deferred_metadata_that_fails_abandons_the_batch,
+    one_flow_with_many_segments_in_flight_round_trips,
 );
 
 /// Chunk size of the small round trips and of the dishonest clients' transfers.
@@ -1634,4 +1637,80 @@ async fn one_connection_loss_does_not_exhaust_the_default_retries() {
     assert_eq!(receipt.size, RESUME_SIZE);
     let (data, _) = h.server.retrieve(&h.client_key(), b"blip").await.unwrap();
     assert_content(data, 60, RESUME_SIZE).await;
+}
+
+/// `send_with` hands the metadata function the size, segment count and SHA-256 of
+/// exactly the bytes that streamed, and seals what it returns into the completion.
+async fn deferred_metadata_carries_the_digest_of_the_data_sent(t: Transport) {
+    use sha2::{Digest, Sha256};
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let size = 5 * u64::from(CHUNK) + 777;
+    let expected: [u8; 32] = Sha256::digest(data(31, size as usize)).into();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen_by_fn = seen.clone();
+    let receipt = bounded(
+        "send",
+        h.sender()
+            .send_with(PrngReader::new(31, size), b"digest", move |content| {
+                *seen_by_fn.lock().unwrap() = Some(content.clone());
+                Ok(content.sha256.to_vec())
+            }),
+    )
+    .await
+    .unwrap();
+    let content = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the metadata function ran");
+    assert_eq!(
+        (content.size, content.segments, content.sha256),
+        (size, 6, expected)
+    );
+    h.check_receipt(&receipt, b"digest", size).await;
+    h.check_retrieval(b"digest", 31, size, &expected).await;
+}
+
+/// A metadata function that fails (the input changed, say) stops the send before
+/// completion: the error reaches the caller and no batch becomes visible.
+async fn deferred_metadata_that_fails_abandons_the_batch(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let outcome = bounded(
+        "send",
+        h.sender().send_with(
+            PrngReader::new(32, 3 * u64::from(CHUNK)),
+            b"changed",
+            |_| Err(mft::Error::InputChanged("test input".into())),
+        ),
+    )
+    .await;
+    let error = outcome.expect_err("the send must fail");
+    assert_eq!(error.kind(), ErrorKind::Integrity, "{error}");
+    assert!(error.to_string().contains("changed"), "{error}");
+    assert!(h.store.batch(b"changed").await.unwrap().is_none());
+}
+
+/// One segment flow keeping eight segments in flight, and one keeping a single
+/// segment, both deliver every byte in order.
+async fn one_flow_with_many_segments_in_flight_round_trips(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    for depth in [1, 8] {
+        let mut config = h.config();
+        config
+            .chunk_size(CHUNK)
+            .streams(1)
+            .segments_in_flight(depth);
+        let batch_id = format!("depth-{depth}").into_bytes();
+        let size = 20 * u64::from(CHUNK) + 5;
+        let sender = Sender::new(h.client.clone(), config).unwrap();
+        let receipt = bounded(
+            "send",
+            sender.send(PrngReader::new(40 + depth as u64, size), &batch_id, b"m"),
+        )
+        .await
+        .unwrap();
+        h.check_receipt(&receipt, &batch_id, size).await;
+        h.check_retrieval(&batch_id, 40 + depth as u64, size, b"m")
+            .await;
+    }
 }

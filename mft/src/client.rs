@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flow::{Endpoint, FlowReader, FlowWriter, Manager, PeerKey};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
-use crate::crypto::{self, AesGcm, Chain, context};
+use crate::crypto::{self, Chain, Cipher, context};
 use crate::error::{Error, Result};
 use crate::handshake::{ClientHandshake, PushSecret};
 use crate::session;
@@ -45,6 +46,7 @@ pub struct ClientConfig {
     server_key: PeerKey,
     chunk_size: u32,
     streams: usize,
+    segments_in_flight: usize,
     retries: u32,
     dial_timeout: Duration,
     voucher: Vec<u8>,
@@ -58,6 +60,7 @@ impl ClientConfig {
             server_key,
             chunk_size: 1 << 20,
             streams: 8,
+            segments_in_flight: 4,
             retries: 5,
             dial_timeout: Duration::from_secs(10),
             voucher: Vec::new(),
@@ -73,6 +76,16 @@ impl ClientConfig {
     /// Segment flows in parallel (default 8).
     pub fn streams(&mut self, count: usize) -> &mut Self {
         self.streams = count;
+        self
+    }
+
+    /// Segments each flow keeps sent but unacknowledged (default 4), so no flow
+    /// idles for a round trip between segments. `streams × segments_in_flight ×
+    /// chunk_size` bounds the data in flight and the memory the sender holds for
+    /// resending: the defaults (8 × 4 × 1 MiB = 32 MiB) cover a 1 Gbit/s path with a
+    /// round trip of up to 250 ms.
+    pub fn segments_in_flight(&mut self, count: usize) -> &mut Self {
+        self.segments_in_flight = count;
         self
     }
 
@@ -111,6 +124,12 @@ impl ClientConfig {
             return Err(Error::config(
                 "streams",
                 format!("{} is outside 1..=1024", self.streams),
+            ));
+        }
+        if !(1..=64).contains(&self.segments_in_flight) {
+            return Err(Error::config(
+                "segments in flight",
+                format!("{} is outside 1..=64", self.segments_in_flight),
             ));
         }
         if self.voucher.len() > wire::MAX_VOUCHER {
@@ -202,6 +221,38 @@ pub enum Event {
     },
 }
 
+/// What a send learned while streaming its input, for metadata made at the end
+/// ([`Sender::send_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Content {
+    /// Plaintext bytes read and sent.
+    pub size: u64,
+    /// Segments they made.
+    pub segments: u64,
+    /// SHA-256 of the plaintext, computed as it was sealed.
+    pub sha256: [u8; 32],
+}
+
+/// A send's metadata: known up front, or made from the [`Content`] at the end.
+enum Metadata {
+    Fixed(Vec<u8>),
+    Deferred(Box<dyn FnOnce(&Content) -> Result<Vec<u8>> + Send>),
+}
+
+fn check_metadata(metadata: &[u8], limit: u32, whose: &str) -> Result<()> {
+    if metadata.len() > limit as usize {
+        return Err(Error::config(
+            "metadata",
+            format!(
+                "{} bytes exceeds the {whose} limit of {limit}",
+                metadata.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Pushes batches to one server.
 ///
 /// ```no_run
@@ -251,6 +302,15 @@ impl Shared {
         let next = self.queue.lock().await.recv().await;
         // A failed worker may have returned a segment while we waited on the queue.
         next.or_else(|| self.lock_retry().pop_front())
+    }
+
+    /// Puts segments sent but not acknowledged back at the front of the retry
+    /// queue, oldest first.
+    fn requeue(&self, outstanding: &mut VecDeque<Pending>) {
+        let mut retry = self.lock_retry();
+        while let Some(p) = outstanding.pop_back() {
+            retry.push_front(p);
+        }
     }
 
     fn lock_retry(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
@@ -305,7 +365,47 @@ impl Sender {
         batch_id: &[u8],
         metadata: &[u8],
     ) -> Result<Receipt> {
-        let result = self.send_inner(reader, batch_id, metadata).await;
+        self.report(
+            self.send_inner(reader, batch_id, Metadata::Fixed(metadata.to_vec()))
+                .await,
+        )
+    }
+
+    /// Sends everything `reader` yields as batch `batch_id`, with metadata made once
+    /// the data has streamed: `metadata` receives the [`Content`] (size, segment
+    /// count and the SHA-256 of the plaintext, computed while the segments were
+    /// sealed, so the input is read once) and returns the metadata to seal into the
+    /// completion, or an error to abandon the batch before it completes (say, the
+    /// file changed while it was read).
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
+    /// let file = tokio::fs::File::open("big.iso").await?;
+    /// let receipt = sender
+    ///     .send_with(file, b"big.iso", |content| {
+    ///         let hex: String = content.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    ///         Ok(format!(r#"{{"name":"big.iso","sha256":"{hex}"}}"#).into_bytes())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_with<F>(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: F,
+    ) -> Result<Receipt>
+    where
+        F: FnOnce(&Content) -> Result<Vec<u8>> + Send + 'static,
+    {
+        self.report(
+            self.send_inner(reader, batch_id, Metadata::Deferred(Box::new(metadata)))
+                .await,
+        )
+    }
+
+    /// Emits the final event of a send.
+    fn report(&self, result: Result<Receipt>) -> Result<Receipt> {
         match &result {
             Ok(receipt) => {
                 let _ = self.events.send(Event::Completed {
@@ -326,18 +426,11 @@ impl Sender {
         &self,
         reader: impl AsyncRead + Unpin + Send + 'static,
         batch_id: &[u8],
-        metadata: &[u8],
+        metadata: Metadata,
     ) -> Result<Receipt> {
         check_batch_id(batch_id)?;
-        if metadata.len() > wire::MAX_METADATA {
-            return Err(Error::config(
-                "metadata",
-                format!(
-                    "{} bytes exceeds the protocol limit of {}",
-                    metadata.len(),
-                    wire::MAX_METADATA
-                ),
-            ));
+        if let Metadata::Fixed(metadata) = &metadata {
+            check_metadata(metadata, wire::MAX_METADATA as u32, "protocol")?;
         }
         let _ = self.events.send(Event::Opened {
             batch_id: batch_id.to_vec(),
@@ -346,15 +439,8 @@ impl Sender {
         let (secret, protocol) = self
             .retrying(&mut attempt, || self.handshake(batch_id))
             .await?;
-        if metadata.len() > secret.max_metadata as usize {
-            return Err(Error::config(
-                "metadata",
-                format!(
-                    "{} bytes exceeds the server's limit of {}",
-                    metadata.len(),
-                    secret.max_metadata
-                ),
-            ));
+        if let Metadata::Fixed(metadata) = &metadata {
+            check_metadata(metadata, secret.max_metadata, "server's")?;
         }
         let _ = self.events.send(Event::Accepted {
             transfer_id: secret.transfer_id,
@@ -379,6 +465,7 @@ impl Sender {
             secret.clone(),
             batch_id.to_vec(),
             tx,
+            matches!(metadata, Metadata::Deferred(_)),
         ));
         let shared = Arc::new(Shared {
             manager: self.manager.clone(),
@@ -453,16 +540,31 @@ impl Sender {
                 workers.spawn(send_segments(shared.clone()));
             }
         }
-        let (count, size, chain) = producer
+        let produced = producer
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let count = produced.content.segments;
         let acked = shared.acked_segments.load(Ordering::Relaxed);
         if acked != count {
             return Err(Error::Protocol(format!(
                 "{acked} of {count} segments acknowledged"
             )));
         }
-        let complete = self.completion(&secret, count, size, chain, metadata);
+        let metadata = match metadata {
+            Metadata::Fixed(bytes) => bytes,
+            Metadata::Deferred(make) => {
+                let bytes = make(&produced.content)?;
+                check_metadata(&bytes, secret.max_metadata, "server's")?;
+                bytes
+            }
+        };
+        let complete = self.completion(
+            &secret,
+            count,
+            produced.content.size,
+            produced.chain,
+            &metadata,
+        );
         let receipt = self
             .retrying(&mut attempt, || self.complete(&complete))
             .await?;
@@ -519,7 +621,7 @@ impl Sender {
         metadata: &[u8],
     ) -> Complete {
         let sealed_metadata = crypto::seal(
-            &AesGcm::new(&secret.data_key),
+            &Cipher::new(&secret.data_key),
             &crypto::METADATA_NONCE,
             &crypto::metadata_aad(&secret.transfer_id),
             metadata,
@@ -649,123 +751,284 @@ async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowRead
     Ok(flow.into_split())
 }
 
-/// Reads chunks, seals and signs them off the I/O tasks, and queues them in order;
-/// returns the segment count, plaintext size and chain hash.
+/// What the producer made of the input.
+struct Produced {
+    content: Content,
+    chain: [u8; 64],
+}
+
+/// One chunk's crypto, done on a blocking thread: hash the plaintext (when asked),
+/// seal it in place and sign the segment.
+struct Sealer {
+    cipher: Cipher,
+    identity: flow::Identity,
+    transfer_id: [u8; 16],
+    hasher: Option<Sha256>,
+}
+
+impl Sealer {
+    fn seal(&mut self, index: u64, mut buf: Vec<u8>) -> (Vec<u8>, [u8; 16], [u8; 64]) {
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf);
+        }
+        let tag = crypto::seal_segment(&self.cipher, &self.transfer_id, index, &mut buf);
+        let signed = crypto::segment_signed(&self.transfer_id, index, buf.len() as u32, &tag);
+        let signature = crypto::sign(&self.identity, context::SEGMENT, &[&signed]);
+        (buf, tag, signature)
+    }
+}
+
+/// Reads one chunk: a full one, or less at the end of the input.
+async fn read_chunk(reader: &mut (impl AsyncRead + Unpin), chunk: usize) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(chunk + wire::TAG_LEN);
+    // read_to_end on `take` loops over short reads (pipes) until a full chunk or the
+    // end of the input.
+    reader.take(chunk as u64).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads chunks, hashes, seals and signs them off the I/O tasks, and queues them in
+/// order; returns the content's size, segment count and digest, and the chain hash.
+///
+/// The next chunk is read while the previous one is sealed, so reading and crypto
+/// overlap, and the input is read exactly once.
 async fn produce(
     mut reader: impl AsyncRead + Unpin + Send,
     identity: flow::Identity,
     secret: PushSecret,
     batch_id: Vec<u8>,
     tx: mpsc::Sender<Pending>,
-) -> Result<(u64, u64, [u8; 64])> {
-    let cipher = AesGcm::new(&secret.data_key);
+    digest: bool,
+) -> Result<Produced> {
     let chunk = secret.chunk_size as usize;
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
+    let mut sealer = Sealer {
+        cipher: Cipher::new(&secret.data_key),
+        identity,
+        transfer_id: secret.transfer_id,
+        hasher: digest.then(Sha256::new),
+    };
     let mut index = 0u64;
     let mut size = 0u64;
-    loop {
-        let mut buf = Vec::with_capacity(chunk + wire::TAG_LEN);
-        // read_to_end on `take` loops over short reads (pipes) until a full chunk or
-        // the end of the input.
-        (&mut reader)
-            .take(chunk as u64)
-            .read_to_end(&mut buf)
-            .await?;
-        if buf.is_empty() {
-            break;
-        }
-        let plaintext_len = buf.len() as u64;
-        let cipher = cipher.clone();
-        let identity = identity.clone();
-        let transfer_id = secret.transfer_id;
-        let (ciphertext, tag, signature) = tokio::task::spawn_blocking(move || {
-            let tag = crypto::seal_segment(&cipher, &transfer_id, index, &mut buf);
-            let signed = crypto::segment_signed(&transfer_id, index, buf.len() as u32, &tag);
-            let signature = crypto::sign(&identity, context::SEGMENT, &[&signed]);
-            (Bytes::from(buf), tag, signature)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        chain.push(ciphertext.len() as u32, &tag);
-        size += plaintext_len;
-        let pending = Pending {
-            index,
-            ciphertext,
-            signature,
-            plaintext_len,
+    let mut next = read_chunk(&mut reader, chunk).await?;
+    // An empty input is one empty segment's worth of nothing: no segments.
+    while !next.is_empty() {
+        let plaintext = std::mem::take(&mut next);
+        let plaintext_len = plaintext.len() as u64;
+        let last = plaintext.len() < chunk;
+        let sealing = tokio::task::spawn_blocking(move || {
+            let sealed = sealer.seal(index, plaintext);
+            (sealer, sealed)
+        });
+        // Queue this segment as soon as it is sealed, and read the next chunk
+        // meanwhile: a slow input (a pipe) never holds back a sealed segment.
+        let queue = async {
+            let (returned, (ciphertext, tag, signature)) = sealing
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            chain.push(ciphertext.len() as u32, &tag);
+            let pending = Pending {
+                index,
+                ciphertext: Bytes::from(ciphertext),
+                signature,
+                plaintext_len,
+            };
+            let abandoned = tx.send(pending).await.is_err();
+            Ok::<_, Error>((returned, abandoned))
         };
-        if tx.send(pending).await.is_err() {
+        let read = async {
+            if last {
+                Ok(Vec::new())
+            } else {
+                read_chunk(&mut reader, chunk).await
+            }
+        };
+        let (queued, read) = tokio::join!(queue, read);
+        let (returned, abandoned) = queued?;
+        sealer = returned;
+        size += plaintext_len;
+        index += 1;
+        if abandoned {
             break; // the send was abandoned
         }
-        index += 1;
-        if (plaintext_len as usize) < chunk {
-            break;
-        }
+        next = read?;
     }
-    Ok((index, size, chain.value()))
+    let sha256 = sealer
+        .hasher
+        .map(|h| h.finalize().into())
+        .unwrap_or([0u8; 32]);
+    Ok(Produced {
+        content: Content {
+            size,
+            segments: index,
+            sha256,
+        },
+        chain: chain.value(),
+    })
 }
 
-/// One segment flow: sends queued segments one at a time until the queue is empty.
-/// On a failure the segment in hand goes back to the retry queue.
+/// What a segment flow's acknowledgement reader reports.
+type AckResult = Result<u64>;
+
+/// Reads a segment flow's acknowledgements into a channel, so the flow's writer can
+/// wait for an acknowledgement or the next segment, whichever comes first, without
+/// cancelling a half-read message.
+async fn read_acks(mut reader: FlowReader, acks: mpsc::Sender<AckResult>) {
+    loop {
+        let ack = match session::recv(&mut reader, "SegmentAck").await {
+            Ok(Message::SegmentAck(ack)) => Ok(ack.index),
+            Ok(other) => Err(session::unexpected("SegmentAck", &other)),
+            Err(e) => Err(e),
+        };
+        let failed = ack.is_err();
+        if acks.send(ack).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// One segment flow over its connection: the writer half and the task reading its
+/// acknowledgements.
+struct SegmentFlow {
+    writer: FlowWriter,
+    acks: mpsc::Receiver<AckResult>,
+    reader_task: tokio::task::JoinHandle<()>,
+}
+
+impl SegmentFlow {
+    async fn open(shared: &Shared) -> Result<Self> {
+        let (reader, writer) = open_flow(&shared.manager, &shared.config).await?;
+        let depth = shared.config.segments_in_flight;
+        let (tx, acks) = mpsc::channel(depth + 1);
+        let reader_task = tokio::spawn(read_acks(reader, tx));
+        Ok(SegmentFlow {
+            writer,
+            acks,
+            reader_task,
+        })
+    }
+
+    async fn write(&mut self, transfer_id: &[u8; 16], pending: &Pending) -> Result<()> {
+        let header = Segment::header(transfer_id, pending.index, pending.ciphertext.len() as u32);
+        self.writer
+            .write_msg(&[&header, &pending.ciphertext, &pending.signature])
+            .await?;
+        Ok(())
+    }
+
+    /// After a failed write: the refusal the server sent before closing, if it sent
+    /// one, else `error`. Acknowledgements that arrived first still count.
+    async fn refusal_or(
+        &mut self,
+        error: Error,
+        shared: &Shared,
+        outstanding: &mut VecDeque<Pending>,
+    ) -> Error {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, self.acks.recv()).await {
+                Ok(Some(Ok(index))) if outstanding.front().map(|p| p.index) == Some(index) => {
+                    if let Some(p) = outstanding.pop_front() {
+                        shared.acked(&p);
+                    }
+                }
+                Ok(Some(Err(e @ Error::Refused { .. }))) => return e,
+                _ => return error,
+            }
+        }
+    }
+}
+
+impl Drop for SegmentFlow {
+    fn drop(&mut self) {
+        self.reader_task.abort();
+    }
+}
+
+/// One segment flow: keeps up to `segments_in_flight` queued segments sent and
+/// unacknowledged until the queue is empty and every segment is acknowledged. On a
+/// failure the segments in hand go back to the retry queue.
 async fn send_segments(shared: Arc<Shared>) -> Result<()> {
-    let mut flow: Option<(FlowReader, FlowWriter)> = None;
-    while let Some(pending) = shared.next().await {
-        if shared.already_stored.contains(pending.index) {
-            shared.acked(&pending);
-            continue;
+    let depth = shared.config.segments_in_flight;
+    let mut flow: Option<SegmentFlow> = None;
+    let mut outstanding: VecDeque<Pending> = VecDeque::with_capacity(depth);
+    let mut drained = false;
+    let result = loop {
+        if drained && outstanding.is_empty() {
+            break Ok(());
         }
-        match send_one(&shared, &mut flow, &pending).await {
-            Ok(()) => shared.acked(&pending),
-            Err(e) if e.refuse_code() == Some(RefuseCode::DuplicateSegment) => {
-                // Stored by an earlier attempt whose acknowledgement was lost.
+        let room = !drained && outstanding.len() < depth;
+        // Waiting for an acknowledgement needs a flow with segments on it.
+        let acks = flow.as_mut().filter(|_| !outstanding.is_empty());
+        let step = match acks {
+            Some(f) => tokio::select! {
+                biased;
+                ack = f.acks.recv() => Step::Ack(ack),
+                next = shared.next(), if room => Step::Next(next),
+            },
+            None => Step::Next(shared.next().await),
+        };
+        match step {
+            Step::Next(None) => drained = true,
+            Step::Next(Some(pending)) => {
+                if shared.already_stored.contains(pending.index) {
+                    shared.acked(&pending);
+                    continue;
+                }
+                if flow.is_none() {
+                    match SegmentFlow::open(&shared).await {
+                        Ok(f) => flow = Some(f),
+                        Err(e) => {
+                            outstanding.push_back(pending);
+                            break Err(e);
+                        }
+                    }
+                }
+                let Some(f) = flow.as_mut() else { continue };
+                let written = f.write(&shared.transfer_id, &pending).await;
+                outstanding.push_back(pending);
+                if let Err(e) = written {
+                    break Err(f.refusal_or(e, &shared, &mut outstanding).await);
+                }
+            }
+            Step::Ack(Some(Ok(index))) => match outstanding.front() {
+                Some(front) if front.index == index => {
+                    if let Some(p) = outstanding.pop_front() {
+                        shared.acked(&p);
+                    }
+                }
+                _ => {
+                    break Err(Error::Protocol(format!(
+                        "acknowledgement of segment {index}, which is not the next one sent"
+                    )));
+                }
+            },
+            Step::Ack(Some(Err(e))) if e.refuse_code() == Some(RefuseCode::DuplicateSegment) => {
+                // The oldest segment was stored by an earlier attempt whose
+                // acknowledgement was lost; the server closed this flow, so what
+                // was sent after it goes out again on a new one.
+                if let Some(p) = outstanding.pop_front() {
+                    shared.acked(&p);
+                }
+                shared.requeue(&mut outstanding);
                 flow = None;
-                shared.acked(&pending);
             }
-            Err(e) => {
-                shared.lock_retry().push_back(pending);
-                return Err(e);
+            Step::Ack(Some(Err(e))) => break Err(e),
+            Step::Ack(None) => {
+                break Err(Error::Protocol("the acknowledgement reader stopped".into()));
             }
         }
+    };
+    if result.is_err() {
+        shared.requeue(&mut outstanding);
     }
-    Ok(())
+    result
 }
 
-async fn send_one(
-    shared: &Shared,
-    flow: &mut Option<(FlowReader, FlowWriter)>,
-    pending: &Pending,
-) -> Result<()> {
-    if flow.is_none() {
-        *flow = Some(open_flow(&shared.manager, &shared.config).await?);
-    }
-    let Some((reader, writer)) = flow.as_mut() else {
-        return Err(Error::Protocol("no segment flow".into()));
-    };
-    let header = Segment::header(
-        &shared.transfer_id,
-        pending.index,
-        pending.ciphertext.len() as u32,
-    );
-    let sent = writer
-        .write_msg(&[&header, &pending.ciphertext, &pending.signature])
-        .await;
-    if let Err(e) = sent {
-        // A server that refused (busy, say) may have answered before closing.
-        let refusal = session::pending_refusal(reader).await;
-        *flow = None;
-        return Err(refusal.unwrap_or(e.into()));
-    }
-    match session::recv(reader, "SegmentAck").await {
-        Ok(Message::SegmentAck(ack)) if ack.index == pending.index => Ok(()),
-        Ok(other) => {
-            *flow = None;
-            Err(session::unexpected("SegmentAck", &other))
-        }
-        Err(e) => {
-            *flow = None;
-            Err(e)
-        }
-    }
+/// What a segment flow does next.
+enum Step {
+    Ack(Option<AckResult>),
+    Next(Option<Pending>),
 }
 
 /// Pulls batches from one server.

@@ -179,6 +179,67 @@ impl SegmentCipher for AesGcm {
     }
 }
 
+/// AES-256-GCM from *ring*: the backend the protocol uses. Its assembly picks the
+/// fastest code the processor runs (VAES with AVX2, AES-NI with CLMUL, ARMv8
+/// crypto), several times the speed of the portable reference backend, and its
+/// bytes are identical to [`AesGcm`]'s (tested below).
+#[derive(Clone)]
+pub struct RingAesGcm(std::sync::Arc<ring::aead::LessSafeKey>);
+
+impl RingAesGcm {
+    /// A cipher with `key`.
+    pub fn new(key: &[u8; 32]) -> Self {
+        // A 32-byte key is exactly what AES-256-GCM takes: `new` cannot fail.
+        #[allow(clippy::expect_used)]
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
+            .expect("AES-256-GCM takes a 32-byte key");
+        RingAesGcm(std::sync::Arc::new(ring::aead::LessSafeKey::new(unbound)))
+    }
+}
+
+impl SegmentCipher for RingAesGcm {
+    fn seal_in_place(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+        // Fails only for buffers beyond GCM's 64 GiB limit, far above any segment.
+        self.0
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(*nonce),
+                ring::aead::Aad::from(aad),
+                buf,
+            )
+            .ok()
+            .and_then(|tag| tag.as_ref().try_into().ok())
+            .unwrap_or([0u8; 16])
+    }
+
+    fn open_in_place(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; 16],
+    ) -> Result<(), CryptoError> {
+        self.0
+            .open_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(*nonce),
+                ring::aead::Aad::from(aad),
+                ring::aead::Tag::from(*tag),
+                buf,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| CryptoError::Unauthentic)
+    }
+}
+
+impl std::fmt::Debug for RingAesGcm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingAesGcm(..)")
+    }
+}
+
+/// The AEAD backend the protocol uses for segments, metadata and sealed secrets.
+pub type Cipher = RingAesGcm;
+
 /// The nonce of segment `index`: four zero bytes, then the index. Indices are unique
 /// within a transfer and every transfer has its own data key, so no nonce repeats
 /// under a key.
@@ -408,6 +469,68 @@ mod tests {
                 0x53, 0x0f, 0x8a, 0xfb, 0xc7, 0x45, 0x36, 0xb9, 0xa9, 0x63, 0xb4, 0xf1, 0xc4, 0xcb,
                 0x73, 0x8b
             ]
+        );
+    }
+
+    #[test]
+    fn ring_and_the_reference_backend_produce_identical_bytes() {
+        // Sizes around the AES block, the 64-byte and VAES strides, and segment sizes.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for len in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            63,
+            64,
+            65,
+            255,
+            256,
+            257,
+            4096,
+            65_536,
+            1 << 20,
+        ] {
+            let key: [u8; 32] = std::array::from_fn(|_| next() as u8);
+            let nonce: [u8; 12] = std::array::from_fn(|_| next() as u8);
+            let aad: Vec<u8> = (0..(len % 50)).map(|_| next() as u8).collect();
+            let plain: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let (reference, fast) = (AesGcm::new(&key), RingAesGcm::new(&key));
+            let mut a = plain.clone();
+            let mut b = plain.clone();
+            let tag_a = reference.seal_in_place(&nonce, &aad, &mut a);
+            let tag_b = fast.seal_in_place(&nonce, &aad, &mut b);
+            assert_eq!((&a, tag_a), (&b, tag_b), "{len} bytes");
+            // Each opens what the other sealed, and both refuse a flipped bit.
+            fast.open_in_place(&nonce, &aad, &mut a, &tag_a).unwrap();
+            reference
+                .open_in_place(&nonce, &aad, &mut b, &tag_b)
+                .unwrap();
+            assert_eq!((&a, &b), (&plain, &plain));
+            let mut bad_tag = tag_a;
+            bad_tag[len % 16] ^= 1;
+            let mut c = plain.clone();
+            fast.seal_in_place(&nonce, &aad, &mut c);
+            assert_eq!(
+                fast.open_in_place(&nonce, &aad, &mut c.clone(), &bad_tag),
+                Err(CryptoError::Unauthentic)
+            );
+            assert_eq!(
+                reference.open_in_place(&nonce, &aad, &mut c, &bad_tag),
+                Err(CryptoError::Unauthentic)
+            );
+        }
+        let zero = RingAesGcm::new(&[0; 32]).seal_in_place(&[0; 12], &[], &mut []);
+        assert_eq!(
+            zero,
+            AesGcm::new(&[0; 32]).seal_in_place(&[0; 12], &[], &mut [])
         );
     }
 

@@ -59,6 +59,10 @@ pub enum Error {
     /// Data failed verification.
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// The input changed while it was being sent, so the data sent may not be what
+    /// the metadata describes: the batch was not completed.
+    #[error("the input changed while it was sent: {0}")]
+    InputChanged(String),
     /// Reading the source or writing the output failed.
     #[error("i/o failed: {0}")]
     Io(#[from] std::io::Error),
@@ -94,7 +98,7 @@ impl Error {
             },
             Error::ServerAuth(_) => ErrorKind::Auth,
             Error::Protocol(_) => ErrorKind::Protocol,
-            Error::Integrity(_) => ErrorKind::Integrity,
+            Error::Integrity(_) | Error::InputChanged(_) => ErrorKind::Integrity,
             Error::Io(_) | Error::Store(_) => ErrorKind::Io,
             Error::RetriesExhausted { last, .. } => last.kind(),
         }

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use flow::{Identity, PeerKey};
 
-use crate::crypto::{self, AesGcm, Ephemeral, context};
+use crate::crypto::{self, Cipher, Ephemeral, context};
 use crate::error::{Error, Result};
 use crate::wire::{self, Accept, Hello, PullHello};
 
@@ -252,7 +252,7 @@ impl ClientHandshake {
             &accept.server,
         );
         crypto::open(
-            &AesGcm::new(&key),
+            &Cipher::new(&key),
             &SECRET_NONCE,
             context::SEALED_SECRET,
             &accept.sealed,
@@ -328,7 +328,7 @@ fn accept(
         &server,
     );
     let sealed = crypto::seal(
-        &AesGcm::new(&key),
+        &Cipher::new(&key),
         &SECRET_NONCE,
         context::SEALED_SECRET,
         secret,

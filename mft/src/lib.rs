@@ -64,7 +64,7 @@ pub mod store;
 mod stream;
 pub mod wire;
 
-pub use crate::client::{BatchSummary, ClientConfig, Event, Receipt, Retriever, Sender};
+pub use crate::client::{BatchSummary, ClientConfig, Content, Event, Receipt, Retriever, Sender};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::server::{Authorize, Server, ServerConfig};
 pub use crate::stream::{BatchInfo, BatchReader, SegmentSource};

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use flow::{Flow, FlowReader, FlowWriter, Identity, Manager, PeerKey};
 use tokio::sync::Semaphore;
 
-use crate::crypto::{self, AesGcm, Chain, context};
+use crate::crypto::{self, Chain, Cipher, context};
 use crate::error::{Error, Result};
 use crate::handshake::{self, HelloProblem, PullSecret, PushSecret};
 use crate::session::{self, refuse};
@@ -136,7 +136,7 @@ impl ServerConfig {
 struct OpenTransfer {
     record: TransferRecord,
     secret: PushSecret,
-    cipher: AesGcm,
+    cipher: Cipher,
 }
 
 /// The mft server. Cheap to clone.
@@ -161,7 +161,7 @@ struct Inner {
     config: ServerConfig,
     senders: Authorize,
     retrievers: Authorize,
-    at_rest: AesGcm,
+    at_rest: Cipher,
     pending: Arc<Semaphore>,
     flows_per_peer: Mutex<HashMap<PeerKey, usize>>,
     open: Mutex<HashMap<TransferId, Arc<OpenTransfer>>>,
@@ -202,7 +202,7 @@ impl Server {
     /// A server acting as `identity` over `store`. Nobody may send or retrieve until
     /// [`Server::authorize_senders`] / [`Server::authorize_retrievers`] say so.
     pub fn new(identity: Identity, store: Arc<dyn Store>, config: ServerConfig) -> Self {
-        let at_rest = AesGcm::new(&crypto::at_rest_key(&identity));
+        let at_rest = Cipher::new(&crypto::at_rest_key(&identity));
         Server {
             inner: Arc::new(Inner {
                 pending: Arc::new(Semaphore::new(config.max_pending_bytes)),
@@ -481,7 +481,7 @@ impl Server {
             .await?;
         store.put_transfer(record.clone()).await?;
         let open = Arc::new(OpenTransfer {
-            cipher: AesGcm::new(&secret.data_key),
+            cipher: Cipher::new(&secret.data_key),
             record,
             secret: secret.clone(),
         });
@@ -547,7 +547,7 @@ impl Server {
             .ok_or_else(|| StoreError::Corrupt(format!("transfer {transfer} has no secret")))?;
         let (data_key, completion_id) = self.open_at_rest(&transfer, &sealed)?;
         let open = Arc::new(OpenTransfer {
-            cipher: AesGcm::new(&data_key),
+            cipher: Cipher::new(&data_key),
             secret: PushSecret {
                 transfer_id: transfer.0,
                 completion_id,
@@ -588,6 +588,7 @@ impl Server {
         let open = self.own_transfer(peer, first.transfer_id).await?;
         let max_wire = self.inner.config.max_segment_message() as u32;
         let mut segment = first;
+        let mut scratch = Vec::new();
         loop {
             // Hold memory for the next segment before reading it: the server-wide
             // pending-bytes bound.
@@ -598,7 +599,7 @@ impl Server {
                 .acquire_many_owned(max_wire)
                 .await
                 .map_err(|_| refusal(RefuseCode::Internal, "server shutting down"))?;
-            let index = self.store_segment(&open, segment).await?;
+            let index = self.store_segment(&open, segment, &mut scratch).await?;
             drop(permit);
             if let Err(e) = session::send(writer, &Message::SegmentAck(SegmentAck { index })).await
             {
@@ -637,6 +638,7 @@ impl Server {
         &self,
         open: &Arc<OpenTransfer>,
         segment: Segment,
+        scratch: &mut Vec<u8>,
     ) -> Result<u64, Refusal> {
         let chunk_wire = open.record.chunk_size as usize + wire::TAG_LEN;
         let len = segment.ciphertext.len();
@@ -672,14 +674,20 @@ impl Server {
         }
         // Authenticate the ciphertext (one AES-GCM pass) off the I/O tasks; what is
         // stored is the ciphertext itself, so data stays encrypted at rest.
+        // The plaintext goes to a scratch buffer that the flow reuses for every
+        // segment, so checking costs no allocation.
         let cipher = open.cipher.clone();
         let ciphertext = segment.ciphertext.clone();
-        let authentic = tokio::task::spawn_blocking(move || {
-            let mut scratch = ciphertext.to_vec();
-            crypto::open_segment(&cipher, &transfer_id, index, &mut scratch).is_ok()
+        let mut buf = std::mem::take(scratch);
+        let (authentic, buf) = tokio::task::spawn_blocking(move || {
+            buf.clear();
+            buf.extend_from_slice(&ciphertext);
+            let ok = crypto::open_segment(&cipher, &transfer_id, index, &mut buf).is_ok();
+            (ok, buf)
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or((false, Vec::new()));
+        *scratch = buf;
         if !authentic {
             return Err(refusal(
                 RefuseCode::BadSegment,
@@ -923,7 +931,7 @@ impl Server {
             }
             let secret = self.pull_secret(&batch).await?;
             let metadata = crypto::open(
-                &AesGcm::new(&secret.data_key),
+                &Cipher::new(&secret.data_key),
                 &crypto::METADATA_NONCE,
                 &crypto::metadata_aad(&batch.transfer.0),
                 &batch.sealed_metadata,

@@ -13,7 +13,7 @@ use flow::PeerKey;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::crypto::{self, AesGcm, Chain};
+use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PullSecret;
 use crate::wire;
@@ -85,7 +85,7 @@ pub(crate) fn open_batch(
     secret: PullSecret,
     source: impl SegmentSource,
 ) -> Result<(BatchReader, BatchInfo)> {
-    let cipher = AesGcm::new(&secret.data_key);
+    let cipher = Cipher::new(&secret.data_key);
     let metadata = crypto::open(
         &cipher,
         &crypto::METADATA_NONCE,
@@ -123,7 +123,7 @@ pub(crate) fn open_batch(
 
 async fn verify_segments(
     secret: &PullSecret,
-    cipher: &AesGcm,
+    cipher: &Cipher,
     chain: &mut Chain,
     mut source: impl SegmentSource,
     tx: &mpsc::Sender<io::Result<Bytes>>,
