@@ -26,7 +26,23 @@ pub const DEFAULT_MAX_MSG_SIZE: usize = 32 << 20;
 const INITIAL_MSG_RESERVATION: usize = 64 << 10;
 
 /// Reads one length-prefixed message; `Ok(None)` at a clean end of stream.
+#[cfg(test)]
 pub(crate) async fn read_frame<R>(reader: &mut R, max: usize) -> Result<Option<Bytes>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    read_frame_into(reader, max, &mut BytesMut::new()).await
+}
+
+/// Reads one length-prefixed message into `buf`, which keeps its capacity for the
+/// next message: once the message handed out is dropped, the next one reuses the
+/// same memory, so a flow of large messages costs no allocation, copy or page fault
+/// per message. The buffer still grows only as bytes arrive.
+pub(crate) async fn read_frame_into<R>(
+    reader: &mut R,
+    max: usize,
+    buf: &mut BytesMut,
+) -> Result<Option<Bytes>>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
@@ -54,7 +70,9 @@ where
             max: max as u64,
         }));
     }
-    let mut buf = BytesMut::with_capacity(len.min(INITIAL_MSG_RESERVATION));
+    buf.clear();
+    // Reclaims the memory of earlier messages once they are dropped.
+    buf.reserve(len.min(INITIAL_MSG_RESERVATION));
     while buf.len() < len {
         if buf.len() == buf.capacity() {
             // Double as data arrives, never beyond the announced length.
@@ -63,7 +81,7 @@ where
         let want = (len - buf.len()) as u64;
         let n = (&mut *reader)
             .take(want)
-            .read_buf(&mut buf)
+            .read_buf(&mut *buf)
             .await
             .map_err(Error::from_io)?;
         if n == 0 {
@@ -73,7 +91,7 @@ where
             ))));
         }
     }
-    Ok(Some(buf.freeze()))
+    Ok(Some(buf.split().freeze()))
 }
 
 /// Writes one message made of `parts`, concatenated, behind its length prefix.
@@ -125,6 +143,7 @@ impl Flow {
                 recv: raw.recv,
                 guard: guard.clone(),
                 max_msg_size,
+                buf: BytesMut::new(),
             },
             writer: FlowWriter {
                 send: raw.send,
@@ -233,13 +252,15 @@ pub struct FlowReader {
     recv: Pin<Box<dyn AsyncRead + Send>>,
     guard: FlowGuard,
     max_msg_size: usize,
+    /// Reused for every message (see `read_frame_into`).
+    buf: BytesMut,
 }
 
 impl FlowReader {
     /// Receives one message; see [`Flow::read_msg`].
     pub async fn read_msg(&mut self) -> Result<Option<Bytes>> {
         let endpoint = self.guard.conn().remote_endpoint().clone();
-        read_frame(&mut self.recv, self.max_msg_size)
+        read_frame_into(&mut self.recv, self.max_msg_size, &mut self.buf)
             .await
             .map_err(|e| e.with_endpoint(endpoint))
     }
@@ -337,6 +358,39 @@ mod tests {
         assert_eq!(read_frame(&mut b, 10).await.unwrap().unwrap(), &b""[..]);
         writer.await.unwrap();
         assert!(read_frame(&mut b, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reused_buffer_holds_each_message_in_the_same_memory() {
+        let mut wire = Vec::new();
+        for fill in [1u8, 2, 3] {
+            write_frame(&mut wire, &[&vec![fill; 300_000]])
+                .await
+                .unwrap();
+        }
+        let mut r = &wire[..];
+        let mut buf = BytesMut::new();
+        let first = read_frame_into(&mut r, 1 << 20, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.iter().all(|&b| b == 1));
+        let at = first.as_ptr();
+        drop(first);
+        // Dropped before the next read: the next message lands where it was.
+        let second = read_frame_into(&mut r, 1 << 20, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(second.len() == 300_000 && second.iter().all(|&b| b == 2));
+        assert_eq!(second.as_ptr(), at, "the buffer was not reused");
+        // Still held: the next message gets fresh memory and both stay intact.
+        let third = read_frame_into(&mut r, 1 << 20, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(third.as_ptr(), at);
+        assert!(second.iter().all(|&b| b == 2) && third.iter().all(|&b| b == 3));
     }
 
     #[tokio::test]
