@@ -10,6 +10,7 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +29,8 @@ use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
     resolve_socket_addr,
 };
+
+pub mod congestion;
 
 /// The ALPN protocol id of flows over QUIC.
 pub const ALPN: &[u8] = b"mftq-flow/1";
@@ -57,6 +60,52 @@ pub enum CongestionControl {
     NewReno,
     /// BBR (experimental in quinn): model-based, less sensitive to random loss.
     Bbr,
+    /// Model-based and ours ([`congestion`]): paced from estimates of the
+    /// bottleneck bandwidth and the propagation delay, loss-tolerant (random losses
+    /// do not slow it; losses that come with a queue, and standing queues, do).
+    Model,
+}
+
+impl CongestionControl {
+    /// Every controller, in the order the names are listed.
+    pub const ALL: [CongestionControl; 4] = [
+        CongestionControl::Cubic,
+        CongestionControl::NewReno,
+        CongestionControl::Bbr,
+        CongestionControl::Model,
+    ];
+
+    /// The name [`FromStr`] accepts: `cubic`, `newreno`, `bbr` or `model`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CongestionControl::Cubic => "cubic",
+            CongestionControl::NewReno => "newreno",
+            CongestionControl::Bbr => "bbr",
+            CongestionControl::Model => "model",
+        }
+    }
+}
+
+impl std::fmt::Display for CongestionControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CongestionControl {
+    type Err = Error;
+
+    /// Parses a controller's name, ignoring case.
+    fn from_str(name: &str) -> Result<Self> {
+        CongestionControl::ALL
+            .into_iter()
+            .find(|cc| cc.as_str().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| {
+                Error::new(Reason::BadConfig(format!(
+                    "unknown congestion controller {name:?}; valid: cubic, newreno, bbr, model"
+                )))
+            })
+    }
 }
 
 /// QUIC settings. The defaults suit fast links with a large bandwidth-delay product
@@ -185,6 +234,9 @@ impl QuicConfig {
             )),
             CongestionControl::Bbr => {
                 t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            CongestionControl::Model => {
+                t.congestion_controller_factory(Arc::new(congestion::ModelConfig::new()))
             }
         };
         Ok(t)
