@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use flow::{Endpoint, FlowReader, FlowWriter, Manager, PeerKey};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
-use crate::crypto::{self, Chain, Cipher, context};
+use crate::crypto::{self, Chain, Cipher, SegmentCipher, context};
 use crate::error::{Error, Result};
 use crate::handshake::{ClientHandshake, PushSecret};
 use crate::session;
@@ -28,6 +28,61 @@ use crate::stream::{BatchInfo, BatchReader, SegmentSource};
 use crate::wire::{self, Complete, Message, RefuseCode, Resume, Segment, Stored};
 
 pub use crate::wire::Receipt;
+
+/// The default [`ClientConfig::target_rate`]: 1 Gbit/s.
+pub const DEFAULT_TARGET_RATE: u64 = 1_000_000_000;
+
+/// The most segments one flow keeps in flight.
+pub const MAX_SEGMENTS_IN_FLIGHT: usize = 64;
+
+/// The least data a sender keeps in flight, whatever the path: enough that every
+/// flow has its next segments queued while the server stores one, even on loopback.
+pub const MIN_BYTES_IN_FLIGHT: u64 = 32 << 20;
+
+/// The most data a sender keeps in flight (and so holds for resending), whatever
+/// the path: the sender's memory bound.
+pub const MAX_BYTES_IN_FLIGHT: u64 = 256 << 20;
+
+/// How much a send keeps in flight, in segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// Segments sent and unacknowledged over all flows together, at most.
+    pub total: usize,
+    /// Segments one flow keeps sent and unacknowledged, at most.
+    pub per_flow: usize,
+}
+
+impl InFlight {
+    /// What fills a path of `rate` bits per second and round trip `rtt` with
+    /// `chunk`-byte segments over `streams` flows: twice the bandwidth-delay product
+    /// (so acknowledgements delayed by queues and repaired losses do not idle the
+    /// flows), within [`MIN_BYTES_IN_FLIGHT`]`..=`[`MAX_BYTES_IN_FLIGHT`] and never
+    /// fewer than one segment per flow; spread over the flows, at least two and at
+    /// most [`MAX_SEGMENTS_IN_FLIGHT`] each.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mft::InFlight;
+    /// // Loopback: the 32 MiB floor, 32 segments of 1 MiB, 4 per flow over 8 flows.
+    /// let lo = InFlight::for_path(1_000_000_000, Duration::from_micros(100), 1 << 20, 8);
+    /// assert_eq!(lo, InFlight { total: 32, per_flow: 4 });
+    /// // 1 Gbit/s at 300 ms: 75 MB in 1 MiB segments, 36 per flow over 2 flows.
+    /// let far = InFlight::for_path(1_000_000_000, Duration::from_millis(300), 1 << 20, 2);
+    /// assert_eq!(far, InFlight { total: 72, per_flow: 36 });
+    /// // 32 flows of 4 MiB segments stay within 256 MiB: 64 segments, 2 per flow.
+    /// let wide = InFlight::for_path(10_000_000_000, Duration::from_secs(1), 4 << 20, 32);
+    /// assert_eq!(wide, InFlight { total: 64, per_flow: 2 });
+    /// ```
+    pub fn for_path(rate: u64, rtt: Duration, chunk: u32, streams: usize) -> Self {
+        let chunk = u64::from(chunk.max(1));
+        let streams = streams.max(1);
+        let bytes = (2.0 * rate as f64 / 8.0 * rtt.as_secs_f64()) as u64;
+        let bytes = bytes.clamp(MIN_BYTES_IN_FLIGHT, MAX_BYTES_IN_FLIGHT);
+        let total = (bytes.div_ceil(chunk) as usize).max(streams);
+        let per_flow = total.div_ceil(streams).clamp(2, MAX_SEGMENTS_IN_FLIGHT);
+        InFlight { total, per_flow }
+    }
+}
 
 /// Client settings, validated before anything is sent.
 ///
@@ -46,7 +101,8 @@ pub struct ClientConfig {
     server_key: PeerKey,
     chunk_size: u32,
     streams: usize,
-    segments_in_flight: usize,
+    segments_in_flight: Option<usize>,
+    target_rate: u64,
     retries: u32,
     dial_timeout: Duration,
     voucher: Vec<u8>,
@@ -60,7 +116,8 @@ impl ClientConfig {
             server_key,
             chunk_size: 1 << 20,
             streams: 8,
-            segments_in_flight: 4,
+            segments_in_flight: None,
+            target_rate: DEFAULT_TARGET_RATE,
             retries: 5,
             dial_timeout: Duration::from_secs(10),
             voucher: Vec::new(),
@@ -79,13 +136,22 @@ impl ClientConfig {
         self
     }
 
-    /// Segments each flow keeps sent but unacknowledged (default 4), so no flow
-    /// idles for a round trip between segments. `streams × segments_in_flight ×
-    /// chunk_size` bounds the data in flight and the memory the sender holds for
-    /// resending: the defaults (8 × 4 × 1 MiB = 32 MiB) cover a 1 Gbit/s path with a
-    /// round trip of up to 250 ms.
+    /// Segments each flow keeps sent but unacknowledged, so no flow idles for a
+    /// round trip between segments. By default it is derived when the transfer
+    /// opens, from the [target rate](Self::target_rate) and the connection's
+    /// measured round-trip time (see [`InFlight::for_path`]), with all flows
+    /// together holding at most 32 to 256 MiB; setting it fixes it per flow, and
+    /// `streams × segments_in_flight × chunk_size` then bounds the data in flight and
+    /// the memory the sender holds for resending.
     pub fn segments_in_flight(&mut self, count: usize) -> &mut Self {
-        self.segments_in_flight = count;
+        self.segments_in_flight = Some(count);
+        self
+    }
+
+    /// The rate, in bits per second, the path is expected to carry at most
+    /// (default 1 Gbit/s): a hint for sizing the data in flight, never a limit.
+    pub fn target_rate(&mut self, bits_per_second: u64) -> &mut Self {
+        self.target_rate = bits_per_second;
         self
     }
 
@@ -126,11 +192,16 @@ impl ClientConfig {
                 format!("{} is outside 1..=1024", self.streams),
             ));
         }
-        if !(1..=64).contains(&self.segments_in_flight) {
+        if let Some(count) = self.segments_in_flight
+            && !(1..=MAX_SEGMENTS_IN_FLIGHT).contains(&count)
+        {
             return Err(Error::config(
                 "segments in flight",
-                format!("{} is outside 1..=64", self.segments_in_flight),
+                format!("{count} is outside 1..={MAX_SEGMENTS_IN_FLIGHT}"),
             ));
+        }
+        if self.target_rate < 1_000_000 {
+            return Err(Error::config("target rate", "at least 1 Mbit/s"));
         }
         if self.voucher.len() > wire::MAX_VOUCHER {
             return Err(Error::config(
@@ -234,10 +305,13 @@ pub struct Content {
     pub sha256: [u8; 32],
 }
 
+/// Makes a send's metadata from its [`Content`], once the data has streamed.
+type MakeMetadata = Box<dyn FnOnce(&Content) -> Result<Vec<u8>> + Send>;
+
 /// A send's metadata: known up front, or made from the [`Content`] at the end.
 enum Metadata {
     Fixed(Vec<u8>),
-    Deferred(Box<dyn FnOnce(&Content) -> Result<Vec<u8>> + Send>),
+    Deferred(MakeMetadata),
 }
 
 fn check_metadata(metadata: &[u8], limit: u32, whose: &str) -> Result<()> {
@@ -279,6 +353,13 @@ struct Pending {
     plaintext_len: u64,
 }
 
+/// A segment on a flow, waiting for its acknowledgement, with its share of the
+/// in-flight budget.
+struct Sent {
+    pending: Pending,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// What the segment workers share.
 struct Shared {
     manager: Manager,
@@ -287,6 +368,13 @@ struct Shared {
     queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
     /// Segments the server held when the transfer (re)opened: not sent again.
     already_stored: Stored,
+    /// Segments each flow keeps in flight.
+    depth: usize,
+    /// Segments all flows together keep in flight: a permit per segment sent and
+    /// not yet acknowledged.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// Where acknowledged segments' memory goes back to the producer.
+    pool: Arc<BufferPool>,
     retry: Mutex<VecDeque<Pending>>,
     acked_bytes: AtomicU64,
     acked_segments: AtomicU64,
@@ -305,16 +393,30 @@ impl Shared {
     }
 
     /// Puts segments sent but not acknowledged back at the front of the retry
-    /// queue, oldest first.
-    fn requeue(&self, outstanding: &mut VecDeque<Pending>) {
+    /// queue, oldest first, returning their budget.
+    fn requeue(&self, outstanding: &mut VecDeque<Sent>) {
         let mut retry = self.lock_retry();
-        while let Some(p) = outstanding.pop_back() {
-            retry.push_front(p);
+        while let Some(sent) = outstanding.pop_back() {
+            retry.push_front(sent.pending);
         }
+    }
+
+    /// The next segment to send, once the in-flight budget has room for it.
+    async fn next_within_budget(
+        &self,
+    ) -> (Option<tokio::sync::OwnedSemaphorePermit>, Option<Pending>) {
+        let permit = self.budget.clone().acquire_owned().await.ok();
+        (permit, self.next().await)
     }
 
     fn lock_retry(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.retry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A segment sent and acknowledged: counted, and its memory reused.
+    fn delivered(&self, sent: Sent) {
+        self.acked(&sent.pending);
+        self.pool.give(sent.pending.ciphertext);
     }
 
     fn acked(&self, pending: &Pending) {
@@ -436,9 +538,22 @@ impl Sender {
             batch_id: batch_id.to_vec(),
         });
         let mut attempt = 0;
-        let (secret, protocol) = self
+        let (secret, protocol, rtt) = self
             .retrying(&mut attempt, || self.handshake(batch_id))
             .await?;
+        let in_flight = match self.config.segments_in_flight {
+            Some(per_flow) => InFlight {
+                total: per_flow * self.config.streams,
+                per_flow,
+            },
+            None => InFlight::for_path(
+                self.config.target_rate,
+                rtt,
+                secret.chunk_size,
+                self.config.streams,
+            ),
+        };
+        tracing::debug!(?rtt, ?in_flight, "segments in flight");
         if let Metadata::Fixed(metadata) = &metadata {
             check_metadata(metadata, secret.max_metadata, "server's")?;
         }
@@ -458,7 +573,9 @@ impl Sender {
                 stored: already_stored.count(),
             });
         }
-        let (tx, rx) = mpsc::channel(self.config.streams * 2);
+        let pool = Arc::new(BufferPool::default());
+        // The producer stays a few sealed segments ahead of the flows.
+        let (tx, rx) = mpsc::channel(4);
         let producer = tokio::spawn(produce(
             reader,
             self.manager.identity().clone(),
@@ -466,6 +583,7 @@ impl Sender {
             batch_id.to_vec(),
             tx,
             matches!(metadata, Metadata::Deferred(_)),
+            pool.clone(),
         ));
         let shared = Arc::new(Shared {
             manager: self.manager.clone(),
@@ -473,6 +591,9 @@ impl Sender {
             transfer_id: secret.transfer_id,
             queue: tokio::sync::Mutex::new(rx),
             already_stored,
+            depth: in_flight.per_flow,
+            budget: Arc::new(tokio::sync::Semaphore::new(in_flight.total)),
+            pool,
             retry: Mutex::new(VecDeque::new()),
             acked_bytes: AtomicU64::new(0),
             acked_segments: AtomicU64::new(0),
@@ -585,7 +706,7 @@ impl Sender {
         open_flow(&self.manager, &self.config).await
     }
 
-    async fn handshake(&self, batch_id: &[u8]) -> Result<(PushSecret, String)> {
+    async fn handshake(&self, batch_id: &[u8]) -> Result<(PushSecret, String, Duration)> {
         let (handshake, hello) = ClientHandshake::push(
             self.manager.identity(),
             batch_id,
@@ -594,10 +715,17 @@ impl Sender {
         );
         let (mut reader, mut writer) = self.flow().await?;
         let protocol = reader.conn().protocol().to_string();
-        match session::request(&mut reader, &mut writer, &Message::Hello(hello), "Accept").await? {
+        let asked = std::time::Instant::now();
+        let answer =
+            session::request(&mut reader, &mut writer, &Message::Hello(hello), "Accept").await?;
+        // Protocols that do not measure the round trip (HTTPS) get the time this
+        // exchange took, an overestimate by the server's handshake work.
+        let rtt = reader.conn().rtt().unwrap_or_else(|| asked.elapsed());
+        match answer {
             Message::Accept(accept) => Ok((
                 handshake.finish_push(&accept, &self.config.server_key)?,
                 protocol,
+                rtt,
             )),
             other => Err(session::unexpected("Accept", &other)),
         }
@@ -763,27 +891,69 @@ struct Sealer {
     cipher: Cipher,
     identity: flow::Identity,
     transfer_id: [u8; 16],
+    /// SHA-256 of the plaintext so far.
     hasher: Option<Sha256>,
 }
 
 impl Sealer {
-    fn seal(&mut self, index: u64, mut buf: Vec<u8>) -> (Vec<u8>, [u8; 16], [u8; 64]) {
+    fn seal(&mut self, index: u64, mut buf: BytesMut) -> (BytesMut, [u8; 16], [u8; 64]) {
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&buf);
         }
-        let tag = crypto::seal_segment(&self.cipher, &self.transfer_id, index, &mut buf);
+        let tag = self.cipher.seal_in_place(
+            &crypto::segment_nonce(index),
+            &crypto::segment_aad(&self.transfer_id, index),
+            &mut buf,
+        );
+        buf.extend_from_slice(&tag);
         let signed = crypto::segment_signed(&self.transfer_id, index, buf.len() as u32, &tag);
         let signature = crypto::sign(&self.identity, context::SEGMENT, &[&signed]);
         (buf, tag, signature)
     }
 }
 
-/// Reads one chunk: a full one, or less at the end of the input.
-async fn read_chunk(reader: &mut (impl AsyncRead + Unpin), chunk: usize) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(chunk + wire::TAG_LEN);
-    // read_to_end on `take` loops over short reads (pipes) until a full chunk or the
-    // end of the input.
-    reader.take(chunk as u64).read_to_end(&mut buf).await?;
+/// Segment buffers returned once acknowledged, so the producer reads the next
+/// chunks into memory already mapped: no allocation, page fault or zeroing per
+/// segment.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<BytesMut>>);
+
+impl BufferPool {
+    /// Buffers kept at most: what the producer and its queue hold at once.
+    const MAX: usize = 8;
+
+    fn take(&self, capacity: usize) -> BytesMut {
+        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        buf
+    }
+
+    /// Keeps `data`'s memory if nothing else refers to it any more.
+    fn give(&self, data: Bytes) {
+        if let Ok(buf) = data.try_into_mut() {
+            let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < Self::MAX {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+/// Reads one chunk into `buf`: a full one, or less at the end of the input.
+async fn read_chunk(
+    reader: &mut (impl AsyncRead + Unpin),
+    chunk: usize,
+    mut buf: BytesMut,
+) -> Result<BytesMut> {
+    // Loops over short reads (pipes) until a full chunk or the end of the input.
+    while buf.len() < chunk {
+        let want = (chunk - buf.len()) as u64;
+        if (&mut *reader).take(want).read_buf(&mut buf).await? == 0 {
+            break;
+        }
+    }
     Ok(buf)
 }
 
@@ -799,6 +969,7 @@ async fn produce(
     batch_id: Vec<u8>,
     tx: mpsc::Sender<Pending>,
     digest: bool,
+    pool: Arc<BufferPool>,
 ) -> Result<Produced> {
     let chunk = secret.chunk_size as usize;
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
@@ -810,7 +981,8 @@ async fn produce(
     };
     let mut index = 0u64;
     let mut size = 0u64;
-    let mut next = read_chunk(&mut reader, chunk).await?;
+    let capacity = chunk + wire::TAG_LEN;
+    let mut next = read_chunk(&mut reader, chunk, pool.take(capacity)).await?;
     // An empty input is one empty segment's worth of nothing: no segments.
     while !next.is_empty() {
         let plaintext = std::mem::take(&mut next);
@@ -829,7 +1001,7 @@ async fn produce(
             chain.push(ciphertext.len() as u32, &tag);
             let pending = Pending {
                 index,
-                ciphertext: Bytes::from(ciphertext),
+                ciphertext: ciphertext.freeze(),
                 signature,
                 plaintext_len,
             };
@@ -838,9 +1010,9 @@ async fn produce(
         };
         let read = async {
             if last {
-                Ok(Vec::new())
+                Ok(BytesMut::new())
             } else {
-                read_chunk(&mut reader, chunk).await
+                read_chunk(&mut reader, chunk, pool.take(capacity)).await
             }
         };
         let (queued, read) = tokio::join!(queue, read);
@@ -898,7 +1070,7 @@ struct SegmentFlow {
 impl SegmentFlow {
     async fn open(shared: &Shared) -> Result<Self> {
         let (reader, writer) = open_flow(&shared.manager, &shared.config).await?;
-        let depth = shared.config.segments_in_flight;
+        let depth = shared.depth;
         let (tx, acks) = mpsc::channel(depth + 1);
         let reader_task = tokio::spawn(read_acks(reader, tx));
         Ok(SegmentFlow {
@@ -922,14 +1094,16 @@ impl SegmentFlow {
         &mut self,
         error: Error,
         shared: &Shared,
-        outstanding: &mut VecDeque<Pending>,
+        outstanding: &mut VecDeque<Sent>,
     ) -> Error {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some(Ok(index))) if outstanding.front().map(|p| p.index) == Some(index) => {
-                    if let Some(p) = outstanding.pop_front() {
-                        shared.acked(&p);
+                Ok(Some(Ok(index)))
+                    if outstanding.front().map(|s| s.pending.index) == Some(index) =>
+                {
+                    if let Some(sent) = outstanding.pop_front() {
+                        shared.acked(&sent.pending);
                     }
                 }
                 Ok(Some(Err(e @ Error::Refused { .. }))) => return e,
@@ -949,9 +1123,9 @@ impl Drop for SegmentFlow {
 /// unacknowledged until the queue is empty and every segment is acknowledged. On a
 /// failure the segments in hand go back to the retry queue.
 async fn send_segments(shared: Arc<Shared>) -> Result<()> {
-    let depth = shared.config.segments_in_flight;
+    let depth = shared.depth;
     let mut flow: Option<SegmentFlow> = None;
-    let mut outstanding: VecDeque<Pending> = VecDeque::with_capacity(depth);
+    let mut outstanding: VecDeque<Sent> = VecDeque::with_capacity(depth);
     let mut drained = false;
     let result = loop {
         if drained && outstanding.is_empty() {
@@ -964,37 +1138,44 @@ async fn send_segments(shared: Arc<Shared>) -> Result<()> {
             Some(f) => tokio::select! {
                 biased;
                 ack = f.acks.recv() => Step::Ack(ack),
-                next = shared.next(), if room => Step::Next(next),
+                (permit, next) = shared.next_within_budget(), if room => Step::Next(permit, next),
             },
-            None => Step::Next(shared.next().await),
+            None => {
+                let (permit, next) = shared.next_within_budget().await;
+                Step::Next(permit, next)
+            }
         };
         match step {
-            Step::Next(None) => drained = true,
-            Step::Next(Some(pending)) => {
+            Step::Next(_, None) => drained = true,
+            Step::Next(permit, Some(pending)) => {
                 if shared.already_stored.contains(pending.index) {
                     shared.acked(&pending);
                     continue;
                 }
+                let sent = Sent {
+                    pending,
+                    _permit: permit,
+                };
                 if flow.is_none() {
                     match SegmentFlow::open(&shared).await {
                         Ok(f) => flow = Some(f),
                         Err(e) => {
-                            outstanding.push_back(pending);
+                            outstanding.push_back(sent);
                             break Err(e);
                         }
                     }
                 }
                 let Some(f) = flow.as_mut() else { continue };
-                let written = f.write(&shared.transfer_id, &pending).await;
-                outstanding.push_back(pending);
+                let written = f.write(&shared.transfer_id, &sent.pending).await;
+                outstanding.push_back(sent);
                 if let Err(e) = written {
                     break Err(f.refusal_or(e, &shared, &mut outstanding).await);
                 }
             }
             Step::Ack(Some(Ok(index))) => match outstanding.front() {
-                Some(front) if front.index == index => {
-                    if let Some(p) = outstanding.pop_front() {
-                        shared.acked(&p);
+                Some(front) if front.pending.index == index => {
+                    if let Some(sent) = outstanding.pop_front() {
+                        shared.delivered(sent);
                     }
                 }
                 _ => {
@@ -1007,8 +1188,8 @@ async fn send_segments(shared: Arc<Shared>) -> Result<()> {
                 // The oldest segment was stored by an earlier attempt whose
                 // acknowledgement was lost; the server closed this flow, so what
                 // was sent after it goes out again on a new one.
-                if let Some(p) = outstanding.pop_front() {
-                    shared.acked(&p);
+                if let Some(sent) = outstanding.pop_front() {
+                    shared.acked(&sent.pending);
                 }
                 shared.requeue(&mut outstanding);
                 flow = None;
@@ -1028,7 +1209,7 @@ async fn send_segments(shared: Arc<Shared>) -> Result<()> {
 /// What a segment flow does next.
 enum Step {
     Ack(Option<AckResult>),
-    Next(Option<Pending>),
+    Next(Option<tokio::sync::OwnedSemaphorePermit>, Option<Pending>),
 }
 
 /// Pulls batches from one server.

@@ -64,7 +64,10 @@ pub mod store;
 mod stream;
 pub mod wire;
 
-pub use crate::client::{BatchSummary, ClientConfig, Content, Event, Receipt, Retriever, Sender};
+pub use crate::client::{
+    BatchSummary, ClientConfig, Content, DEFAULT_TARGET_RATE, Event, InFlight, MAX_BYTES_IN_FLIGHT,
+    MAX_SEGMENTS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT, Receipt, Retriever, Sender,
+};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::server::{Authorize, Server, ServerConfig};
 pub use crate::stream::{BatchInfo, BatchReader, SegmentSource};
