@@ -57,6 +57,27 @@ pub enum Command {
     List(ListArgs),
     /// Run everything on loopback over QUIC and HTTPS and compare them.
     Demo(DemoArgs),
+    /// Measure throughput over loopback or an emulated WAN link, as a matrix.
+    Bench(BenchArgs),
+    /// One side of a `bench` run (started by `mftq bench` itself).
+    #[command(hide = true)]
+    BenchPeer(crate::bench::peer::PeerArgs),
+}
+
+/// How QUIC and HTTPS connections are tuned: the congestion controller, and
+/// windows sized for a target rate.
+#[derive(Clone, Debug, Default, Args)]
+pub struct TuningArgs {
+    /// QUIC congestion controller: model (ours: model-based, loss-tolerant), bbr
+    /// (quinn's), cubic or newreno. The sender of the data is the one whose
+    /// controller matters: the client on a push, the server on a pull.
+    #[arg(long, value_name = "NAME", value_parser = parse_congestion)]
+    pub congestion: Option<flow::CongestionControl>,
+    /// The fastest the path is expected to carry, e.g. 200Mbit or 1Gbit (default
+    /// 1Gbit): sizes windows and data in flight with the measured round trip; it is
+    /// a hint, never a limit.
+    #[arg(long = "rate", value_name = "RATE", value_parser = parse_rate)]
+    pub rate: Option<u64>,
 }
 
 /// `mftq keygen`.
@@ -128,6 +149,9 @@ pub struct ServeArgs {
     /// Seconds open flows get to finish after SIGINT/SIGTERM (default 5).
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<u64>,
+    /// Transport tuning (the server sends on a pull, so its controller matters there).
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// Which transport a client uses.
@@ -200,6 +224,9 @@ pub struct SendArgs {
     /// Plaintext bytes per segment (the server may lower it).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1MiB")]
     pub chunk: u64,
+    /// Transport tuning.
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// `mftq get`.
@@ -226,6 +253,9 @@ pub struct GetArgs {
     /// Where to write the batch, or - for stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: String,
+    /// Transport tuning (on a pull the server sends, so its controller matters most).
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 /// `mftq list`.
@@ -265,6 +295,203 @@ pub struct DemoArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A transport `mftq bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+pub enum BenchTransport {
+    /// mft (handshake, sealed and signed segments, completion, receipt) over QUIC.
+    Quic,
+    /// mft over HTTPS (HTTP/2 over TLS over TCP).
+    Https,
+    /// Bytes over QUIC flows, no mft layer: the ceiling mft over QUIC is compared to.
+    RawQuic,
+    /// Bytes over HTTPS flows, no mft layer.
+    RawHttps,
+}
+
+impl BenchTransport {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchTransport::Quic => "quic",
+            BenchTransport::Https => "https",
+            BenchTransport::RawQuic => "raw-quic",
+            BenchTransport::RawHttps => "raw-https",
+        }
+    }
+
+    /// The flow protocol underneath.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            BenchTransport::Quic | BenchTransport::RawQuic => "quic",
+            BenchTransport::Https | BenchTransport::RawHttps => "https",
+        }
+    }
+
+    /// Whether the mft layer runs on top.
+    pub fn is_raw(self) -> bool {
+        matches!(self, BenchTransport::RawQuic | BenchTransport::RawHttps)
+    }
+
+    /// The raw transport an mft transport is compared with.
+    pub fn raw(self) -> BenchTransport {
+        match self {
+            BenchTransport::Quic | BenchTransport::RawQuic => BenchTransport::RawQuic,
+            BenchTransport::Https | BenchTransport::RawHttps => BenchTransport::RawHttps,
+        }
+    }
+}
+
+/// `mftq bench`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mftq bench                                          # loopback: quic, https and their raw modes
+  mftq bench --size 1GiB --flows 1,8,32 --chunk 256KiB,1MiB,4MiB
+  mftq bench --transports quic,raw-quic --rtt 50ms --loss 1% --rate 200Mbit --congestion model,bbr,cubic
+  mftq bench --transports quic,https --rtt 100ms --rate 1Gbit --loss 0.1% --tcp-congestion cubic,bbr
+  mftq bench --transports quic,https --batches 5000 --batch-size 4KiB   # many small batches
+
+Every run is a separate server process and client process (in two network
+namespaces joined by the user-space link emulator when --rtt, --loss, --rate or
+--jitter is given; that needs root), moving one whole batch: connection, handshake,
+every segment stored, completion and receipt. The raw modes move the same bytes
+over the same flows with no mft layer, so the mft overhead is a ratio within one run.
+
+The table gives MB/s (10^6 bytes per second of payload), the ratio to the link rate
+(emulated) or to the raw mode of the same transport (loopback), and the CPU seconds
+the sender and the receiver spent per GiB. The results are also written as
+PREFIX.json and an SVG chart PREFIX.svg (--output PREFIX, default mftq-bench).")]
+pub struct BenchArgs {
+    /// Transports to measure: quic, https, raw-quic, raw-https (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "quic,https,raw-quic,raw-https"
+    )]
+    pub transports: Vec<BenchTransport>,
+    /// Bytes per run.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
+    pub size: u64,
+    /// Concurrent flows over the one connection (comma-separated values).
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "8",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub flows: Vec<u16>,
+    /// Segment (mft) or write (raw) size (comma-separated values).
+    #[arg(long, value_name = "SIZE,…", value_delimiter = ',', value_parser = parse_size, default_value = "1MiB")]
+    pub chunk: Vec<u64>,
+    /// QUIC congestion controllers (comma-separated; default: the built-in default).
+    #[arg(long, value_name = "NAME,…", value_delimiter = ',', value_parser = parse_congestion)]
+    pub congestion: Vec<flow::CongestionControl>,
+    /// TCP congestion controllers for HTTPS on an emulated link, set inside its
+    /// namespaces (comma-separated, e.g. cubic,bbr; default: the kernel's default).
+    #[arg(long, value_name = "NAME,…", value_delimiter = ',')]
+    pub tcp_congestion: Vec<String>,
+    /// Emulated round-trip time, e.g. 50ms (half each way).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub rtt: Option<std::time::Duration>,
+    /// Emulated random loss per packet, each way, e.g. 1% or 0.01.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    pub loss: Option<f64>,
+    /// Emulated bottleneck rate, each way, e.g. 200Mbit or 1Gbit.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: Option<u64>,
+    /// Emulated jitter: a random extra delay up to this, each way (no reordering).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub jitter: Option<std::time::Duration>,
+    /// The emulated bottleneck's queue, as time at the rate.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "100ms")]
+    pub queue: std::time::Duration,
+    /// Instead of one large batch, send this many small batches per run and report
+    /// batches per second with p50 and p99 latency (mft transports only).
+    #[arg(long, value_name = "N")]
+    pub batches: Option<u32>,
+    /// Size of each small batch.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4KiB")]
+    pub batch_size: u64,
+    /// Small batches in progress at once over the one connection.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Runs of each cell of the matrix; the median is reported.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub runs: u16,
+    /// Where the server's store lives (default: a fresh directory in /dev/shm, or
+    /// the temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Prefix of the result files: PREFIX.json and PREFIX.svg.
+    #[arg(long, value_name = "PREFIX", default_value = "mftq-bench")]
+    pub output: PathBuf,
+    /// Print the results as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a congestion controller's name.
+pub fn parse_congestion(text: &str) -> Result<flow::CongestionControl, String> {
+    text.parse()
+        .map_err(|e: flow::Error| e.reason().to_string())
+}
+
+/// Parses a rate in bits per second: `200Mbit`, `1Gbit`, `500kbit`, `1000000`
+/// (also `Mbps`, `Gbps`, `kbps`; bits, powers of ten).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let bad = || format!("rate {text:?}: expected a number and a unit such as 200Mbit or 1Gbit");
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "bit" | "bps" => 1.0,
+        "kbit" | "kbps" => 1e3,
+        "mbit" | "mbps" => 1e6,
+        "gbit" | "gbps" => 1e9,
+        _ => return Err(bad()),
+    };
+    let rate = number * multiplier;
+    if !(rate.is_finite() && (1e3..=1e12).contains(&rate)) {
+        return Err(format!("rate {text:?}: expected 1kbit to 1000Gbit"));
+    }
+    Ok(rate as u64)
+}
+
+/// Parses a duration: `50ms`, `1.5s`, `250us`, `0`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("duration {text:?}: expected a number and a unit: us, ms or s");
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "us" | "µs" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "" if number == 0.0 => 0.0,
+        _ => return Err(bad()),
+    };
+    if !(seconds.is_finite() && (0.0..=3600.0).contains(&seconds)) {
+        return Err(format!("duration {text:?}: expected 0 to 3600 s"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// Parses a fraction: `1%`, `0.5%`, `0.01`.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    let bad = || format!("{text:?}: expected a fraction such as 1% or 0.01");
+    let value = match text.trim().strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map_err(|_| bad())? / 100.0,
+        None => text.trim().parse::<f64>().map_err(|_| bad())?,
+    };
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{text:?}: expected 0% to 100%"));
+    }
+    Ok(value)
 }
 
 /// Parses `123`, `64KiB`, `1MiB`, `2GiB` (also `KB`, `MB`, `GB` as powers of ten).
@@ -310,6 +537,41 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rates_durations_and_fractions_parse() {
+        assert_eq!(parse_rate("200Mbit"), Ok(200_000_000));
+        assert_eq!(parse_rate("1Gbit"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("1.5gbps"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("500kbit"), Ok(500_000));
+        for bad in ["", "fast", "10MiB", "0Mbit", "-1Mbit"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_duration("50ms"),
+            Ok(std::time::Duration::from_millis(50))
+        );
+        assert_eq!(
+            parse_duration("1.5s"),
+            Ok(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_duration("250us"),
+            Ok(std::time::Duration::from_micros(250))
+        );
+        assert_eq!(parse_duration("0"), Ok(std::time::Duration::ZERO));
+        for bad in ["", "50", "5 min", "-1ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_fraction("1%"), Ok(0.01));
+        assert_eq!(parse_fraction("0.05"), Ok(0.05));
+        for bad in ["", "101%", "-1%", "lots"] {
+            assert!(parse_fraction(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_congestion("MODEL").is_ok());
+        let unknown = parse_congestion("reno2").unwrap_err();
+        assert!(unknown.contains("cubic"), "{unknown}");
     }
 
     #[test]

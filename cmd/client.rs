@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flow::{Endpoint, Identity, Manager, ManagerConfig, PeerKey, Registry};
+use flow::{Endpoint, Identity, Manager, ManagerConfig, PeerKey};
 
 use crate::args::{ClientArgs, Transport};
 use crate::error::CliError;
+use crate::tuning::Tuning;
 
 /// A ready client: its manager and the transfer configuration for one server.
 pub struct Client {
@@ -19,7 +20,12 @@ pub struct Client {
 
 impl Client {
     /// Checks every client flag (naming the bad one) and builds the client.
-    pub fn new(args: &ClientArgs, endpoint_flag: &str, endpoint: &str) -> Result<Self, CliError> {
+    pub fn new(
+        args: &ClientArgs,
+        tuning: Tuning,
+        endpoint_flag: &str,
+        endpoint: &str,
+    ) -> Result<Self, CliError> {
         let endpoint = endpoint_for(endpoint_flag, endpoint, args.transport)?;
         if !(args.dial_timeout.is_finite() && args.dial_timeout > 0.0 && args.dial_timeout < 1e6) {
             return Err(CliError::usage(format!(
@@ -29,9 +35,10 @@ impl Client {
         }
         let server_key = parse_key("--server-key", &args.server_key)?;
         let identity = load_identity(&args.key)?;
-        let manager = Manager::new(identity, Registry::default(), ManagerConfig::default())
+        let manager = Manager::new(identity, tuning.registry(), ManagerConfig::default())
             .map_err(|e| CliError::flow("starting the client", e))?;
         let mut config = mft::ClientConfig::new(endpoint, server_key);
+        tuning.apply(&mut config);
         config
             .retries(args.retries)
             .dial_timeout(Duration::from_secs_f64(args.dial_timeout));

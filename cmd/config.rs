@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use flow::PeerKey;
 use serde::Deserialize;
 
-use crate::args::{ServeArgs, parse_size};
+use crate::args::{ServeArgs, parse_congestion, parse_rate, parse_size};
 use crate::error::CliError;
+use crate::tuning::Tuning;
 
 /// The listeners used when neither flags nor the config file name any.
 pub const DEFAULT_LISTEN: [&str; 2] = ["quic/0.0.0.0:4433", "https/0.0.0.0:4433"];
@@ -33,6 +34,8 @@ struct File {
     max_metadata: Option<Size>,
     max_transfers_per_key: Option<usize>,
     grace: Option<u64>,
+    congestion: Option<String>,
+    rate: Option<String>,
 }
 
 /// The server's settings after merging.
@@ -56,6 +59,8 @@ pub struct ServeSettings {
     pub max_transfers_per_key: Option<usize>,
     /// Seconds for open flows to finish at shutdown.
     pub grace: u64,
+    /// The transport tuning.
+    pub tuning: Tuning,
 }
 
 /// Merges the config file (if any) with the flags, which win.
@@ -106,7 +111,23 @@ pub fn serve_settings(args: ServeArgs) -> Result<ServeSettings, CliError> {
             "--key FILE is required (or `key` in the config file); make one with `mftq keygen`",
         )
     })?;
+    let congestion = match (args.tuning.congestion, file.congestion) {
+        (Some(flag), _) => Some(flag),
+        (None, Some(name)) => Some(
+            parse_congestion(&name)
+                .map_err(|e| CliError::usage(format!("config congestion: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let rate = match (args.tuning.rate, file.rate) {
+        (Some(flag), _) => Some(flag),
+        (None, Some(text)) => {
+            Some(parse_rate(&text).map_err(|e| CliError::usage(format!("config rate: {e}")))?)
+        }
+        (None, None) => None,
+    };
     Ok(ServeSettings {
+        tuning: Tuning { congestion, rate },
         listen,
         data,
         key,
@@ -173,6 +194,7 @@ mod tests {
             max_metadata: None,
             max_transfers_per_key: None,
             grace: None,
+            tuning: Default::default(),
         }
     }
 
@@ -182,7 +204,7 @@ mod tests {
         let path = dir.path().join("mftq.toml");
         std::fs::write(
             &path,
-            "listen = [\"quic/127.0.0.1:0\"]\ndata = \"d\"\nkey = \"k.key\"\nmax_chunk = \"2MiB\"\nmax_metadata = 1000\n",
+            "listen = [\"quic/127.0.0.1:0\"]\ndata = \"d\"\nkey = \"k.key\"\nmax_chunk = \"2MiB\"\nmax_metadata = 1000\ncongestion = \"bbr\"\nrate = \"200Mbit\"\n",
         )
         .expect("write");
         let mut a = args(Some(path.clone()));
@@ -192,6 +214,29 @@ mod tests {
         assert_eq!(s.data, dir.path().join("d"));
         assert_eq!(s.key, PathBuf::from("flag.key"));
         assert_eq!((s.max_chunk, s.max_metadata), (Some(2 << 20), Some(1000)));
+        assert_eq!(
+            s.tuning,
+            Tuning {
+                congestion: Some(flow::CongestionControl::Bbr),
+                rate: Some(200_000_000)
+            }
+        );
+        let mut a = args(Some(path.clone()));
+        a.tuning.congestion = Some(flow::CongestionControl::Cubic);
+        let s = serve_settings(a).expect("merges");
+        assert_eq!(s.tuning.congestion, Some(flow::CongestionControl::Cubic));
+
+        std::fs::write(
+            &path,
+            "data = \"d\"\nkey = \"k\"\ncongestion = \"fastest\"\n",
+        )
+        .expect("write");
+        let e = serve_settings(args(Some(path.clone()))).expect_err("bad controller");
+        assert!(
+            e.message.contains("congestion") && e.message.contains("model"),
+            "{}",
+            e.message
+        );
 
         std::fs::write(&path, "lisen = []\n").expect("write");
         let e = serve_settings(args(Some(path))).expect_err("unknown field");

@@ -28,7 +28,7 @@ impl Drop for TempFile {
 
 /// Retrieves the batch and prints its description.
 pub async fn run(args: GetArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.client, "--from", &args.from)?;
+    let client = Client::new(&args.client, (&args.tuning).into(), "--from", &args.from)?;
     let json_out = args.client.json;
     let to_stdout = args.output == "-";
     let output = PathBuf::from(&args.output);

@@ -9,7 +9,7 @@ use crate::output::{human, metadata_json, metadata_summary, print_json, utc};
 
 /// Lists the batches as a table (or JSON).
 pub async fn run(args: ListArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.client, "--from", &args.from)?;
+    let client = Client::new(&args.client, Default::default(), "--from", &args.from)?;
     let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
     let batches = retriever.list().await;

@@ -7,6 +7,7 @@
 //! refused, 4 network unreachable, 5 integrity failure, 1 anything else.
 
 mod args;
+mod bench;
 mod client;
 mod config;
 mod demo;
@@ -17,6 +18,7 @@ mod list;
 mod output;
 mod send;
 mod serve;
+mod tuning;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -62,15 +64,18 @@ fn init_logging(cli: &Cli) {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    // `keygen` needs no runtime.
-    if let Command::Keygen(args) = cli.command {
-        return keygen::run(args);
-    }
+    // `keygen` needs no runtime, and `bench` runs its sides as processes of their own.
+    let command = match cli.command {
+        Command::Keygen(args) => return keygen::run(args),
+        Command::Bench(args) => return bench::run(args),
+        other => other,
+    };
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Other, format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
-        match cli.command {
-            Command::Keygen(_) => Ok(()),
+        match command {
+            Command::Keygen(_) | Command::Bench(_) => Ok(()),
+            Command::BenchPeer(args) => bench::peer::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Send(args) => send::run(args).await,
             Command::Get(args) => get::run(args).await,

@@ -15,7 +15,7 @@ use crate::output::{hex, human, mb_per_s, print_json, progress};
 
 /// Sends the batch and prints the receipt.
 pub async fn run(args: SendArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.client, "--to", &args.to)?;
+    let client = Client::new(&args.client, (&args.tuning).into(), "--to", &args.to)?;
     let mut config = client.config.clone();
     let chunk = u32::try_from(args.chunk)
         .map_err(|_| CliError::usage(format!("--chunk {}: too large", args.chunk)))?;

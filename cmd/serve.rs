@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flow::{Endpoint, Manager, ManagerConfig, PeerKey, Registry};
+use flow::{Endpoint, Manager, ManagerConfig, PeerKey};
 
 use crate::args::ServeArgs;
 use crate::client::load_identity;
@@ -61,7 +61,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 
     let manager = Manager::new(
         identity.clone(),
-        Registry::default(),
+        settings.tuning.registry(),
         ManagerConfig::default(),
     )
     .map_err(|e| CliError::flow("starting the server", e))?;

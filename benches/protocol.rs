@@ -1,0 +1,79 @@
+//! The sans-IO protocol steps: a whole push handshake (both sides' key agreement,
+//! signatures and key schedule) and the wire codec of the messages a transfer
+//! sends most. `cargo bench --bench protocol`.
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flow::Identity;
+use mft::handshake::{self, ClientHandshake, PushSecret};
+use mft::wire::{Complete, Message, Segment, SegmentAck};
+use std::hint::black_box;
+
+fn push_handshake(c: &mut Criterion) {
+    let client = Identity::generate();
+    let server = Identity::generate();
+    let client_key = client.public_key();
+    let server_key = server.public_key();
+    let secret = PushSecret {
+        transfer_id: [1; 16],
+        completion_id: [2; 32],
+        data_key: [3; 32],
+        chunk_size: 1 << 20,
+        max_metadata: 64 << 10,
+    };
+    c.bench_function("push handshake (both sides)", |b| {
+        b.iter(|| {
+            let (pending, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"");
+            let hello_hash = handshake::check_hello(&hello, &client_key).expect("valid hello");
+            let accept =
+                handshake::accept_push(&server, &hello, &hello_hash, &secret).expect("accepts");
+            black_box(pending.finish_push(&accept, &server_key).expect("finishes"))
+        })
+    });
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    for size in [64usize << 10, 1 << 20] {
+        let segment = Message::Segment(Segment {
+            transfer_id: [4; 16],
+            index: 42,
+            ciphertext: Bytes::from(vec![0u8; size + 16]),
+            signature: [5; 64],
+        });
+        let encoded = Bytes::from(segment.encode());
+        group.throughput(Throughput::Bytes(encoded.len() as u64));
+        group.bench_with_input(BenchmarkId::new("decode segment", size), &size, |b, _| {
+            b.iter(|| black_box(Message::decode(encoded.clone()).expect("decodes")))
+        });
+        group.bench_with_input(BenchmarkId::new("encode segment", size), &size, |b, _| {
+            b.iter(|| black_box(segment.encode()))
+        });
+    }
+    group.throughput(Throughput::Elements(1));
+    let ack = Message::SegmentAck(SegmentAck { index: 7 });
+    let ack_bytes = Bytes::from(ack.encode());
+    group.bench_function("segment ack round trip", |b| {
+        b.iter(|| black_box(Message::decode(Bytes::from(ack.encode())).expect("decodes")))
+    });
+    group.bench_function("decode segment ack", |b| {
+        b.iter(|| black_box(Message::decode(ack_bytes.clone()).expect("decodes")))
+    });
+    let complete = Message::Complete(Complete {
+        transfer_id: [4; 16],
+        segment_count: 1024,
+        size: 1 << 30,
+        completion_id: [6; 32],
+        chain: [7; 64],
+        sealed_metadata: Bytes::from(vec![0u8; 256]),
+        signature: [8; 64],
+    });
+    let complete_bytes = Bytes::from(complete.encode());
+    group.bench_function("decode complete", |b| {
+        b.iter(|| black_box(Message::decode(complete_bytes.clone()).expect("decodes")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, push_handshake, codec);
+criterion_main!(benches);
