@@ -1169,7 +1169,12 @@ async fn send_segments(shared: Arc<Shared>) -> Result<()> {
                 let written = f.write(&shared.transfer_id, &sent.pending).await;
                 outstanding.push_back(sent);
                 if let Err(e) = written {
-                    break Err(f.refusal_or(e, &shared, &mut outstanding).await);
+                    let e = f.refusal_or(e, &shared, &mut outstanding).await;
+                    if e.refuse_code() != Some(RefuseCode::DuplicateSegment) {
+                        break Err(e);
+                    }
+                    skip_duplicate(&shared, &mut outstanding);
+                    flow = None;
                 }
             }
             Step::Ack(Some(Ok(index))) => match outstanding.front() {
@@ -1185,13 +1190,7 @@ async fn send_segments(shared: Arc<Shared>) -> Result<()> {
                 }
             },
             Step::Ack(Some(Err(e))) if e.refuse_code() == Some(RefuseCode::DuplicateSegment) => {
-                // The oldest segment was stored by an earlier attempt whose
-                // acknowledgement was lost; the server closed this flow, so what
-                // was sent after it goes out again on a new one.
-                if let Some(sent) = outstanding.pop_front() {
-                    shared.acked(&sent.pending);
-                }
-                shared.requeue(&mut outstanding);
+                skip_duplicate(&shared, &mut outstanding);
                 flow = None;
             }
             Step::Ack(Some(Err(e))) => break Err(e),
@@ -1204,6 +1203,18 @@ async fn send_segments(shared: Arc<Shared>) -> Result<()> {
         shared.requeue(&mut outstanding);
     }
     result
+}
+
+/// The server refused the oldest segment on a flow as stored already: an earlier
+/// attempt stored it (its acknowledgement was lost, or that attempt's connection
+/// was still being served when this one asked what is stored). It counts as
+/// delivered; the server closed the flow, so what was sent after it goes out
+/// again on a new one.
+fn skip_duplicate(shared: &Shared, outstanding: &mut VecDeque<Sent>) {
+    if let Some(sent) = outstanding.pop_front() {
+        shared.delivered(sent);
+    }
+    shared.requeue(outstanding);
 }
 
 /// What a segment flow does next.
