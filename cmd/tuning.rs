@@ -8,7 +8,7 @@
 //! for the target rate over a long round trip ([`WINDOW_RTT`]), never below the
 //! built-in defaults (which already serve 1 Gbit/s at 100 ms). The data a sender
 //! keeps in flight is then sized from the round trip it measures
-//! ([`mft::segments_in_flight_for`]).
+//! ([`mft::InFlight::for_path`]).
 
 use std::sync::Arc;
 use std::time::Duration;
