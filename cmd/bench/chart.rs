@@ -57,8 +57,9 @@ pub fn render(title: &str, rows: &[Row], link_rate: Option<u64>) -> String {
             escape(&row.cell.label()),
             LABEL + w + 6.0,
             y + BAR * 0.7,
-            match (small, row.ratio, &row.ratio_to) {
-                (false, Some(x), Some(to)) => format!("{v:.1} ({x:.2}× {to})"),
+            match (&row.error, small, row.ratio, &row.ratio_to) {
+                (Some(_), ..) => "failed".to_string(),
+                (None, false, Some(x), Some(to)) => format!("{v:.1} ({x:.2}× {to})"),
                 _ => format!("{v:.1}"),
             }
         );

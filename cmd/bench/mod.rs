@@ -104,6 +104,38 @@ pub struct Row {
     pub p50_ms: Option<f64>,
     /// 99th-percentile batch latency.
     pub p99_ms: Option<f64>,
+    /// Packets the emulated link dropped at random during the run, both ways.
+    pub link_dropped_by_loss: Option<u64>,
+    /// Packets the emulated link's bottleneck queue dropped during the run.
+    pub link_dropped_by_queue: Option<u64>,
+    /// Why the run failed, if it did (the bench goes on with the next).
+    pub error: Option<String>,
+}
+
+impl Row {
+    /// A run that failed: reported, not measured.
+    fn failed(cell: &Cell, error: &CliError) -> Self {
+        Row {
+            cell: cell.clone(),
+            bytes: 0,
+            seconds: 0.0,
+            mb_per_s: 0.0,
+            ratio: None,
+            ratio_to: None,
+            sender_cpu_s_per_gib: 0.0,
+            receiver_cpu_s_per_gib: 0.0,
+            sender_peak_rss: 0,
+            receiver_peak_rss: 0,
+            relay_cpu_seconds: None,
+            batches: 0,
+            batches_per_s: None,
+            p50_ms: None,
+            p99_ms: None,
+            link_dropped_by_loss: None,
+            link_dropped_by_queue: None,
+            error: Some(error.message.clone()),
+        }
+    }
 }
 
 /// The emulated link's settings, as reported.
@@ -142,13 +174,25 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         let mut runs = Vec::new();
         for _ in 0..args.runs {
             progress.start(&cell.label());
-            let run = run_once(&exe, cell, &args, link.as_ref(), &store_root)?;
+            // A run that fails (a connection the controller lost, say) is a result
+            // too: reported, and the matrix goes on. Bad arguments stop it.
+            let run = match run_once(&exe, cell, &args, link.as_ref(), &store_root) {
+                Ok(run) => run,
+                Err(e) if e.exit == Exit::Usage => return Err(e),
+                Err(e) => Row::failed(cell, &e),
+            };
             progress.finish(&cell.label(), &run);
             runs.push(run);
         }
-        // The median run by time.
-        runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-        rows.push(runs.swap_remove(runs.len() / 2));
+        // The median run by time, failures last.
+        runs.sort_by(|a, b| {
+            (a.error.is_some(), a.seconds)
+                .partial_cmp(&(b.error.is_some(), b.seconds))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let ok = runs.iter().filter(|r| r.error.is_none()).count();
+        let pick = if ok > 0 { ok / 2 } else { 0 };
+        rows.push(runs.swap_remove(pick));
     }
     progress.done();
     let _ = std::fs::remove_dir_all(&store_root);
@@ -398,6 +442,9 @@ struct Peer {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     role: &'static str,
+    /// The last line the peer wrote on stderr (its error, if it failed).
+    last_error: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Peer {
@@ -405,10 +452,21 @@ impl Peer {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| CliError::other(format!("bench: starting the {role}: {e}")))?;
         peers().push(child.id());
+        // Pass the peer's stderr through, keeping its last line for the report.
+        let last_error = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr_reader = child.stderr.take().map(|stderr| {
+            let last = last_error.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = line;
+                }
+            })
+        });
         let stdin = child.stdin.take();
         let stdout = child
             .stdout
@@ -420,6 +478,8 @@ impl Peer {
             stdin,
             stdout,
             role,
+            last_error,
+            stderr_reader,
         })
     }
 
@@ -432,10 +492,24 @@ impl Peer {
             .map_err(|e| CliError::other(format!("bench: reading the {}: {e}", self.role)))?;
         if n == 0 {
             let status = self.child.wait().ok();
+            if let Some(reader) = self.stderr_reader.take() {
+                let _ = reader.join();
+            }
+            let said = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let said = said.strip_prefix("mftq: ").unwrap_or(&said).to_string();
             return Err(CliError::other(format!(
-                "bench: the {} stopped ({}) before reporting",
+                "the {} stopped ({}){}",
                 self.role,
-                status.map_or("unknown status".into(), |s| s.to_string())
+                status.map_or("unknown status".into(), |s| s.to_string()),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {said}")
+                }
             )));
         }
         serde_json::from_str(&line).map_err(|e| {
@@ -571,12 +645,20 @@ fn run_once(
     }
     tuning(&mut client_cmd);
     let relay_before = Usage::now().cpu_seconds;
+    let link_before = link.map(netem::Link::stats);
     let mut client = Peer::spawn(client_cmd, "client")?;
     let watchdog = Watchdog::new(client.child.id(), RUN_TIMEOUT);
     let report: ClientReport = client.line()?;
     drop(watchdog);
     let _ = client.child.wait();
     let relay_cpu = link.map(|_| Usage::now().cpu_seconds - relay_before);
+    let dropped = link.zip(link_before).map(|(link, before)| {
+        let after = link.stats();
+        let by = |f: fn(&netem::DirectionStats) -> u64| {
+            f(&after.a_to_b) + f(&after.b_to_a) - f(&before.a_to_b) - f(&before.b_to_a)
+        };
+        (by(|d| d.dropped_loss), by(|d| d.dropped_queue))
+    });
     server.close_stdin();
     let server_usage: Usage = server.line()?;
     let _ = server.child.wait();
@@ -602,6 +684,9 @@ fn run_once(
             .map(|_| f64::from(report.batches) / report.seconds.max(1e-9)),
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
+        link_dropped_by_loss: dropped.map(|d| d.0),
+        link_dropped_by_queue: dropped.map(|d| d.1),
+        error: None,
     })
 }
 
@@ -609,7 +694,7 @@ fn run_once(
 /// transport, flows, chunk and controller in this run.
 fn fill_ratios(rows: &mut [Row], link_rate: Option<u64>) {
     if let Some(rate) = link_rate {
-        for row in rows.iter_mut() {
+        for row in rows.iter_mut().filter(|r| r.error.is_none()) {
             row.ratio = Some(row.mb_per_s * 8e6 / rate as f64);
             row.ratio_to = Some("link".into());
         }
@@ -617,7 +702,7 @@ fn fill_ratios(rows: &mut [Row], link_rate: Option<u64>) {
     }
     let raw: Vec<(Cell, f64)> = rows
         .iter()
-        .filter(|r| r.cell.kind.is_raw())
+        .filter(|r| r.cell.kind.is_raw() && r.error.is_none())
         .map(|r| (r.cell.clone(), r.mb_per_s))
         .collect();
     for row in rows
@@ -671,6 +756,10 @@ fn print_table(title: &str, rows: &[Row]) {
             "run", "batches/s", "p50 ms", "p99 ms", "snd CPU s", "rcv CPU s"
         );
         for r in rows {
+            if let Some(error) = &r.error {
+                println!("{:<28} failed: {error}", r.cell.label());
+                continue;
+            }
             let gib = r.bytes as f64 / f64::from(1u32 << 30);
             println!(
                 "{:<28} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>12.2}",
@@ -689,6 +778,10 @@ fn print_table(title: &str, rows: &[Row]) {
         "run", "MB/s", "ratio", "snd s/GiB", "rcv s/GiB", "snd RSS", "rcv RSS"
     );
     for r in rows {
+        if let Some(error) = &r.error {
+            println!("{:<28} failed: {error}", r.cell.label());
+            continue;
+        }
         let ratio = match (r.ratio, &r.ratio_to) {
             (Some(x), Some(to)) => format!("{x:.2}× {to}"),
             _ => "-".into(),
@@ -778,13 +871,20 @@ impl Progress {
 
     fn finish(&self, label: &str, row: &Row) {
         self.done.set(self.done.get() + 1);
-        let line = format!(
-            "bench {}/{}: {label}: {:.1} MB/s in {:.2} s",
-            self.done.get(),
-            self.total,
-            row.mb_per_s,
-            row.seconds
-        );
+        let line = match &row.error {
+            Some(error) => format!(
+                "bench {}/{}: {label}: failed: {error}",
+                self.done.get(),
+                self.total
+            ),
+            None => format!(
+                "bench {}/{}: {label}: {:.1} MB/s in {:.2} s",
+                self.done.get(),
+                self.total,
+                row.mb_per_s,
+                row.seconds
+            ),
+        };
         match &self.bar {
             Some(bar) => {
                 bar.println(line);

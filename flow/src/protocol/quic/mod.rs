@@ -137,6 +137,7 @@ pub struct QuicConfig {
     handshake_timeout: Duration,
     max_concurrent_handshakes: usize,
     congestion: CongestionControl,
+    socket_buffer: usize,
 }
 
 impl Default for QuicConfig {
@@ -150,6 +151,7 @@ impl Default for QuicConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_handshakes: 256,
+            socket_buffer: 4 << 20,
             congestion: CongestionControl::Model,
         }
     }
@@ -210,6 +212,15 @@ impl QuicConfig {
         self
     }
 
+    /// The UDP socket's send and receive buffer sizes to ask for (default 4 MiB;
+    /// the kernel caps them at `net.core.wmem_max` / `rmem_max`). The default
+    /// 208 KiB overflows when a fast sender's bursts arrive while the receiver is
+    /// busy, and every datagram lost there reads to the sender as congestion.
+    pub fn socket_buffer(&mut self, bytes: usize) -> &mut Self {
+        self.socket_buffer = bytes;
+        self
+    }
+
     /// The congestion controller (default [`CongestionControl::Model`]).
     pub fn congestion(&mut self, congestion: CongestionControl) -> &mut Self {
         self.congestion = congestion;
@@ -251,6 +262,23 @@ impl QuicConfig {
     }
 }
 
+/// A quinn endpoint on a UDP socket bound to `addr`, with `buffer`-byte socket
+/// buffers asked for (what the kernel grants is capped by its limits).
+fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    buffer: usize,
+) -> io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    // Best effort: a smaller buffer works, only less well under bursts.
+    let _ = state.set_recv_buffer_size((&socket).into(), buffer);
+    let _ = state.set_send_buffer_size((&socket).into(), buffer);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| io::Error::other("no async runtime for QUIC (tokio expected)"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+}
+
 /// The QUIC protocol, registered as `quic` in [`Registry::default`](crate::Registry).
 #[derive(Debug, Default)]
 pub struct QuicProtocol {
@@ -288,7 +316,7 @@ impl Protocol for QuicProtocol {
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = quinn::Endpoint::client(bind)
+        let endpoint = bind_endpoint(bind, None, self.config.socket_buffer)
             .map_err(|e| Error::new(Reason::ConnectFailed(format!("bind {bind}: {e}"))))?;
         let connecting = endpoint
             .connect_with(client, remote, TLS_SERVER_NAME)
@@ -324,12 +352,13 @@ impl Protocol for QuicProtocol {
             .map_err(|e| Error::new(Reason::BadConfig(format!("quic tls: {e}"))))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls));
         server.transport_config(Arc::new(self.config.transport()?));
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|e| {
-            Error::new(Reason::Protocol(
-                crate::ErrorKind::BadArg,
-                format!("cannot listen on {addr}: {e}"),
-            ))
-        })?;
+        let endpoint =
+            bind_endpoint(addr, Some(server), self.config.socket_buffer).map_err(|e| {
+                Error::new(Reason::Protocol(
+                    crate::ErrorKind::BadArg,
+                    format!("cannot listen on {addr}: {e}"),
+                ))
+            })?;
         let local = endpoint
             .local_addr()
             .map_err(|e| Error::new(Reason::Io(e.to_string())))?;

@@ -71,6 +71,12 @@ const MAX_LOSS_COMPENSATION: f64 = 0.15;
 const MAX_EXTRA_ACKED_SECS: f64 = 0.1;
 /// The smallest window, in packets.
 const MIN_WINDOW_PACKETS: u64 = 4;
+/// The shortest propagation delay windows are sized for. Below a few milliseconds
+/// (loopback, a LAN) timer granularity, acknowledgement delay and scheduling make
+/// deliveries arrive in bursts much longer than the path's delay, and a window of
+/// one measured product would starve the path (seen on loopback: a fifth of what
+/// CUBIC moves). Long paths are unaffected.
+const MIN_WINDOW_RTT: Duration = Duration::from_millis(2);
 
 /// Where the controller is in its cycle of measuring the path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -566,6 +572,7 @@ impl Model {
         let (Some(bw), Some(rtt)) = (self.bw.get(), self.min_rtt()) else {
             return self.initial_window;
         };
+        let rtt = rtt.max(MIN_WINDOW_RTT);
         (bw as f64 * rtt.as_secs_f64() * gain * self.loss_compensation()) as u64
     }
 
