@@ -197,11 +197,15 @@ Examples:
   mftq send big.iso --to quic://10.0.0.5:4433 --server-key HEX --key me.key --streams 32
   tar c dir | mftq send - --batch-id dir.tar --to https://host:4433 --server-key HEX --key me.key
 
-The default metadata is JSON with the file's name, size, mtime and SHA-256. The
-sender takes the metadata when the transfer starts, so the file is hashed in a first
-pass before it is sent (for stdin there is no size or checksum). Running the same
+The default metadata is JSON with the file's name, size, mtime and SHA-256; the
+checksum is computed while the segments are sealed, so the file is read once, and
+a file whose size, mtime or inode changes during the send is refused before the
+batch completes (exit 5). For stdin there is no size or checksum. Running the same
 command again after an interruption resumes the batch: the server keeps the segments
-it stored and only the rest are sent.")]
+it stored and only the rest are sent.
+
+--congestion picks the QUIC controller of this side, which is the one that
+matters on a push (default model); --rate sizes windows for the path's speed.")]
 pub struct SendArgs {
     /// The file to send, or - for stdin.
     #[arg(value_name = "FILE")]

@@ -317,7 +317,7 @@ async fn raw_send(
     flows: usize,
     chunk: usize,
 ) -> Result<ClientReport, CliError> {
-    let block = Arc::new(pattern_block(chunk.max(1)));
+    let block = bytes::Bytes::from(pattern_block(chunk.max(1)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..flows as u64 {
@@ -326,7 +326,7 @@ async fn raw_send(
         let endpoint = endpoint.clone();
         let block = block.clone();
         tasks.spawn(async move {
-            let mut flow = manager
+            let flow = manager
                 .dial(
                     &endpoint,
                     Authorizer::pinned(server_key),
@@ -334,17 +334,21 @@ async fn raw_send(
                 )
                 .await
                 .map_err(|e| failed("dialing", e))?;
+            let (mut reader, mut writer) = flow.into_split();
             let mut left = share;
             while left > 0 {
+                // Whole buffers, as the mft sender writes its segments.
                 let n = left.min(block.len() as u64) as usize;
-                flow.write_all(&block[..n])
+                writer
+                    .write_chunks(&mut [block.slice(..n)])
                     .await
                     .map_err(|e| failed("writing", e))?;
                 left -= n as u64;
             }
-            flow.shutdown().await.map_err(|e| failed("closing", e))?;
+            writer.shutdown().await.map_err(|e| failed("closing", e))?;
             let mut count = [0u8; 8];
-            flow.read_exact(&mut count)
+            reader
+                .read_exact(&mut count)
                 .await
                 .map_err(|e| failed("reading the count", e))?;
             let count = u64::from_be_bytes(count);

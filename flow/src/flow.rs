@@ -16,7 +16,7 @@ use crate::conn_cache::{FlowGuard, ManagedConn};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Reason, Result};
 use crate::identity::PeerKey;
-use crate::registry::RawFlow;
+use crate::registry::{FlowSend, RawFlow};
 
 /// The default largest message [`Flow::read_msg`] accepts: 32 MiB.
 pub const DEFAULT_MAX_MSG_SIZE: usize = 32 << 20;
@@ -157,6 +157,11 @@ impl Flow {
         self.writer.write_msg(parts).await
     }
 
+    /// Sends one message of `Bytes` parts; see [`FlowWriter::write_msg_bytes`].
+    pub async fn write_msg_bytes(&mut self, parts: &mut [Bytes]) -> Result<()> {
+        self.writer.write_msg_bytes(parts).await
+    }
+
     /// Sends one message, then ends our sending side.
     pub async fn write_msg_and_close(&mut self, parts: &[&[u8]]) -> Result<()> {
         self.writer.write_msg_and_close(parts).await
@@ -293,7 +298,7 @@ impl AsyncRead for FlowReader {
 
 /// The sending half of a [`Flow`].
 pub struct FlowWriter {
-    send: Pin<Box<dyn AsyncWrite + Send>>,
+    send: Pin<Box<dyn FlowSend>>,
     guard: FlowGuard,
 }
 
@@ -304,6 +309,38 @@ impl FlowWriter {
         write_frame(&mut self.send, parts)
             .await
             .map_err(|e| e.with_endpoint(endpoint))
+    }
+
+    /// Writes `chunks` as bytes of the stream (no message framing), handing them to
+    /// protocols that can take whole buffers without copying them.
+    pub async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<()> {
+        let endpoint = self.guard.conn().remote_endpoint().clone();
+        self.send
+            .as_mut()
+            .write_chunks(chunks)
+            .await
+            .map_err(|e| Error::from_io(e).with_endpoint(endpoint))
+    }
+
+    /// Sends one message made of `parts`, handing them to protocols that can take
+    /// whole buffers (QUIC) without copying them: for large messages, such as
+    /// segments, that are already in `Bytes`.
+    pub async fn write_msg_bytes(&mut self, parts: &mut [Bytes]) -> Result<()> {
+        let endpoint = self.guard.conn().remote_endpoint().clone();
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let len32 = u32::try_from(len).map_err(|_| {
+            Error::new(Reason::MessageTooLarge {
+                len: len as u64,
+                max: u64::from(u32::MAX),
+            })
+        })?;
+        let io = async {
+            self.send.write_all(&len32.to_be_bytes()).await?;
+            self.send.as_mut().write_chunks(parts).await?;
+            self.send.flush().await
+        };
+        io.await
+            .map_err(|e| Error::from_io(e).with_endpoint(endpoint))
     }
 
     /// Sends one message, then ends our sending side.

@@ -61,7 +61,7 @@ pub use crate::protocol::https::{HttpsConfig, HttpsProtocol};
 pub use crate::protocol::mem::MemProtocol;
 pub use crate::protocol::quic::{CongestionControl, QuicConfig, QuicProtocol};
 pub use crate::registry::{
-    CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow, Registry,
-    resolve_socket_addr, resolve_socket_addrs,
+    CloseCode, Conn, DialContext, FlowSend, ListenContext, Listener, Properties, Protocol, RawFlow,
+    Registry, resolve_socket_addr, resolve_socket_addrs,
 };
 pub use crate::select::{Property, Selection};

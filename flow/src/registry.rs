@@ -7,12 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Error, Reason, Result};
@@ -90,20 +93,81 @@ impl Properties {
     }
 }
 
+/// The sending half of a flow. Any `AsyncWrite` will do ([`RawFlow::new`] wraps
+/// it); a protocol that can take ownership of buffers overrides
+/// [`write_chunks`](FlowSend::write_chunks) so large messages reach the transport
+/// without a copy (QUIC hands them to quinn as they are).
+pub trait FlowSend: AsyncWrite + Send {
+    /// Writes every chunk whole, in order. The default copies them through
+    /// `poll_write`.
+    fn write_chunks<'a>(
+        self: Pin<&'a mut Self>,
+        chunks: &'a mut [Bytes],
+    ) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut this = self;
+            for chunk in chunks.iter() {
+                tokio::io::AsyncWriteExt::write_all(&mut this, chunk).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// An `AsyncWrite` as a [`FlowSend`] that copies.
+struct CopyingSend<W>(Pin<Box<W>>);
+
+impl<W: AsyncWrite + Send> AsyncWrite for CopyingSend<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+}
+
+impl<W: AsyncWrite + Send> FlowSend for CopyingSend<W> {}
+
 /// One bidirectional byte stream of a connection, as a protocol hands it over; the
 /// manager wraps it into a [`Flow`](crate::Flow).
 pub struct RawFlow {
     /// Bytes from the peer.
     pub recv: Pin<Box<dyn AsyncRead + Send>>,
     /// Bytes to the peer; shutting it down ends the peer's reading side.
-    pub send: Pin<Box<dyn AsyncWrite + Send>>,
+    pub send: Pin<Box<dyn FlowSend>>,
 }
 
 impl RawFlow {
-    /// A raw flow from its two halves.
+    /// A raw flow from its two halves; what is sent is copied into `send`.
     pub fn new(
         recv: impl AsyncRead + Send + 'static,
         send: impl AsyncWrite + Send + 'static,
+    ) -> Self {
+        RawFlow {
+            recv: Box::pin(recv),
+            send: Box::pin(CopyingSend(Box::pin(send))),
+        }
+    }
+
+    /// A raw flow whose sending half takes whole buffers ([`FlowSend`]).
+    pub fn with_chunked_send(
+        recv: impl AsyncRead + Send + 'static,
+        send: impl FlowSend + 'static,
     ) -> Self {
         RawFlow {
             recv: Box::pin(recv),

@@ -1082,8 +1082,13 @@ impl SegmentFlow {
 
     async fn write(&mut self, transfer_id: &[u8; 16], pending: &Pending) -> Result<()> {
         let header = Segment::header(transfer_id, pending.index, pending.ciphertext.len() as u32);
+        // The ciphertext goes to the transport as it is (no copy over QUIC).
         self.writer
-            .write_msg(&[&header, &pending.ciphertext, &pending.signature])
+            .write_msg_bytes(&mut [
+                Bytes::copy_from_slice(&header),
+                pending.ciphertext.clone(),
+                Bytes::copy_from_slice(&pending.signature),
+            ])
             .await?;
         Ok(())
     }

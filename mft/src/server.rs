@@ -898,7 +898,10 @@ impl Server {
                 .read_segment(batch.transfer, s.index * chunk_wire, s.len)
                 .await?;
             let header = PullSegment::header(s.index, s.len);
-            if let Err(e) = writer.write_msg(&[&header, &data]).await {
+            let sent = writer
+                .write_msg_bytes(&mut [Bytes::copy_from_slice(&header), data])
+                .await;
+            if let Err(e) = sent {
                 tracing::debug!(%peer, error = %e, "retriever went away");
                 return Ok(None);
             }

@@ -530,12 +530,12 @@ struct QuicConn {
 impl Conn for QuicConn {
     async fn open_flow(&self) -> Result<RawFlow> {
         let (send, recv) = self.conn.open_bi().await.map_err(connection_error)?;
-        Ok(RawFlow::new(QuicRecv(recv), QuicSend(send)))
+        Ok(RawFlow::with_chunked_send(QuicRecv(recv), QuicSend(send)))
     }
 
     async fn accept_flow(&self) -> Result<RawFlow> {
         let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
-        Ok(RawFlow::new(QuicRecv(recv), QuicSend(send)))
+        Ok(RawFlow::with_chunked_send(QuicRecv(recv), QuicSend(send)))
     }
 
     fn remote_key(&self) -> PeerKey {
@@ -654,6 +654,23 @@ impl QuicSend {
             Ok(other) => Error::new(Reason::Io(other.to_string())).into_io(),
             Err(e) => e,
         }
+    }
+}
+
+impl crate::registry::FlowSend for QuicSend {
+    /// Hands the buffers to quinn, which keeps them until they are acknowledged:
+    /// no copy.
+    fn write_chunks<'a>(
+        self: Pin<&'a mut Self>,
+        chunks: &'a mut [bytes::Bytes],
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let this = self.get_mut();
+            this.0
+                .write_all_chunks(chunks)
+                .await
+                .map_err(|e| QuicSend::map(io::Error::from(e)))
+        })
     }
 }
 
