@@ -174,9 +174,8 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
         .listen(protocol, address)
         .await
         .map_err(|e| failed("listening", e))?;
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let serving = match args.mode {
-        Mode::Raw => tokio::spawn(raw_sink(manager.clone(), client_key, received.clone())),
+        Mode::Raw => tokio::spawn(raw_sink(manager.clone(), client_key)),
         Mode::Mft | Mode::Small => {
             let dir = args.store.clone();
             let store = tokio::task::spawn_blocking(move || mft::store::FsStore::open(dir))
@@ -207,16 +206,13 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
 
 /// Accepts raw flows from `client`: reads each to its end, answers with the byte
 /// count, and closes it.
-async fn raw_sink(manager: Manager, client: PeerKey, received: Arc<std::sync::atomic::AtomicU64>) {
+async fn raw_sink(manager: Manager, client: PeerKey) {
     while let Ok(flow) = manager.accept().await {
         if flow.remote_identity() != client {
             continue;
         }
-        let received = received.clone();
         tokio::spawn(async move {
-            if let Ok(n) = drain(flow).await {
-                received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
+            let _ = drain(flow).await;
         });
     }
 }
