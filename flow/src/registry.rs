@@ -97,6 +97,40 @@ impl Properties {
 /// it); a protocol that can take ownership of buffers overrides
 /// [`write_chunks`](FlowSend::write_chunks) so large messages reach the transport
 /// without a copy (QUIC hands them to quinn as they are).
+///
+/// ```
+/// use std::pin::Pin;
+/// use std::task::{Context, Poll};
+/// use flow::{FlowSend, RawFlow};
+///
+/// /// A sender that keeps whole buffers (here it only collects them).
+/// #[derive(Default)]
+/// struct Collect(Vec<bytes::Bytes>);
+///
+/// impl tokio::io::AsyncWrite for Collect {
+///     fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+///         self.0.push(bytes::Bytes::copy_from_slice(buf));
+///         Poll::Ready(Ok(buf.len()))
+///     }
+///     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> { Poll::Ready(Ok(())) }
+///     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> { Poll::Ready(Ok(())) }
+/// }
+///
+/// impl FlowSend for Collect {
+///     fn write_chunks<'a>(
+///         self: Pin<&'a mut Self>,
+///         chunks: &'a mut [bytes::Bytes],
+///     ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
+///         // Takes the buffers themselves: no copy.
+///         let this = self.get_mut();
+///         this.0.extend(chunks.iter().cloned());
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+///
+/// let raw = RawFlow::with_chunked_send(tokio::io::empty(), Collect::default());
+/// # drop(raw);
+/// ```
 pub trait FlowSend: AsyncWrite + Send {
     /// Writes every chunk whole, in order. The default copies them through
     /// `poll_write`.
