@@ -178,7 +178,10 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             // too: reported, and the matrix goes on. Bad arguments stop it.
             let run = match run_once(&exe, cell, &args, link.as_ref(), &store_root) {
                 Ok(run) => run,
-                Err(e) if e.exit == Exit::Usage => return Err(e),
+                Err(e) if e.exit == Exit::Usage => {
+                    let _ = std::fs::remove_dir_all(&store_root);
+                    return Err(e);
+                }
                 Err(e) => Row::failed(cell, &e),
             };
             progress.finish(&cell.label(), &run);
