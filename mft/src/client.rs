@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
-use crate::crypto::{self, Chain, Cipher, SegmentCipher, context};
+use crate::crypto::{self, Chain, Cipher, context};
 use crate::error::{Error, Result};
 use crate::handshake::{ClientHandshake, PushSecret};
 use crate::session;
@@ -900,12 +900,7 @@ impl Sealer {
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&buf);
         }
-        let tag = self.cipher.seal_in_place(
-            &crypto::segment_nonce(index),
-            &crypto::segment_aad(&self.transfer_id, index),
-            &mut buf,
-        );
-        buf.extend_from_slice(&tag);
+        let tag = crypto::seal_segment(&self.cipher, &self.transfer_id, index, &mut buf);
         let signed = crypto::segment_signed(&self.transfer_id, index, buf.len() as u32, &tag);
         let signature = crypto::sign(&self.identity, context::SEGMENT, &[&signed]);
         (buf, tag, signature)
@@ -983,7 +978,7 @@ async fn produce(
     let mut size = 0u64;
     let capacity = chunk + wire::TAG_LEN;
     let mut next = read_chunk(&mut reader, chunk, pool.take(capacity)).await?;
-    // An empty input is one empty segment's worth of nothing: no segments.
+    // An empty input makes no segments.
     while !next.is_empty() {
         let plaintext = std::mem::take(&mut next);
         let plaintext_len = plaintext.len() as u64;
@@ -1108,7 +1103,7 @@ impl SegmentFlow {
                     if outstanding.front().map(|s| s.pending.index) == Some(index) =>
                 {
                     if let Some(sent) = outstanding.pop_front() {
-                        shared.acked(&sent.pending);
+                        shared.delivered(sent);
                     }
                 }
                 Ok(Some(Err(e @ Error::Refused { .. }))) => return e,

@@ -273,16 +273,23 @@ pub fn segment_signed(transfer_id: &[u8; 16], index: u64, len: u32, tag: &[u8; 1
     m
 }
 
-/// Encrypts `plaintext` (a whole chunk) in place under the data key and appends the
-/// tag: the segment's ciphertext.
-pub fn seal_segment(
+/// Encrypts `buf` (a whole chunk) in place under the data key and appends the tag:
+/// the segment's ciphertext. `buf` is a `Vec<u8>` or a `bytes::BytesMut`.
+pub fn seal_segment<B>(
     cipher: &dyn SegmentCipher,
     transfer_id: &[u8; 16],
     index: u64,
-    buf: &mut Vec<u8>,
-) -> [u8; 16] {
-    let tag = cipher.seal_in_place(&segment_nonce(index), &segment_aad(transfer_id, index), buf);
-    buf.extend_from_slice(&tag);
+    buf: &mut B,
+) -> [u8; 16]
+where
+    B: AsMut<[u8]> + for<'a> Extend<&'a u8>,
+{
+    let tag = cipher.seal_in_place(
+        &segment_nonce(index),
+        &segment_aad(transfer_id, index),
+        buf.as_mut(),
+    );
+    buf.extend(&tag);
     tag
 }
 
