@@ -4,48 +4,17 @@
 //! every byte and the metadata, and prints a comparison.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use flow::{Endpoint, Identity, Manager, ManagerConfig, Registry};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 
 use crate::args::DemoArgs;
 use crate::error::{CliError, Exit};
 use crate::output::{human, mb_per_s, print_json};
-
-/// The demo batch's byte at `offset`: cheap to generate and to check, without holding
-/// the batch in memory, and varied enough that misplaced segments would show.
-fn pattern(offset: u64) -> u8 {
-    (offset.wrapping_mul(31) ^ (offset >> 12).wrapping_mul(0x9e)) as u8
-}
-
-/// Generates `len` bytes of [`pattern`] as an `AsyncRead`.
-struct PatternReader {
-    offset: u64,
-    len: u64,
-}
-
-impl AsyncRead for PatternReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = (self.len - self.offset).min(buf.remaining() as u64) as usize;
-        let start = self.offset;
-        let out = buf.initialize_unfilled_to(n);
-        for (k, b) in out.iter_mut().enumerate() {
-            *b = pattern(start + k as u64);
-        }
-        buf.advance(n);
-        self.offset += n as u64;
-        Poll::Ready(Ok(()))
-    }
-}
+use crate::pattern::{self, PatternReader};
 
 /// A temporary directory removed when dropped.
 struct TempDir(PathBuf);
@@ -219,10 +188,7 @@ async fn one_transport(
     let started = Instant::now();
     let receipt = sender
         .send(
-            PatternReader {
-                offset: 0,
-                len: args.size,
-            },
+            PatternReader::new(args.size),
             batch_id.as_bytes(),
             metadata.as_bytes(),
         )
@@ -247,7 +213,7 @@ async fn one_transport(
         if n == 0 {
             break;
         }
-        if let Some(k) = (0..n).find(|&k| buf[k] != pattern(offset + k as u64)) {
+        if let Some(k) = (0..n).find(|&k| buf[k] != pattern::byte_at(offset + k as u64)) {
             return Err(CliError::new(
                 Exit::Integrity,
                 format!(
@@ -301,17 +267,5 @@ mod tests {
         })
         .await
         .expect("the demo succeeds");
-    }
-
-    #[tokio::test]
-    async fn pattern_reader_yields_exactly_the_pattern() {
-        let mut reader = PatternReader {
-            offset: 0,
-            len: 70_001,
-        };
-        let mut out = Vec::new();
-        reader.read_to_end(&mut out).await.expect("reads");
-        assert_eq!(out.len(), 70_001);
-        assert!(out.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)));
     }
 }

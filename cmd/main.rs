@@ -16,6 +16,7 @@ mod get;
 mod keygen;
 mod list;
 mod output;
+mod pattern;
 mod send;
 mod serve;
 mod tuning;

@@ -10,7 +10,6 @@
 //! the same flows without the mft layer, so its cost is a ratio within one run.
 
 pub mod chart;
-pub mod pattern;
 pub mod peer;
 pub mod usage;
 

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::args::{TuningArgs, parse_size};
-use crate::bench::pattern::{PatternReader, pattern_block};
 use crate::bench::usage::Usage;
 use crate::client::load_identity;
 use crate::error::CliError;
 use crate::output::hex;
+use crate::pattern::{PatternReader, pattern_block};
 use crate::tuning::Tuning;
 
 /// `mftq bench-peer`.
