@@ -246,37 +246,32 @@ async fn client(args: ClientArgs) -> Result<(), CliError> {
     let flows = usize::from(args.flows.max(1));
     let report = match args.mode {
         Mode::Raw => raw_send(&manager, &endpoint, server_key, args.size, flows, chunk).await?,
-        Mode::Mft => {
+        Mode::Mft | Mode::Small => {
+            // Small batches go one segment each, over one segment flow.
+            let (chunk, streams) = match args.mode {
+                Mode::Small => ((chunk as u32).max(mft::wire::MIN_CHUNK_SIZE), 1),
+                _ => (chunk as u32, flows),
+            };
             let mut config = mft::ClientConfig::new(endpoint, server_key);
             tuning.apply(&mut config);
-            config
-                .chunk_size(chunk as u32)
-                .streams(flows)
-                .validate()
+            config.chunk_size(chunk).streams(streams);
+            // Sender::new checks the configuration, naming the bad field.
+            let sender = mft::Sender::new(manager.clone(), config)
                 .map_err(|e| CliError::usage(e.to_string()))?;
-            let sender = mft::Sender::new(manager.clone(), config)
-                .map_err(|e| failed("configuring the sender", e))?;
-            let started = Instant::now();
-            let receipt = send_one(&sender, "bench", args.size).await?;
-            let seconds = started.elapsed().as_secs_f64();
-            ClientReport {
-                bytes: receipt.size,
-                seconds,
-                batches: 1,
-                p50_ms: None,
-                p99_ms: None,
-                usage: Usage::now(),
+            if args.mode == Mode::Small {
+                small_batches(&sender, args.size, args.batches, args.concurrency).await?
+            } else {
+                let started = Instant::now();
+                let receipt = send_one(&sender, "bench", args.size).await?;
+                ClientReport {
+                    bytes: receipt.size,
+                    seconds: started.elapsed().as_secs_f64(),
+                    batches: 1,
+                    p50_ms: None,
+                    p99_ms: None,
+                    usage: Usage::now(),
+                }
             }
-        }
-        Mode::Small => {
-            let mut config = mft::ClientConfig::new(endpoint, server_key);
-            tuning.apply(&mut config);
-            config
-                .chunk_size((chunk as u32).max(mft::wire::MIN_CHUNK_SIZE))
-                .streams(1);
-            let sender = mft::Sender::new(manager.clone(), config)
-                .map_err(|e| failed("configuring the sender", e))?;
-            small_batches(&sender, args.size, args.batches, args.concurrency).await?
         }
     };
     manager.close();
