@@ -16,7 +16,7 @@ pub mod usage;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flow::CongestionControl;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -839,7 +839,6 @@ struct Progress {
     bar: Option<ProgressBar>,
     total: usize,
     done: std::cell::Cell<usize>,
-    started: std::cell::Cell<Option<Instant>>,
 }
 
 impl Progress {
@@ -860,12 +859,10 @@ impl Progress {
             bar,
             total,
             done: std::cell::Cell::new(0),
-            started: std::cell::Cell::new(None),
         }
     }
 
     fn start(&self, label: &str) {
-        self.started.set(Some(Instant::now()));
         if let Some(bar) = &self.bar {
             bar.set_message(label.to_string());
         }
