@@ -99,22 +99,24 @@ pub(crate) async fn write_frame<W>(writer: &mut W, parts: &[&[u8]]) -> Result<()
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let header = frame_header(parts.iter().map(|p| p.len()).sum())?;
+    writer.write_all(&header).await.map_err(Error::from_io)?;
+    for part in parts {
+        writer.write_all(part).await.map_err(Error::from_io)?;
+    }
+    // A message is a unit: push it through writers that buffer (TLS, BufWriter).
+    writer.flush().await.map_err(Error::from_io)
+}
+
+/// The length prefix of a message of `len` bytes.
+fn frame_header(len: usize) -> Result<[u8; 4]> {
     let len32 = u32::try_from(len).map_err(|_| {
         Error::new(Reason::MessageTooLarge {
             len: len as u64,
             max: u64::from(u32::MAX),
         })
     })?;
-    writer
-        .write_all(&len32.to_be_bytes())
-        .await
-        .map_err(Error::from_io)?;
-    for part in parts {
-        writer.write_all(part).await.map_err(Error::from_io)?;
-    }
-    // A message is a unit: push it through writers that buffer (TLS, BufWriter).
-    writer.flush().await.map_err(Error::from_io)
+    Ok(len32.to_be_bytes())
 }
 
 /// A bidirectional stream to a peer over a managed connection.
@@ -327,15 +329,9 @@ impl FlowWriter {
     /// segments, that are already in `Bytes`.
     pub async fn write_msg_bytes(&mut self, parts: &mut [Bytes]) -> Result<()> {
         let endpoint = self.guard.conn().remote_endpoint().clone();
-        let len: usize = parts.iter().map(Bytes::len).sum();
-        let len32 = u32::try_from(len).map_err(|_| {
-            Error::new(Reason::MessageTooLarge {
-                len: len as u64,
-                max: u64::from(u32::MAX),
-            })
-        })?;
+        let header = frame_header(parts.iter().map(Bytes::len).sum())?;
         let io = async {
-            self.send.write_all(&len32.to_be_bytes()).await?;
+            self.send.write_all(&header).await?;
             self.send.as_mut().write_chunks(parts).await?;
             self.send.flush().await
         };
