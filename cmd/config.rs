@@ -111,21 +111,28 @@ pub fn serve_settings(args: ServeArgs) -> Result<ServeSettings, CliError> {
             "--key FILE is required (or `key` in the config file); make one with `mftq keygen`",
         )
     })?;
-    let congestion = match (args.tuning.congestion, file.congestion) {
-        (Some(flag), _) => Some(flag),
-        (None, Some(name)) => Some(
-            parse_congestion(&name)
-                .map_err(|e| CliError::usage(format!("config congestion: {e}")))?,
-        ),
-        (None, None) => None,
-    };
-    let rate = match (args.tuning.rate, file.rate) {
-        (Some(flag), _) => Some(flag),
-        (None, Some(text)) => {
-            Some(parse_rate(&text).map_err(|e| CliError::usage(format!("config rate: {e}")))?)
+    // A flag wins; else the file's text, parsed as the flag's would be.
+    fn flag_or_file<T>(
+        flag: Option<T>,
+        from_file: Option<String>,
+        name: &str,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, CliError> {
+        match (flag, from_file) {
+            (Some(flag), _) => Ok(Some(flag)),
+            (None, Some(text)) => parse(&text)
+                .map(Some)
+                .map_err(|e| CliError::usage(format!("config {name}: {e}"))),
+            (None, None) => Ok(None),
         }
-        (None, None) => None,
-    };
+    }
+    let congestion = flag_or_file(
+        args.tuning.congestion,
+        file.congestion,
+        "congestion",
+        parse_congestion,
+    )?;
+    let rate = flag_or_file(args.tuning.rate, file.rate, "rate", parse_rate)?;
     Ok(ServeSettings {
         tuning: Tuning { congestion, rate },
         listen,
