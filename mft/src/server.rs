@@ -450,13 +450,8 @@ impl Server {
 
     async fn new_transfer(&self, peer: PeerKey, hello: &Hello) -> Result<PushSecret, Refusal> {
         let store = &self.inner.store;
-        let open = store
-            .transfers()
-            .await?
-            .iter()
-            .filter(|t| t.sender == *peer.as_bytes())
-            .count();
-        if open >= self.inner.config.max_open_transfers_per_peer {
+        let open = store.open_transfer_count(*peer.as_bytes()).await?;
+        if open >= self.inner.config.max_open_transfers_per_peer as u64 {
             return Err(self.busy("too many open transfers for this key"));
         }
         let secret = PushSecret {

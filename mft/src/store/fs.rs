@@ -421,6 +421,22 @@ impl Inner {
         Ok(out)
     }
 
+    fn open_transfer_count(&self, sender: &[u8; 32]) -> StoreResult<u64> {
+        // The batch index's keys start with the sender: count its range, without
+        // reading or decoding a single record.
+        let tx = self.db.begin_read().or_db()?;
+        let index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+        let mut count = 0;
+        for entry in index.range(sender.as_slice()..).or_db()? {
+            let (key, _) = entry.or_db()?;
+            if !key.value().starts_with(sender) {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
     fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
         let id = transfer.0;
         let tx = self.db.begin_write().or_db()?;
@@ -594,6 +610,11 @@ impl TransferStore for FsStore {
 
     async fn transfers(&self) -> StoreResult<Vec<TransferRecord>> {
         self.run(|inner| inner.transfers()).await
+    }
+
+    async fn open_transfer_count(&self, sender: [u8; 32]) -> StoreResult<u64> {
+        self.run(move |inner| inner.open_transfer_count(&sender))
+            .await
     }
 
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {

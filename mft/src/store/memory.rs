@@ -212,6 +212,13 @@ impl TransferStore for MemoryStore {
         Ok(lock(&self.transfers).values().cloned().collect())
     }
 
+    async fn open_transfer_count(&self, sender: [u8; 32]) -> StoreResult<u64> {
+        Ok(lock(&self.transfers)
+            .values()
+            .filter(|t| t.sender == sender)
+            .count() as u64)
+    }
+
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
         lock(&self.transfers).remove(&transfer);
         Ok(())

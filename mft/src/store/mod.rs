@@ -185,6 +185,9 @@ pub trait TransferStore: Send + Sync + fmt::Debug {
     ) -> StoreResult<Option<TransferRecord>>;
     /// Every open transfer (for reclaiming expired ones).
     async fn transfers(&self) -> StoreResult<Vec<TransferRecord>>;
+    /// How many transfers `sender` has open: the server checks this on every
+    /// hello, so it must not cost a read of every open transfer.
+    async fn open_transfer_count(&self, sender: [u8; 32]) -> StoreResult<u64>;
     /// Forgets an open transfer (missing is not an error).
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()>;
 }

@@ -251,6 +251,31 @@ async fn transfers_round_trip(s: &dyn Store) {
     );
 }
 
+async fn open_transfer_count_is_per_sender(s: &dyn Store) {
+    let mut neighbour = TransferRecord {
+        sender: [1; 32],
+        ..transfer_record(50, b"batch", 1)
+    };
+    // A key that differs only in its last byte sorts right after [1; 32]'s entries.
+    neighbour.sender[31] = 2;
+    assert_eq!(s.open_transfer_count([1; 32]).await.unwrap(), 0);
+    for r in [
+        transfer_record(51, b"a", 1),
+        transfer_record(52, b"b", 1),
+        transfer_record(53, HOSTILE, 1),
+        transfer_record(54, b"a", 0),
+        neighbour.clone(),
+    ] {
+        s.put_transfer(r).await.unwrap();
+    }
+    assert_eq!(s.open_transfer_count([1; 32]).await.unwrap(), 3);
+    assert_eq!(s.open_transfer_count(neighbour.sender).await.unwrap(), 1);
+    assert_eq!(s.open_transfer_count([0; 32]).await.unwrap(), 1);
+    assert_eq!(s.open_transfer_count([9; 32]).await.unwrap(), 0);
+    s.delete_transfer(tid(52)).await.unwrap();
+    assert_eq!(s.open_transfer_count([1; 32]).await.unwrap(), 2);
+}
+
 /// Batch ids that are not file names, nor even UTF-8.
 fn hostile_batch_ids() -> Vec<Vec<u8>> {
     vec![
@@ -367,6 +392,7 @@ conformance!(
     segment_length_must_match_record,
     delete_segments_semantics,
     transfers_round_trip,
+    open_transfer_count_is_per_sender,
     hostile_batch_ids_are_just_bytes,
     batches_round_trip,
 );
