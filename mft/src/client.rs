@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use flow::{Endpoint, FlowReader, FlowWriter, Manager, PeerKey};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::crypto::{self, Chain, Cipher, context};
@@ -576,12 +576,13 @@ impl Sender {
         let pool = Arc::new(BufferPool::default());
         // The producer stays a few sealed segments ahead of the flows.
         let (tx, rx) = mpsc::channel(4);
+        let (first_is_last, single) = oneshot::channel();
         let producer = tokio::spawn(produce(
             reader,
             self.manager.identity().clone(),
             secret.clone(),
             batch_id.to_vec(),
-            tx,
+            Outlet { tx, first_is_last },
             matches!(metadata, Metadata::Deferred(_)),
             pool.clone(),
         ));
@@ -600,8 +601,14 @@ impl Sender {
             progress: Mutex::new(()),
             events: self.events.clone(),
         });
+        // A batch of one segment (or none) needs one flow, not `streams` of them:
+        // small batches would pay for workers with nothing to send.
+        let streams = match single.await {
+            Ok(false) => self.config.streams,
+            Ok(true) | Err(_) => 1,
+        };
         let mut workers = JoinSet::new();
-        for _ in 0..self.config.streams {
+        for _ in 0..streams {
             workers.spawn(send_segments(shared.clone()));
         }
         // One incident (a lost connection fails every worker on it) costs one
@@ -936,6 +943,14 @@ impl BufferPool {
     }
 }
 
+/// Where the producer's output goes.
+struct Outlet {
+    /// The sealed segments, in order.
+    tx: mpsc::Sender<Pending>,
+    /// Told once the first chunk is read: whether it is also the last.
+    first_is_last: oneshot::Sender<bool>,
+}
+
 /// Reads one chunk into `buf`: a full one, or less at the end of the input.
 async fn read_chunk(
     reader: &mut (impl AsyncRead + Unpin),
@@ -962,10 +977,12 @@ async fn produce(
     identity: flow::Identity,
     secret: PushSecret,
     batch_id: Vec<u8>,
-    tx: mpsc::Sender<Pending>,
+    out: Outlet,
     digest: bool,
     pool: Arc<BufferPool>,
 ) -> Result<Produced> {
+    let Outlet { tx, first_is_last } = out;
+    let mut first_is_last = Some(first_is_last);
     let chunk = secret.chunk_size as usize;
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
     let mut sealer = Sealer {
@@ -983,16 +1000,28 @@ async fn produce(
         let plaintext = std::mem::take(&mut next);
         let plaintext_len = plaintext.len() as u64;
         let last = plaintext.len() < chunk;
-        let sealing = tokio::task::spawn_blocking(move || {
-            let sealed = sealer.seal(index, plaintext);
-            (sealer, sealed)
-        });
+        if index == 0 {
+            // Every worker beyond the first has something to do only if there is
+            // a second segment.
+            let _ = first_is_last.take().map(|tx| tx.send(last));
+        }
+        let inline = plaintext.len() <= crypto::INLINE_CRYPTO_MAX;
+        let sealing = async move {
+            if inline {
+                let sealed = sealer.seal(index, plaintext);
+                return Ok((sealer, sealed));
+            }
+            tokio::task::spawn_blocking(move || {
+                let sealed = sealer.seal(index, plaintext);
+                (sealer, sealed)
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))
+        };
         // Queue this segment as soon as it is sealed, and read the next chunk
         // meanwhile: a slow input (a pipe) never holds back a sealed segment.
         let queue = async {
-            let (returned, (ciphertext, tag, signature)) = sealing
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            let (returned, (ciphertext, tag, signature)) = sealing.await?;
             chain.push(ciphertext.len() as u32, &tag);
             let pending = Pending {
                 index,

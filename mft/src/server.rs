@@ -667,22 +667,31 @@ impl Server {
                 format!("segment {index} signature"),
             ));
         }
-        // Authenticate the ciphertext (one AES-GCM pass) off the I/O tasks; what is
-        // stored is the ciphertext itself, so data stays encrypted at rest.
-        // The plaintext goes to a scratch buffer that the flow reuses for every
-        // segment, so checking costs no allocation.
-        let cipher = open.cipher.clone();
-        let ciphertext = segment.ciphertext.clone();
-        let mut buf = std::mem::take(scratch);
-        let (authentic, buf) = tokio::task::spawn_blocking(move || {
+        // Authenticate the ciphertext (one AES-GCM pass) off the I/O tasks, unless
+        // it is small enough that the hop would cost more; what is stored is the
+        // ciphertext itself, so data stays encrypted at rest. The plaintext goes to
+        // a scratch buffer that the flow reuses for every segment, so checking
+        // costs no allocation.
+        let authenticate = move |cipher: &crypto::Cipher, ciphertext: &[u8], buf: &mut Vec<u8>| {
             buf.clear();
-            buf.extend_from_slice(&ciphertext);
-            let ok = crypto::open_segment(&cipher, &transfer_id, index, &mut buf).is_ok();
-            (ok, buf)
-        })
-        .await
-        .unwrap_or((false, Vec::new()));
-        *scratch = buf;
+            buf.extend_from_slice(ciphertext);
+            crypto::open_segment(cipher, &transfer_id, index, buf).is_ok()
+        };
+        let authentic = if len <= crypto::INLINE_CRYPTO_MAX + wire::TAG_LEN {
+            authenticate(&open.cipher, &segment.ciphertext, scratch)
+        } else {
+            let cipher = open.cipher.clone();
+            let ciphertext = segment.ciphertext.clone();
+            let mut buf = std::mem::take(scratch);
+            let (authentic, buf) = tokio::task::spawn_blocking(move || {
+                let ok = authenticate(&cipher, &ciphertext, &mut buf);
+                (ok, buf)
+            })
+            .await
+            .unwrap_or((false, Vec::new()));
+            *scratch = buf;
+            authentic
+        };
         if !authentic {
             return Err(refusal(
                 RefuseCode::BadSegment,
