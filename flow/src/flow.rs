@@ -3,7 +3,8 @@
 //!
 //! Message framing (normative; see `docs/PROTOCOL.md`): a message is a 4-byte
 //! big-endian length `n` followed by `n` bytes. A reader refuses a length above its
-//! limit before allocating, and grows its buffer only as bytes actually arrive.
+//! limit before allocating, and grows its buffer only as bytes actually arrive,
+//! beyond the largest message the peer has already sent.
 
 use std::io;
 use std::pin::Pin;
@@ -31,67 +32,90 @@ pub(crate) async fn read_frame<R>(reader: &mut R, max: usize) -> Result<Option<B
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    read_frame_into(reader, max, &mut BytesMut::new()).await
+    MessageBuffer::default().read_frame(reader, max).await
 }
 
-/// Reads one length-prefixed message into `buf`, which keeps its capacity for the
-/// next message: once the message handed out is dropped, the next one reuses the
-/// same memory, so a flow of large messages costs no allocation, copy or page fault
-/// per message. The buffer still grows only as bytes arrive.
-pub(crate) async fn read_frame_into<R>(
-    reader: &mut R,
-    max: usize,
-    buf: &mut BytesMut,
-) -> Result<Option<Bytes>>
-where
-    R: AsyncRead + Unpin + ?Sized,
-{
-    let mut header = [0u8; 4];
-    let mut filled = 0;
-    while filled < header.len() {
-        let n = reader
-            .read(&mut header[filled..])
-            .await
-            .map_err(Error::from_io)?;
-        if n == 0 {
-            if filled == 0 {
-                return Ok(None);
+/// Where a reader's messages land: one buffer reused for every message, and the
+/// largest message this peer has sent so far.
+///
+/// Once the message handed out is dropped, the next one reuses the same memory, so
+/// a flow of large messages costs no allocation, copy or page fault per message.
+/// The first message of a size grows the buffer only as its bytes arrive; later
+/// ones up to that size get their whole length up front, since the peer has shown
+/// it sends them. (Growing a buffer copies what it holds: doing that for every
+/// message was a whole extra copy of each segment.)
+#[derive(Default)]
+pub(crate) struct MessageBuffer {
+    buf: BytesMut,
+    largest: usize,
+    /// How often a message outgrew the buffer (tests check it stays put).
+    #[cfg(test)]
+    grows: usize,
+}
+
+impl MessageBuffer {
+    /// Reads one length-prefixed message; `Ok(None)` at a clean end of stream.
+    pub(crate) async fn read_frame<R>(
+        &mut self,
+        reader: &mut R,
+        max: usize,
+    ) -> Result<Option<Bytes>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let mut header = [0u8; 4];
+        let mut filled = 0;
+        while filled < header.len() {
+            let n = reader
+                .read(&mut header[filled..])
+                .await
+                .map_err(Error::from_io)?;
+            if n == 0 {
+                if filled == 0 {
+                    return Ok(None);
+                }
+                return Err(Error::new(Reason::ClosedByPeer(
+                    "flow ended inside a message header".into(),
+                )));
             }
-            return Err(Error::new(Reason::ClosedByPeer(
-                "flow ended inside a message header".into(),
-            )));
+            filled += n;
         }
-        filled += n;
-    }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > max {
-        return Err(Error::new(Reason::MessageTooLarge {
-            len: len as u64,
-            max: max as u64,
-        }));
-    }
-    buf.clear();
-    // Reclaims the memory of earlier messages once they are dropped.
-    buf.reserve(len.min(INITIAL_MSG_RESERVATION));
-    while buf.len() < len {
-        if buf.len() == buf.capacity() {
-            // Double as data arrives, never beyond the announced length.
-            buf.reserve((len - buf.len()).min(buf.len().max(INITIAL_MSG_RESERVATION)));
+        let len = u32::from_be_bytes(header) as usize;
+        if len > max {
+            return Err(Error::new(Reason::MessageTooLarge {
+                len: len as u64,
+                max: max as u64,
+            }));
         }
-        let want = (len - buf.len()) as u64;
-        let n = (&mut *reader)
-            .take(want)
-            .read_buf(&mut *buf)
-            .await
-            .map_err(Error::from_io)?;
-        if n == 0 {
-            return Err(Error::new(Reason::ClosedByPeer(format!(
-                "flow ended after {} of {len} message bytes",
-                buf.len()
-            ))));
+        let buf = &mut self.buf;
+        buf.clear();
+        // Reclaims the memory of earlier messages once they are dropped.
+        buf.reserve(len.min(self.largest.max(INITIAL_MSG_RESERVATION)));
+        while buf.len() < len {
+            if buf.len() == buf.capacity() {
+                #[cfg(test)]
+                {
+                    self.grows += 1;
+                }
+                // Double as data arrives, never beyond the announced length.
+                buf.reserve((len - buf.len()).min(buf.len().max(INITIAL_MSG_RESERVATION)));
+            }
+            let want = (len - buf.len()) as u64;
+            let n = (&mut *reader)
+                .take(want)
+                .read_buf(&mut *buf)
+                .await
+                .map_err(Error::from_io)?;
+            if n == 0 {
+                return Err(Error::new(Reason::ClosedByPeer(format!(
+                    "flow ended after {} of {len} message bytes",
+                    buf.len()
+                ))));
+            }
         }
+        self.largest = self.largest.max(len);
+        Ok(Some(buf.split().freeze()))
     }
-    Ok(Some(buf.split().freeze()))
 }
 
 /// Writes one message made of `parts`, concatenated, behind its length prefix.
@@ -145,7 +169,7 @@ impl Flow {
                 recv: raw.recv,
                 guard: guard.clone(),
                 max_msg_size,
-                buf: BytesMut::new(),
+                buf: MessageBuffer::default(),
             },
             writer: FlowWriter {
                 send: raw.send,
@@ -259,15 +283,16 @@ pub struct FlowReader {
     recv: Pin<Box<dyn AsyncRead + Send>>,
     guard: FlowGuard,
     max_msg_size: usize,
-    /// Reused for every message (see `read_frame_into`).
-    buf: BytesMut,
+    /// Reused for every message.
+    buf: MessageBuffer,
 }
 
 impl FlowReader {
     /// Receives one message; see [`Flow::read_msg`].
     pub async fn read_msg(&mut self) -> Result<Option<Bytes>> {
         let endpoint = self.guard.conn().remote_endpoint().clone();
-        read_frame_into(&mut self.recv, self.max_msg_size, &mut self.buf)
+        self.buf
+            .read_frame(&mut self.recv, self.max_msg_size)
             .await
             .map_err(|e| e.with_endpoint(endpoint))
     }
@@ -395,35 +420,50 @@ mod tests {
 
     #[tokio::test]
     async fn a_reused_buffer_holds_each_message_in_the_same_memory() {
+        // A size just past a power of two, as a 1 MiB segment with its header,
+        // tag and signature is.
+        const LEN: usize = (1 << 20) + 109;
         let mut wire = Vec::new();
-        for fill in [1u8, 2, 3] {
-            write_frame(&mut wire, &[&vec![fill; 300_000]])
-                .await
-                .unwrap();
+        for fill in [1u8, 2, 3, 4, 5] {
+            write_frame(&mut wire, &[&vec![fill; LEN]]).await.unwrap();
         }
         let mut r = &wire[..];
-        let mut buf = BytesMut::new();
-        let first = read_frame_into(&mut r, 1 << 20, &mut buf)
-            .await
-            .unwrap()
-            .unwrap();
+        let mut buf = MessageBuffer::default();
+        let first = buf.read_frame(&mut r, 2 << 20).await.unwrap().unwrap();
         assert!(first.iter().all(|&b| b == 1));
         let at = first.as_ptr();
+        let grown = buf.grows;
+        assert!(grown > 0, "the first message grows as it arrives");
         drop(first);
-        // Dropped before the next read: the next message lands where it was.
-        let second = read_frame_into(&mut r, 1 << 20, &mut buf)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(second.len() == 300_000 && second.iter().all(|&b| b == 2));
-        assert_eq!(second.as_ptr(), at, "the buffer was not reused");
+        // Dropped before the next read: the next message lands where it was, and
+        // in one piece: growing a buffer copies it.
+        for fill in [2u8, 3] {
+            let next = buf.read_frame(&mut r, 2 << 20).await.unwrap().unwrap();
+            assert!(next.len() == LEN && next.iter().all(|&b| b == fill));
+            assert_eq!(next.as_ptr(), at, "the buffer was not reused");
+            assert_eq!(buf.grows, grown, "message {fill} grew the buffer");
+        }
         // Still held: the next message gets fresh memory and both stay intact.
-        let third = read_frame_into(&mut r, 1 << 20, &mut buf)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_ne!(third.as_ptr(), at);
-        assert!(second.iter().all(|&b| b == 2) && third.iter().all(|&b| b == 3));
+        let fourth = buf.read_frame(&mut r, 2 << 20).await.unwrap().unwrap();
+        let fifth = buf.read_frame(&mut r, 2 << 20).await.unwrap().unwrap();
+        assert_ne!(fifth.as_ptr(), fourth.as_ptr());
+        assert!(fourth.iter().all(|&b| b == 4) && fifth.iter().all(|&b| b == 5));
+    }
+
+    #[tokio::test]
+    async fn a_peer_must_send_a_size_before_it_is_reserved_up_front() {
+        // Announcing 1 MiB and sending 10 bytes holds 64 KiB, not 1 MiB.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        a.write_all(&[0u8; 10]).await.unwrap();
+        let mut buf = MessageBuffer::default();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            buf.read_frame(&mut b, 2 << 20),
+        )
+        .await;
+        assert!(read.is_err(), "the message cannot be complete");
+        assert_eq!(buf.buf.capacity(), INITIAL_MSG_RESERVATION);
     }
 
     #[tokio::test]
