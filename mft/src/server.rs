@@ -472,9 +472,8 @@ impl Server {
             deadline_unix: now.saturating_add(self.inner.config.transfer_deadline.as_secs()),
         };
         store
-            .put_secret(transfer, self.seal_at_rest(&transfer, &secret))
+            .put_transfer_with_secret(record.clone(), self.seal_at_rest(&transfer, &secret))
             .await?;
-        store.put_transfer(record.clone()).await?;
         let open = Arc::new(OpenTransfer {
             cipher: Cipher::new(&secret.data_key),
             record,
@@ -847,7 +846,7 @@ impl Server {
             completed_unix: receipt.completed_unix,
             receipt: Message::Receipt(receipt.clone()).encode(),
         };
-        match self.inner.store.put_batch(record).await {
+        match self.inner.store.complete_transfer(record).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists(_)) => {
                 return Err(refusal(
@@ -857,7 +856,6 @@ impl Server {
             }
             Err(e) => return Err(e.into()),
         }
-        self.inner.store.delete_transfer(transfer).await?;
         self.lock_open().remove(&transfer);
         tracing::info!(%peer, %transfer, segments = count, bytes = size, "batch completed");
         Ok(Some(Message::Receipt(receipt)))

@@ -22,12 +22,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::memory::{check_len, printable};
 use super::{
-    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, StoreError, StoreResult,
-    TransferId, TransferRecord, TransferStore,
+    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
+    StoreResult, TransferId, TransferRecord, TransferStore,
 };
 
 /// The database file's name inside the store directory.
@@ -331,39 +331,20 @@ impl Inner {
     }
 
     fn put_transfer(&self, record: &TransferRecord) -> StoreResult<()> {
-        let value = encode_transfer(record)?;
-        let index_key = batch_index_key(&record.sender, &record.batch_id);
         let tx = self.db.begin_write().or_db()?;
-        {
-            // Both checks and both inserts in one write transaction: redb runs one
-            // at a time, so a concurrent duplicate cannot slip between check and insert.
-            let mut transfers = tx.open_table(TRANSFERS).or_db()?;
-            let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
-            if transfers
-                .get(record.transfer.0.as_slice())
-                .or_db()?
-                .is_some()
-            {
-                return Err(StoreError::AlreadyExists(format!(
-                    "transfer {}",
-                    record.transfer
-                )));
-            }
-            // The index holds one transfer per (sender, batch id); a second would
-            // make `find_transfer` ambiguous.
-            if index.get(index_key.as_slice()).or_db()?.is_some() {
-                return Err(StoreError::AlreadyExists(format!(
-                    "an open transfer of this sender for batch {}",
-                    printable(&record.batch_id)
-                )));
-            }
-            transfers
-                .insert(record.transfer.0.as_slice(), value.as_slice())
-                .or_db()?;
-            index
-                .insert(index_key.as_slice(), record.transfer.0.as_slice())
-                .or_db()?;
-        }
+        insert_transfer(&tx, record)?;
+        tx.commit().or_db()
+    }
+
+    /// The secret and the record of a new transfer, in one transaction: both or
+    /// neither.
+    fn put_transfer_with_secret(&self, record: &TransferRecord, sealed: &[u8]) -> StoreResult<()> {
+        let tx = self.db.begin_write().or_db()?;
+        tx.open_table(SECRETS)
+            .or_db()?
+            .insert(record.transfer.0.as_slice(), sealed)
+            .or_db()?;
+        insert_transfer(&tx, record)?;
         tx.commit().or_db()
     }
 
@@ -438,53 +419,22 @@ impl Inner {
     }
 
     fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
-        let id = transfer.0;
         let tx = self.db.begin_write().or_db()?;
-        {
-            let mut transfers = tx.open_table(TRANSFERS).or_db()?;
-            let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
-            let old = transfers
-                .remove(id.as_slice())
-                .or_db()?
-                .map(|v| decode_transfer(v.value(), &id));
-            match old {
-                None => {}
-                Some(Ok(record)) => {
-                    let key = batch_index_key(&record.sender, &record.batch_id);
-                    // Remove the index entry only if it is ours.
-                    let ours = index
-                        .get(key.as_slice())
-                        .or_db()?
-                        .is_some_and(|v| v.value() == id.as_slice());
-                    if ours {
-                        index.remove(key.as_slice()).or_db()?;
-                    }
-                }
-                // A record too damaged to name its index key: find the entry by value,
-                // so deleting is still a way out of the damage.
-                Some(Err(_)) => index.retain(|_, v| v != id.as_slice()).or_db()?,
-            }
-        }
+        remove_transfer(&tx, transfer)?;
         tx.commit().or_db()
     }
 
     fn put_batch(&self, record: &BatchRecord) -> StoreResult<()> {
-        let value = encode_batch(record)?;
         let tx = self.db.begin_write().or_db()?;
-        {
-            // Check and insert in one write transaction, so a duplicate is refused
-            // atomically and the stored batch is never replaced.
-            let mut table = tx.open_table(BATCHES).or_db()?;
-            if table.get(record.batch_id.as_slice()).or_db()?.is_some() {
-                return Err(StoreError::AlreadyExists(format!(
-                    "batch {}",
-                    printable(&record.batch_id)
-                )));
-            }
-            table
-                .insert(record.batch_id.as_slice(), value.as_slice())
-                .or_db()?;
-        }
+        insert_batch(&tx, record)?;
+        tx.commit().or_db()
+    }
+
+    /// The batch recorded and its open transfer forgotten, in one transaction.
+    fn complete_transfer(&self, record: &BatchRecord) -> StoreResult<()> {
+        let tx = self.db.begin_write().or_db()?;
+        insert_batch(&tx, record)?;
+        remove_transfer(&tx, record.transfer)?;
         tx.commit().or_db()
     }
 
@@ -507,6 +457,23 @@ impl Inner {
             out.push(decode_batch(v.value(), k.value())?);
         }
         Ok(out)
+    }
+}
+
+/// Each step in one redb write transaction: atomic, and one commit instead of two.
+#[async_trait]
+impl Store for FsStore {
+    async fn put_transfer_with_secret(
+        &self,
+        record: TransferRecord,
+        sealed_secret: Vec<u8>,
+    ) -> StoreResult<()> {
+        self.run(move |inner| inner.put_transfer_with_secret(&record, &sealed_secret))
+            .await
+    }
+
+    async fn complete_transfer(&self, batch: BatchRecord) -> StoreResult<()> {
+        self.run(move |inner| inner.complete_transfer(&batch)).await
     }
 }
 
@@ -636,6 +603,91 @@ impl BatchStore for FsStore {
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         self.run(|inner| inner.batches()).await
     }
+}
+
+/// Inserts an open transfer's record and its batch-index entry into `tx`, refusing
+/// a duplicate id or a second open transfer of one sender for one batch id.
+///
+/// Both checks and both inserts happen in the caller's write transaction: redb
+/// runs one at a time, so a concurrent duplicate cannot slip between check and
+/// insert, and a refusal (dropping `tx`) writes nothing.
+fn insert_transfer(tx: &WriteTransaction, record: &TransferRecord) -> StoreResult<()> {
+    let value = encode_transfer(record)?;
+    let index_key = batch_index_key(&record.sender, &record.batch_id);
+    let mut transfers = tx.open_table(TRANSFERS).or_db()?;
+    let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+    if transfers
+        .get(record.transfer.0.as_slice())
+        .or_db()?
+        .is_some()
+    {
+        return Err(StoreError::AlreadyExists(format!(
+            "transfer {}",
+            record.transfer
+        )));
+    }
+    // The index holds one transfer per (sender, batch id); a second would make
+    // `find_transfer` ambiguous.
+    if index.get(index_key.as_slice()).or_db()?.is_some() {
+        return Err(StoreError::AlreadyExists(format!(
+            "an open transfer of this sender for batch {}",
+            printable(&record.batch_id)
+        )));
+    }
+    transfers
+        .insert(record.transfer.0.as_slice(), value.as_slice())
+        .or_db()?;
+    index
+        .insert(index_key.as_slice(), record.transfer.0.as_slice())
+        .or_db()?;
+    Ok(())
+}
+
+/// Removes an open transfer's record and its batch-index entry from `tx` (missing
+/// is not an error).
+fn remove_transfer(tx: &WriteTransaction, transfer: TransferId) -> StoreResult<()> {
+    let id = transfer.0;
+    let mut transfers = tx.open_table(TRANSFERS).or_db()?;
+    let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+    let old = transfers
+        .remove(id.as_slice())
+        .or_db()?
+        .map(|v| decode_transfer(v.value(), &id));
+    match old {
+        None => {}
+        Some(Ok(record)) => {
+            let key = batch_index_key(&record.sender, &record.batch_id);
+            // Remove the index entry only if it is ours.
+            let ours = index
+                .get(key.as_slice())
+                .or_db()?
+                .is_some_and(|v| v.value() == id.as_slice());
+            if ours {
+                index.remove(key.as_slice()).or_db()?;
+            }
+        }
+        // A record too damaged to name its index key: find the entry by value, so
+        // deleting is still a way out of the damage.
+        Some(Err(_)) => index.retain(|_, v| v != id.as_slice()).or_db()?,
+    }
+    Ok(())
+}
+
+/// Inserts a completed batch into `tx`; one with the same id is refused, so a
+/// stored batch is never replaced.
+fn insert_batch(tx: &WriteTransaction, record: &BatchRecord) -> StoreResult<()> {
+    let value = encode_batch(record)?;
+    let mut table = tx.open_table(BATCHES).or_db()?;
+    if table.get(record.batch_id.as_slice()).or_db()?.is_some() {
+        return Err(StoreError::AlreadyExists(format!(
+            "batch {}",
+            printable(&record.batch_id)
+        )));
+    }
+    table
+        .insert(record.batch_id.as_slice(), value.as_slice())
+        .or_db()?;
+    Ok(())
 }
 
 // ---- Keys and record encoding ----

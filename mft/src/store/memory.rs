@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, StoreError, StoreResult,
-    TransferId, TransferRecord, TransferStore,
+    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
+    StoreResult, TransferId, TransferRecord, TransferStore,
 };
 
 /// All four stores in memory: nothing survives the process.
@@ -62,6 +62,9 @@ fn span(offset: u64, len: usize) -> StoreResult<(usize, usize)> {
         ))),
     }
 }
+
+/// The defaults: every operation here is atomic on its own.
+impl Store for MemoryStore {}
 
 #[async_trait]
 impl SecretStore for MemoryStore {

@@ -204,7 +204,35 @@ pub trait BatchStore: Send + Sync + fmt::Debug {
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>>;
 }
 
-/// All four stores, as the server uses them.
-pub trait Store: SecretStore + SegmentStore + TransferStore + BatchStore {}
+/// All four stores, as the server uses them, with the two steps of a transfer's
+/// life that touch more than one of them.
+///
+/// The defaults compose the single operations in a crash-safe order. A store that
+/// keeps several of the four in one database overrides them to make each step one
+/// atomic write (as [`FsStore`] does, which also saves a commit per step: small
+/// batches are bound by commits).
+#[async_trait]
+pub trait Store: SecretStore + SegmentStore + TransferStore + BatchStore {
+    /// Opens a transfer: stores its sealed secret, then its record, as
+    /// [`SecretStore::put_secret`] and [`TransferStore::put_transfer`] do, with the
+    /// same refusals. A refused record leaves at most a secret no record names.
+    async fn put_transfer_with_secret(
+        &self,
+        record: TransferRecord,
+        sealed_secret: Vec<u8>,
+    ) -> StoreResult<()> {
+        self.put_secret(record.transfer, sealed_secret).await?;
+        self.put_transfer(record).await
+    }
 
-impl<T: SecretStore + SegmentStore + TransferStore + BatchStore> Store for T {}
+    /// Completes a transfer: records its batch, then forgets the open transfer, as
+    /// [`BatchStore::put_batch`] and [`TransferStore::delete_transfer`] do. A batch id
+    /// that exists is [`StoreError::AlreadyExists`], and then the open transfer
+    /// stays. A crash between the two leaves an open record whose batch exists,
+    /// which reclaiming recognises.
+    async fn complete_transfer(&self, batch: BatchRecord) -> StoreResult<()> {
+        let transfer = batch.transfer;
+        self.put_batch(batch).await?;
+        self.delete_transfer(transfer).await
+    }
+}

@@ -276,6 +276,42 @@ async fn open_transfer_count_is_per_sender(s: &dyn Store) {
     assert_eq!(s.open_transfer_count([1; 32]).await.unwrap(), 2);
 }
 
+async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn Store) {
+    let t = transfer_record(60, b"life", 6);
+    s.put_transfer_with_secret(t.clone(), b"sealed".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(s.transfer(t.transfer).await.unwrap().as_ref(), Some(&t));
+    assert_eq!(s.secret(t.transfer).await.unwrap(), Some(b"sealed".to_vec()));
+    // A second open transfer of the sender for the batch is refused.
+    let twin = transfer_record(61, b"life", 6);
+    assert_already_exists(s.put_transfer_with_secret(twin, b"other".to_vec()).await);
+    assert_eq!(s.transfer(tid(61)).await.unwrap(), None);
+    assert_eq!(s.find_transfer([6; 32], b"life").await.unwrap(), Some(t.clone()));
+
+    // Completing into a batch id that exists is refused, and the transfer stays.
+    s.put_batch(batch_record(b"taken", 62)).await.unwrap();
+    let clash = BatchRecord {
+        transfer: t.transfer,
+        ..batch_record(b"taken", 63)
+    };
+    assert_already_exists(s.complete_transfer(clash).await);
+    assert_eq!(s.batch(b"taken").await.unwrap(), Some(batch_record(b"taken", 62)));
+    assert_eq!(s.transfer(t.transfer).await.unwrap().as_ref(), Some(&t));
+
+    let done = BatchRecord {
+        transfer: t.transfer,
+        ..batch_record(b"life", 64)
+    };
+    s.complete_transfer(done.clone()).await.unwrap();
+    assert_eq!(s.batch(b"life").await.unwrap(), Some(done));
+    assert_eq!(s.transfer(t.transfer).await.unwrap(), None);
+    assert_eq!(s.find_transfer([6; 32], b"life").await.unwrap(), None);
+    assert_eq!(s.open_transfer_count([6; 32]).await.unwrap(), 0);
+    // Retrieval needs the secret after completion.
+    assert_eq!(s.secret(t.transfer).await.unwrap(), Some(b"sealed".to_vec()));
+}
+
 /// Batch ids that are not file names, nor even UTF-8.
 fn hostile_batch_ids() -> Vec<Vec<u8>> {
     vec![
@@ -393,6 +429,7 @@ conformance!(
     delete_segments_semantics,
     transfers_round_trip,
     open_transfer_count_is_per_sender,
+    a_transfer_opens_with_its_secret_and_completes_into_its_batch,
     hostile_batch_ids_are_just_bytes,
     batches_round_trip,
 );
@@ -642,6 +679,18 @@ async fn fs_concurrent_duplicate_puts_store_one_copy() {
     assert_eq!(winners.len(), 1);
     assert_eq!(store.read_segment(t, 0, SEG).await.unwrap(), winners[0]);
     assert_eq!(store.segments(t).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn fs_a_refused_transfer_leaves_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let t = transfer_record(70, b"once", 7);
+    store.put_transfer(t).await.unwrap();
+    let twin = transfer_record(71, b"once", 7);
+    assert_already_exists(store.put_transfer_with_secret(twin, b"x".to_vec()).await);
+    // One transaction: the refusal wrote nothing at all.
+    assert_eq!(store.secret(tid(71)).await.unwrap(), None);
 }
 
 #[test]
