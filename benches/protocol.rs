@@ -20,6 +20,7 @@ fn push_handshake(c: &mut Criterion) {
         data_key: [3; 32],
         chunk_size: 1 << 20,
         max_metadata: 64 << 10,
+        new_transfer: true,
     };
     c.bench_function("push handshake (both sides)", |b| {
         b.iter(|| {

@@ -55,6 +55,7 @@ on_every_transport!(
     deferred_metadata_carries_the_digest_of_the_data_sent,
     deferred_metadata_that_fails_abandons_the_batch,
     one_flow_with_many_segments_in_flight_round_trips,
+    a_reopened_transfer_is_not_new_and_only_the_rest_is_sent,
 );
 
 /// Chunk size of the small round trips and of the dishonest clients' transfers.
@@ -954,6 +955,46 @@ async fn duplicate_segment_is_refused_and_the_first_copy_kept(t: Transport) {
         );
         h.server_manager.close();
     }
+}
+
+/// A sender process that died after storing some segments: a new one for the same
+/// batch id reopens the transfer, and its accept says the transfer is not new, so
+/// the sender asks what is stored and sends only the rest. (A new transfer is said
+/// to be new, and its sender skips that round trip.)
+async fn a_reopened_transfer_is_not_new_and_only_the_rest_is_sent(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let first = raw.open(b"reopened", CHUNK).await;
+    assert!(first.secret.new_transfer, "a transfer opened now is new");
+    let plain = raw_data(33);
+    let segments = first.segments(&plain);
+    assert_eq!(segments.len(), 3);
+    raw.send_ok(&segments[..2]).await;
+
+    let again = raw.open(b"reopened", CHUNK).await;
+    assert_eq!(again.secret.transfer_id, first.secret.transfer_id);
+    assert!(!again.secret.new_transfer, "a reopened transfer is not new");
+
+    let sender = h.sender();
+    let mut events = sender.subscribe();
+    let receipt = bounded(
+        "send",
+        sender.send(std::io::Cursor::new(plain.clone()), b"reopened", b"m"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(receipt.segment_count, 3);
+    let mut resumed = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let Event::Resumed { stored } = event {
+            resumed.push(stored);
+        }
+    }
+    assert_eq!(resumed, vec![2], "the sender asked what was stored");
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"reopened").await,
+        plain
+    );
 }
 
 async fn missing_segment_fails_the_completion(t: Transport) {

@@ -564,10 +564,14 @@ impl Sender {
         });
 
         // A transfer reopened by a new process (same sender, same batch id) may have
-        // segments stored already; ask once, and send only the rest.
-        let already_stored = self
-            .retrying(&mut attempt, || self.stored(secret.transfer_id))
-            .await?;
+        // segments stored already; ask once, and send only the rest. A new one has
+        // none, and the server says so in its accept.
+        let already_stored = if secret.new_transfer {
+            Stored::default()
+        } else {
+            self.retrying(&mut attempt, || self.stored(secret.transfer_id))
+                .await?
+        };
         if already_stored.count() > 0 {
             let _ = self.events.send(Event::Resumed {
                 stored: already_stored.count(),

@@ -439,7 +439,10 @@ impl Server {
             .find_transfer(*peer.as_bytes(), &hello.batch_id)
             .await?
         {
-            Some(record) => self.open_transfer(record.transfer).await?.secret.clone(),
+            Some(record) => PushSecret {
+                new_transfer: false,
+                ..self.open_transfer(record.transfer).await?.secret.clone()
+            },
             None => self.new_transfer(peer, hello).await?,
         };
         let accept = handshake::accept_push(&self.inner.identity, hello, &hello_hash, &secret)
@@ -460,6 +463,7 @@ impl Server {
             data_key: crypto::random32(),
             chunk_size: hello.chunk_size.min(self.inner.config.max_chunk_size),
             max_metadata: self.inner.config.max_metadata,
+            new_transfer: true,
         };
         let transfer = TransferId(secret.transfer_id);
         let now = now_unix();
@@ -548,6 +552,7 @@ impl Server {
                 data_key,
                 chunk_size: record.chunk_size,
                 max_metadata: self.inner.config.max_metadata,
+                new_transfer: false,
             },
             record,
         });

@@ -11,7 +11,8 @@ use std::fmt;
 use bytes::Bytes;
 
 /// The protocol version this code speaks; others are refused, never downgraded.
-pub const VERSION: u8 = 1;
+/// Version 2 added the new-transfer flag to the push secret (`docs/PROTOCOL.md`).
+pub const VERSION: u8 = 2;
 
 /// Longest batch id, in bytes.
 pub const MAX_BATCH_ID: usize = 256;
@@ -1241,12 +1242,15 @@ mod tests {
             voucher: Bytes::new(),
             signature: [3; 64],
         };
-        let mut bytes = Message::Hello(hello).encode();
-        bytes[1] = 2;
-        assert_eq!(
-            Message::decode(Bytes::from(bytes)),
-            Err(DecodeError::UnsupportedVersion(2))
-        );
+        // Version 1 (before the push secret's new-transfer flag) and the next one.
+        for version in [1, VERSION + 1] {
+            let mut bytes = Message::Hello(hello.clone()).encode();
+            bytes[1] = version;
+            assert_eq!(
+                Message::decode(Bytes::from(bytes)),
+                Err(DecodeError::UnsupportedVersion(version))
+            );
+        }
     }
 
     #[test]

@@ -282,12 +282,18 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
         .await
         .unwrap();
     assert_eq!(s.transfer(t.transfer).await.unwrap().as_ref(), Some(&t));
-    assert_eq!(s.secret(t.transfer).await.unwrap(), Some(b"sealed".to_vec()));
+    assert_eq!(
+        s.secret(t.transfer).await.unwrap(),
+        Some(b"sealed".to_vec())
+    );
     // A second open transfer of the sender for the batch is refused.
     let twin = transfer_record(61, b"life", 6);
     assert_already_exists(s.put_transfer_with_secret(twin, b"other".to_vec()).await);
     assert_eq!(s.transfer(tid(61)).await.unwrap(), None);
-    assert_eq!(s.find_transfer([6; 32], b"life").await.unwrap(), Some(t.clone()));
+    assert_eq!(
+        s.find_transfer([6; 32], b"life").await.unwrap(),
+        Some(t.clone())
+    );
 
     // Completing into a batch id that exists is refused, and the transfer stays.
     s.put_batch(batch_record(b"taken", 62)).await.unwrap();
@@ -296,7 +302,10 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
         ..batch_record(b"taken", 63)
     };
     assert_already_exists(s.complete_transfer(clash).await);
-    assert_eq!(s.batch(b"taken").await.unwrap(), Some(batch_record(b"taken", 62)));
+    assert_eq!(
+        s.batch(b"taken").await.unwrap(),
+        Some(batch_record(b"taken", 62))
+    );
     assert_eq!(s.transfer(t.transfer).await.unwrap().as_ref(), Some(&t));
 
     let done = BatchRecord {
@@ -309,7 +318,10 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
     assert_eq!(s.find_transfer([6; 32], b"life").await.unwrap(), None);
     assert_eq!(s.open_transfer_count([6; 32]).await.unwrap(), 0);
     // Retrieval needs the secret after completion.
-    assert_eq!(s.secret(t.transfer).await.unwrap(), Some(b"sealed".to_vec()));
+    assert_eq!(
+        s.secret(t.transfer).await.unwrap(),
+        Some(b"sealed".to_vec())
+    );
 }
 
 /// Batch ids that are not file names, nor even UTF-8.
