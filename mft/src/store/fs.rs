@@ -421,7 +421,22 @@ impl Inner {
     fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
         let tx = self.db.begin_write().or_db()?;
         remove_transfer(&tx, transfer)?;
-        tx.commit().or_db()
+        tx.commit().or_db()?;
+        self.forget_dir_synced(transfer);
+        Ok(())
+    }
+
+    /// A transfer no longer open takes no more segments: its entry in `dir_synced`
+    /// goes, so the set holds open transfers only instead of growing with every batch
+    /// ever stored. (Forgetting one too early only costs a directory fsync.)
+    fn forget_dir_synced(&self, transfer: TransferId) {
+        lock(&self.dir_synced).remove(&transfer);
+    }
+
+    /// How many transfers `dir_synced` holds (tests check it stays bounded).
+    #[cfg(test)]
+    fn dir_synced_len(&self) -> usize {
+        lock(&self.dir_synced).len()
     }
 
     fn put_batch(&self, record: &BatchRecord) -> StoreResult<()> {
@@ -435,7 +450,9 @@ impl Inner {
         let tx = self.db.begin_write().or_db()?;
         insert_batch(&tx, record)?;
         remove_transfer(&tx, record.transfer)?;
-        tx.commit().or_db()
+        tx.commit().or_db()?;
+        self.forget_dir_synced(record.transfer);
+        Ok(())
     }
 
     fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
@@ -552,6 +569,14 @@ impl SegmentStore for FsStore {
 
     async fn delete_segments(&self, transfer: TransferId) -> StoreResult<()> {
         self.run(move |inner| inner.delete_segments(transfer)).await
+    }
+}
+
+#[cfg(test)]
+impl FsStore {
+    /// How many transfers the store remembers as having a durable segment file entry.
+    pub(super) fn dir_synced_len(&self) -> usize {
+        self.inner.dir_synced_len()
     }
 }
 

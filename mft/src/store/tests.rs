@@ -694,6 +694,32 @@ async fn fs_concurrent_duplicate_puts_store_one_copy() {
 }
 
 #[tokio::test]
+async fn fs_remembers_synced_segment_files_only_for_open_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    for n in 0..3u8 {
+        let t = transfer_record(80 + n, &[b'c', n], 8);
+        store.put_transfer(t.clone()).await.unwrap();
+        let (info, data) = segment(0, n);
+        store.put_segment(t.transfer, info, 0, data).await.unwrap();
+        assert_eq!(store.dir_synced_len(), 1);
+        let batch = BatchRecord {
+            transfer: t.transfer,
+            ..batch_record(&[b'c', n], 80 + n)
+        };
+        store.complete_transfer(batch).await.unwrap();
+        assert_eq!(store.dir_synced_len(), 0, "batch {n}");
+    }
+    // Deleting an open transfer forgets it too.
+    let t = transfer_record(90, b"d", 9);
+    store.put_transfer(t.clone()).await.unwrap();
+    let (info, data) = segment(0, 1);
+    store.put_segment(t.transfer, info, 0, data).await.unwrap();
+    store.delete_transfer(t.transfer).await.unwrap();
+    assert_eq!(store.dir_synced_len(), 0);
+}
+
+#[tokio::test]
 async fn fs_a_refused_transfer_leaves_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path()).unwrap();
