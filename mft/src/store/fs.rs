@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
+use super::commit::Committer;
 use super::memory::{check_len, printable};
 use super::{
     BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
@@ -63,7 +64,10 @@ pub struct FsStore {
 struct Inner {
     dir: PathBuf,
     segments_dir: PathBuf,
-    db: Database,
+    db: Arc<Database>,
+    /// Every write goes through it: one transaction and one commit per group of
+    /// writes waiting together (see `commit.rs`).
+    committer: Committer,
     /// (transfer, index) pairs being stored right now. `put_segment` checks for a
     /// stored record and then writes the file; without this, two concurrent puts of
     /// one index could both pass the check and the second would overwrite the first
@@ -115,12 +119,15 @@ impl FsStore {
         tx.commit().or_db()?;
         // Makes the entries of `segments` and the database file durable.
         sync_dir(&dir)?;
+        let db = Arc::new(db);
+        let committer = Committer::start(Arc::clone(&db))?;
 
         Ok(FsStore {
             inner: Arc::new(Inner {
                 dir,
                 segments_dir,
                 db,
+                committer,
                 writing: Mutex::new(HashSet::new()),
                 written: Condvar::new(),
                 dir_synced: Mutex::new(HashSet::new()),
@@ -131,6 +138,14 @@ impl FsStore {
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Applies a write through the commit thread, durably (see `commit.rs`).
+    async fn write<F>(&self, apply: F) -> StoreResult<()>
+    where
+        F: FnOnce(&WriteTransaction) -> StoreResult<()> + Send + 'static,
+    {
+        self.inner.committer.write(Box::new(apply)).await
     }
 
     /// Runs blocking work on tokio's blocking pool: redb and file calls block, and
@@ -236,8 +251,9 @@ impl Inner {
         data: &[u8],
     ) -> StoreResult<()> {
         let key = segment_key(transfer, info.index);
+        let index = info.index;
         let exists =
-            || StoreError::AlreadyExists(format!("segment {} of transfer {transfer}", info.index));
+            move || StoreError::AlreadyExists(format!("segment {index} of transfer {transfer}"));
         let _claim = self.claim(transfer, info.index);
         // Checked before the file is touched, so a duplicate never overwrites the
         // stored copy; the claim keeps the answer true until our record is committed.
@@ -261,8 +277,7 @@ impl Inner {
         self.sync_segment_entry(transfer)?;
 
         // Only now, with the data durable, does the record say the segment exists.
-        let tx = self.db.begin_write().or_db()?;
-        {
+        self.committer.write_blocking(Box::new(move |tx| {
             let mut table = tx.open_table(SEGMENTS).or_db()?;
             if table.get(key.as_slice()).or_db()?.is_some() {
                 // Unreachable while the claim holds; refused rather than replaced anyway.
@@ -272,8 +287,8 @@ impl Inner {
             value.extend_from_slice(&info.len.to_be_bytes());
             value.extend_from_slice(&info.tag);
             table.insert(key.as_slice(), value.as_slice()).or_db()?;
-        }
-        tx.commit().or_db()
+            Ok(())
+        }))
     }
 
     fn segments(&self, transfer: TransferId) -> StoreResult<Vec<SegmentInfo>> {
@@ -313,14 +328,12 @@ impl Inner {
         // Records first: a crash between the two steps leaves an unreferenced file,
         // which a repeated delete removes, never a record pointing at missing data.
         let (lo, hi) = (segment_key(transfer, 0), segment_key(transfer, u64::MAX));
-        let tx = self.db.begin_write().or_db()?;
-        {
+        self.committer.write_blocking(Box::new(move |tx| {
             let mut table = tx.open_table(SEGMENTS).or_db()?;
             table
                 .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
-                .or_db()?;
-        }
-        tx.commit().or_db()?;
+                .or_db()
+        }))?;
 
         lock(&self.dir_synced).remove(&transfer);
         match fs::remove_file(self.segment_path(transfer)) {
@@ -328,24 +341,6 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    fn put_transfer(&self, record: &TransferRecord) -> StoreResult<()> {
-        let tx = self.db.begin_write().or_db()?;
-        insert_transfer(&tx, record)?;
-        tx.commit().or_db()
-    }
-
-    /// The secret and the record of a new transfer, in one transaction: both or
-    /// neither.
-    fn put_transfer_with_secret(&self, record: &TransferRecord, sealed: &[u8]) -> StoreResult<()> {
-        let tx = self.db.begin_write().or_db()?;
-        tx.open_table(SECRETS)
-            .or_db()?
-            .insert(record.transfer.0.as_slice(), sealed)
-            .or_db()?;
-        insert_transfer(&tx, record)?;
-        tx.commit().or_db()
     }
 
     fn transfer(&self, transfer: TransferId) -> StoreResult<Option<TransferRecord>> {
@@ -418,14 +413,6 @@ impl Inner {
         Ok(count)
     }
 
-    fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
-        let tx = self.db.begin_write().or_db()?;
-        remove_transfer(&tx, transfer)?;
-        tx.commit().or_db()?;
-        self.forget_dir_synced(transfer);
-        Ok(())
-    }
-
     /// A transfer no longer open takes no more segments: its entry in `dir_synced`
     /// goes, so the set holds open transfers only instead of growing with every batch
     /// ever stored. (Forgetting one too early only costs a directory fsync.)
@@ -437,22 +424,6 @@ impl Inner {
     #[cfg(test)]
     fn dir_synced_len(&self) -> usize {
         lock(&self.dir_synced).len()
-    }
-
-    fn put_batch(&self, record: &BatchRecord) -> StoreResult<()> {
-        let tx = self.db.begin_write().or_db()?;
-        insert_batch(&tx, record)?;
-        tx.commit().or_db()
-    }
-
-    /// The batch recorded and its open transfer forgotten, in one transaction.
-    fn complete_transfer(&self, record: &BatchRecord) -> StoreResult<()> {
-        let tx = self.db.begin_write().or_db()?;
-        insert_batch(&tx, record)?;
-        remove_transfer(&tx, record.transfer)?;
-        tx.commit().or_db()?;
-        self.forget_dir_synced(record.transfer);
-        Ok(())
     }
 
     fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
@@ -485,25 +456,42 @@ impl Store for FsStore {
         record: TransferRecord,
         sealed_secret: Vec<u8>,
     ) -> StoreResult<()> {
-        self.run(move |inner| inner.put_transfer_with_secret(&record, &sealed_secret))
-            .await
+        // Encoded here, and the record inserted first: whatever refuses the write
+        // must do so before anything is written (see `commit.rs`).
+        let value = encode_transfer(&record)?;
+        self.write(move |tx| {
+            insert_transfer(tx, &record, &value)?;
+            tx.open_table(SECRETS)
+                .or_db()?
+                .insert(record.transfer.0.as_slice(), sealed_secret.as_slice())
+                .or_db()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn complete_transfer(&self, batch: BatchRecord) -> StoreResult<()> {
-        self.run(move |inner| inner.complete_transfer(&batch)).await
+        let transfer = batch.transfer;
+        let value = encode_batch(&batch)?;
+        self.write(move |tx| {
+            insert_batch(tx, &batch, &value)?;
+            remove_transfer(tx, transfer)
+        })
+        .await?;
+        self.inner.forget_dir_synced(transfer);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl SecretStore for FsStore {
     async fn put_secret(&self, transfer: TransferId, sealed: Vec<u8>) -> StoreResult<()> {
-        self.run(move |inner| {
-            let tx = inner.db.begin_write().or_db()?;
+        self.write(move |tx| {
             tx.open_table(SECRETS)
                 .or_db()?
                 .insert(transfer.0.as_slice(), sealed.as_slice())
                 .or_db()?;
-            tx.commit().or_db()
+            Ok(())
         })
         .await
     }
@@ -521,13 +509,12 @@ impl SecretStore for FsStore {
     }
 
     async fn delete_secret(&self, transfer: TransferId) -> StoreResult<()> {
-        self.run(move |inner| {
-            let tx = inner.db.begin_write().or_db()?;
+        self.write(move |tx| {
             tx.open_table(SECRETS)
                 .or_db()?
                 .remove(transfer.0.as_slice())
                 .or_db()?;
-            tx.commit().or_db()
+            Ok(())
         })
         .await
     }
@@ -583,7 +570,9 @@ impl FsStore {
 #[async_trait]
 impl TransferStore for FsStore {
     async fn put_transfer(&self, record: TransferRecord) -> StoreResult<()> {
-        self.run(move |inner| inner.put_transfer(&record)).await
+        let value = encode_transfer(&record)?;
+        self.write(move |tx| insert_transfer(tx, &record, &value))
+            .await
     }
 
     async fn transfer(&self, transfer: TransferId) -> StoreResult<Option<TransferRecord>> {
@@ -610,14 +599,18 @@ impl TransferStore for FsStore {
     }
 
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
-        self.run(move |inner| inner.delete_transfer(transfer)).await
+        self.write(move |tx| remove_transfer(tx, transfer)).await?;
+        self.inner.forget_dir_synced(transfer);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl BatchStore for FsStore {
     async fn put_batch(&self, record: BatchRecord) -> StoreResult<()> {
-        self.run(move |inner| inner.put_batch(&record)).await
+        let value = encode_batch(&record)?;
+        self.write(move |tx| insert_batch(tx, &record, &value))
+            .await
     }
 
     async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
@@ -633,11 +626,15 @@ impl BatchStore for FsStore {
 /// Inserts an open transfer's record and its batch-index entry into `tx`, refusing
 /// a duplicate id or a second open transfer of one sender for one batch id.
 ///
-/// Both checks and both inserts happen in the caller's write transaction: redb
-/// runs one at a time, so a concurrent duplicate cannot slip between check and
-/// insert, and a refusal (dropping `tx`) writes nothing.
-fn insert_transfer(tx: &WriteTransaction, record: &TransferRecord) -> StoreResult<()> {
-    let value = encode_transfer(record)?;
+/// Both checks and both inserts happen in one write transaction, which redb runs
+/// one at a time, so a concurrent duplicate cannot slip between check and insert;
+/// and both checks come before either insert, so a refusal writes nothing and the
+/// rest of its commit group goes ahead (see `commit.rs`).
+fn insert_transfer(
+    tx: &WriteTransaction,
+    record: &TransferRecord,
+    value: &[u8],
+) -> StoreResult<()> {
     let index_key = batch_index_key(&record.sender, &record.batch_id);
     let mut transfers = tx.open_table(TRANSFERS).or_db()?;
     let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
@@ -660,7 +657,7 @@ fn insert_transfer(tx: &WriteTransaction, record: &TransferRecord) -> StoreResul
         )));
     }
     transfers
-        .insert(record.transfer.0.as_slice(), value.as_slice())
+        .insert(record.transfer.0.as_slice(), value)
         .or_db()?;
     index
         .insert(index_key.as_slice(), record.transfer.0.as_slice())
@@ -700,8 +697,7 @@ fn remove_transfer(tx: &WriteTransaction, transfer: TransferId) -> StoreResult<(
 
 /// Inserts a completed batch into `tx`; one with the same id is refused, so a
 /// stored batch is never replaced.
-fn insert_batch(tx: &WriteTransaction, record: &BatchRecord) -> StoreResult<()> {
-    let value = encode_batch(record)?;
+fn insert_batch(tx: &WriteTransaction, record: &BatchRecord, value: &[u8]) -> StoreResult<()> {
     let mut table = tx.open_table(BATCHES).or_db()?;
     if table.get(record.batch_id.as_slice()).or_db()?.is_some() {
         return Err(StoreError::AlreadyExists(format!(
@@ -709,9 +705,7 @@ fn insert_batch(tx: &WriteTransaction, record: &BatchRecord) -> StoreResult<()> 
             printable(&record.batch_id)
         )));
     }
-    table
-        .insert(record.batch_id.as_slice(), value.as_slice())
-        .or_db()?;
+    table.insert(record.batch_id.as_slice(), value).or_db()?;
     Ok(())
 }
 

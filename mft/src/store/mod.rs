@@ -16,6 +16,7 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+mod commit;
 mod fs;
 mod memory;
 #[cfg(test)]
