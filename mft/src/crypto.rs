@@ -86,7 +86,12 @@ pub struct Ephemeral {
 impl Ephemeral {
     /// A fresh key pair.
     pub fn generate() -> Self {
-        let secret = StaticSecret::from(random32());
+        Self::from_secret(random32())
+    }
+
+    /// The key pair of a given secret: for test vectors, which need fixed keys.
+    pub(crate) fn from_secret(secret: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(secret);
         let public = PublicKey::from(&secret).to_bytes();
         Ephemeral { secret, public }
     }

@@ -189,7 +189,23 @@ impl ClientHandshake {
         chunk_size: u32,
         voucher: &[u8],
     ) -> (Self, Hello) {
-        let ephemeral = Ephemeral::generate();
+        Self::push_with(
+            identity,
+            batch_id,
+            chunk_size,
+            voucher,
+            Ephemeral::generate(),
+        )
+    }
+
+    /// [`ClientHandshake::push`] with a given one-time key (fixed in test vectors).
+    pub(crate) fn push_with(
+        identity: &Identity,
+        batch_id: &[u8],
+        chunk_size: u32,
+        voucher: &[u8],
+        ephemeral: Ephemeral,
+    ) -> (Self, Hello) {
         let mut hello = Hello {
             batch_id: Bytes::copy_from_slice(batch_id),
             client_ephemeral: ephemeral.public(),
@@ -213,7 +229,16 @@ impl ClientHandshake {
 
     /// Starts a pull: the signed [`PullHello`] to send.
     pub fn pull(identity: &Identity, batch_id: &[u8], voucher: &[u8]) -> (Self, PullHello) {
-        let ephemeral = Ephemeral::generate();
+        Self::pull_with(identity, batch_id, voucher, Ephemeral::generate())
+    }
+
+    /// [`ClientHandshake::pull`] with a given one-time key (fixed in test vectors).
+    pub(crate) fn pull_with(
+        identity: &Identity,
+        batch_id: &[u8],
+        voucher: &[u8],
+        ephemeral: Ephemeral,
+    ) -> (Self, PullHello) {
         let mut hello = PullHello {
             batch_id: Bytes::copy_from_slice(batch_id),
             client_ephemeral: ephemeral.public(),
@@ -332,8 +357,8 @@ fn accept(
     hello_hash: &[u8; 64],
     client_ephemeral: &[u8; 32],
     secret: &[u8],
+    ephemeral: Ephemeral,
 ) -> std::result::Result<Accept, crypto::CryptoError> {
-    let ephemeral = Ephemeral::generate();
     let shared = ephemeral.agree(client_ephemeral)?;
     let server = *identity.public_key().as_bytes();
     let key = crypto::handshake_key(
@@ -367,12 +392,24 @@ pub fn accept_push(
     hello_hash: &[u8; 64],
     secret: &PushSecret,
 ) -> std::result::Result<Accept, crypto::CryptoError> {
+    accept_push_with(identity, hello, hello_hash, secret, Ephemeral::generate())
+}
+
+/// [`accept_push`] with a given one-time key (fixed in test vectors).
+pub(crate) fn accept_push_with(
+    identity: &Identity,
+    hello: &Hello,
+    hello_hash: &[u8; 64],
+    secret: &PushSecret,
+    ephemeral: Ephemeral,
+) -> std::result::Result<Accept, crypto::CryptoError> {
     accept(
         identity,
         Kind::Push,
         hello_hash,
         &hello.client_ephemeral,
         &secret.encode(),
+        ephemeral,
     )
 }
 
@@ -383,12 +420,24 @@ pub fn accept_pull(
     hello_hash: &[u8; 64],
     secret: &PullSecret,
 ) -> std::result::Result<Accept, crypto::CryptoError> {
+    accept_pull_with(identity, hello, hello_hash, secret, Ephemeral::generate())
+}
+
+/// [`accept_pull`] with a given one-time key (fixed in test vectors).
+pub(crate) fn accept_pull_with(
+    identity: &Identity,
+    hello: &PullHello,
+    hello_hash: &[u8; 64],
+    secret: &PullSecret,
+    ephemeral: Ephemeral,
+) -> std::result::Result<Accept, crypto::CryptoError> {
     accept(
         identity,
         Kind::Pull,
         hello_hash,
         &hello.client_ephemeral,
         &secret.encode(),
+        ephemeral,
     )
 }
 

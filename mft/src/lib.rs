@@ -57,6 +57,8 @@
 mod client;
 pub mod crypto;
 mod error;
+#[cfg(test)]
+mod golden;
 pub mod handshake;
 mod server;
 mod session;

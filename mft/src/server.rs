@@ -495,11 +495,7 @@ impl Server {
     fn seal_at_rest(&self, transfer: &TransferId, secret: &PushSecret) -> Vec<u8> {
         let mut nonce = [0u8; 12];
         crypto::fill_random(&mut nonce);
-        let aad = [context::AT_REST_AAD, &transfer.0].concat();
-        let plain = [&secret.data_key[..], &secret.completion_id[..]].concat();
-        let mut out = nonce.to_vec();
-        out.extend(crypto::seal(&self.inner.at_rest, &nonce, &aad, &plain));
-        out
+        seal_secret_at_rest(&self.inner.at_rest, transfer, secret, &nonce)
     }
 
     fn open_at_rest(
@@ -1017,6 +1013,21 @@ impl Server {
         };
         crate::stream::open_batch(&batch.batch_id, secret, source)
     }
+}
+
+/// A transfer's data key and completion id sealed under the server's at-rest key
+/// with `nonce`: nonce ‖ ciphertext ‖ tag, as the store keeps it.
+pub(crate) fn seal_secret_at_rest(
+    at_rest: &Cipher,
+    transfer: &TransferId,
+    secret: &PushSecret,
+    nonce: &[u8; 12],
+) -> Vec<u8> {
+    let aad = [context::AT_REST_AAD, &transfer.0].concat();
+    let plain = [&secret.data_key[..], &secret.completion_id[..]].concat();
+    let mut out = nonce.to_vec();
+    out.extend(crypto::seal(at_rest, nonce, &aad, &plain));
+    out
 }
 
 /// The refusal for a message over the flow's size limit: refused from its length

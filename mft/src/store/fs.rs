@@ -840,7 +840,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(super) fn encode_transfer(r: &TransferRecord) -> StoreResult<Vec<u8>> {
+pub(crate) fn encode_transfer(r: &TransferRecord) -> StoreResult<Vec<u8>> {
     let mut w = Writer::new();
     w.raw(&r.transfer.0);
     w.bytes(&r.batch_id)?;
@@ -872,7 +872,7 @@ pub(super) fn decode_transfer(value: &[u8], id: &[u8]) -> StoreResult<TransferRe
     Ok(record)
 }
 
-pub(super) fn encode_batch(r: &BatchRecord) -> StoreResult<Vec<u8>> {
+pub(crate) fn encode_batch(r: &BatchRecord) -> StoreResult<Vec<u8>> {
     let mut w = Writer::new();
     w.bytes(&r.batch_id)?;
     w.raw(&r.transfer.0);

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 mod commit;
-mod fs;
+pub(crate) mod fs;
 mod memory;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,328 @@
+//! Golden vectors: the exact bytes of every message, handshake secret and store
+//! record, made from fixed keys and nonces and compared with `golden_vectors.txt`.
+//!
+//! The vectors are one whole push and pull, built the way the client and server
+//! build them, so a change to any encoding, label, key schedule or signed body shows
+//! up here as a named difference. A change that is meant (a new protocol version)
+//! rewrites the file with `MFTQ_BLESS=1 cargo test -p mftq-mft golden`, and
+//! `docs/PROTOCOL.md` says what changed. Another implementation can check itself
+//! against the same file.
+
+use bytes::Bytes;
+use flow::Identity;
+
+use crate::crypto::{self, Chain, Cipher, Ephemeral, context};
+use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
+use crate::store::fs::{encode_batch, encode_transfer};
+use crate::store::{BatchRecord, TransferId, TransferRecord};
+use crate::wire::{
+    Complete, List, Listing, ListingEntry, Message, PullSegment, Receipt, Refuse, RefuseCode,
+    Resume, Segment, SegmentAck, Stored,
+};
+
+const FILE: &str = "golden_vectors.txt";
+
+/// A named run of bytes.
+struct Vectors(Vec<(&'static str, Vec<u8>)>);
+
+impl Vectors {
+    fn add(&mut self, name: &'static str, bytes: impl AsRef<[u8]>) {
+        self.0.push((name, bytes.as_ref().to_vec()));
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from(
+            "# mftq protocol version 2: golden vectors (see mft/src/golden.rs for the inputs)\n",
+        );
+        for (name, bytes) in &self.0 {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            out.push_str(&format!("{name} {hex}\n"));
+        }
+        out
+    }
+}
+
+fn identity(seed: u8) -> Identity {
+    Identity::from_secret_bytes(&[seed; 32]).expect("a fixed seed is a valid key")
+}
+
+/// Every vector, from fixed inputs.
+fn vectors() -> Vectors {
+    let mut v = Vectors(Vec::new());
+    let sender = identity(1);
+    let server = identity(2);
+    let batch_id = b"reports/2026-12.csv";
+    let chunk_size = 4096;
+
+    // The push handshake.
+    let (client, hello) = ClientHandshake::push_with(
+        &sender,
+        batch_id,
+        chunk_size,
+        b"voucher",
+        Ephemeral::from_secret([3; 32]),
+    );
+    v.add("hello", Message::Hello(hello.clone()).encode());
+    let push = PushSecret {
+        transfer_id: [0x11; 16],
+        completion_id: [0x22; 32],
+        data_key: [0x33; 32],
+        chunk_size,
+        max_metadata: 64 << 10,
+        new_transfer: true,
+    };
+    let hello_hash =
+        handshake::check_hello(&hello, &sender.public_key()).expect("the hello checks");
+    let accept = handshake::accept_push_with(
+        &server,
+        &hello,
+        &hello_hash,
+        &push,
+        Ephemeral::from_secret([4; 32]),
+    )
+    .expect("a fixed key agrees");
+    v.add("accept", Message::Accept(accept.clone()).encode());
+    let opened = client
+        .finish_push(&accept, &server.public_key())
+        .expect("the client opens its own accept");
+    assert_eq!(
+        opened, push,
+        "the push secret round-trips through the accept"
+    );
+
+    // Two segments: a full chunk and a short last one.
+    let cipher = Cipher::new(&push.data_key);
+    let mut chain = Chain::new(&push.transfer_id, batch_id);
+    let mut size = 0u64;
+    for (index, len) in [(0u64, chunk_size as usize), (1, 10)] {
+        let mut buf: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        size += len as u64;
+        let tag = crypto::seal_segment(&cipher, &push.transfer_id, index, &mut buf);
+        let wire_len = buf.len() as u32;
+        chain.push(wire_len, &tag);
+        let signature = crypto::sign(
+            &sender,
+            context::SEGMENT,
+            &[&crypto::segment_signed(
+                &push.transfer_id,
+                index,
+                wire_len,
+                &tag,
+            )],
+        );
+        let segment = Segment {
+            transfer_id: push.transfer_id,
+            index,
+            ciphertext: Bytes::from(buf),
+            signature,
+        };
+        v.add(
+            if index == 0 { "segment-0" } else { "segment-1" },
+            Message::Segment(segment).encode(),
+        );
+    }
+    v.add(
+        "segment-ack",
+        Message::SegmentAck(SegmentAck { index: 1 }).encode(),
+    );
+    v.add(
+        "resume",
+        Message::Resume(Resume {
+            transfer_id: push.transfer_id,
+        })
+        .encode(),
+    );
+    v.add(
+        "stored",
+        Message::Stored(Stored::from_indices([0, 1, 2, 7])).encode(),
+    );
+
+    // Completion and receipt.
+    let sealed_metadata = crypto::seal(
+        &cipher,
+        &crypto::METADATA_NONCE,
+        &crypto::metadata_aad(&push.transfer_id),
+        br#"{"name":"2026-12.csv"}"#,
+    );
+    let mut complete = Complete {
+        transfer_id: push.transfer_id,
+        segment_count: 2,
+        size,
+        completion_id: push.completion_id,
+        chain: chain.value(),
+        sealed_metadata: Bytes::from(sealed_metadata.clone()),
+        signature: [0; 64],
+    };
+    complete.signature = crypto::sign(&sender, context::COMPLETE, &[&complete.signed_bytes()]);
+    v.add("complete", Message::Complete(complete).encode());
+    let mut receipt = Receipt {
+        batch_id: Bytes::from_static(batch_id),
+        transfer_id: push.transfer_id,
+        sender: *sender.public_key().as_bytes(),
+        segment_count: 2,
+        size,
+        chain: chain.value(),
+        completed_unix: 1_796_083_200,
+        server: *server.public_key().as_bytes(),
+        signature: [0; 64],
+    };
+    receipt.signature = crypto::sign(&server, context::RECEIPT, &[&receipt.signed_bytes()]);
+    let receipt_bytes = Message::Receipt(receipt).encode();
+    v.add("receipt", &receipt_bytes);
+
+    // The pull handshake and a pulled segment.
+    let retriever = identity(5);
+    let (client, pull_hello) =
+        ClientHandshake::pull_with(&retriever, batch_id, b"", Ephemeral::from_secret([6; 32]));
+    v.add(
+        "pull-hello",
+        Message::PullHello(pull_hello.clone()).encode(),
+    );
+    let pull = PullSecret {
+        transfer_id: push.transfer_id,
+        data_key: push.data_key,
+        chunk_size,
+        segment_count: 2,
+        size,
+        chain: chain.value(),
+        sender: *sender.public_key().as_bytes(),
+        sealed_metadata: sealed_metadata.clone(),
+    };
+    let pull_hash = handshake::check_pull_hello(&pull_hello, &retriever.public_key())
+        .expect("the pull hello checks");
+    let pull_accept = handshake::accept_pull_with(
+        &server,
+        &pull_hello,
+        &pull_hash,
+        &pull,
+        Ephemeral::from_secret([7; 32]),
+    )
+    .expect("a fixed key agrees");
+    v.add(
+        "pull-accept",
+        Message::PullAccept(pull_accept.clone()).encode(),
+    );
+    assert_eq!(
+        client
+            .finish_pull(&pull_accept, &server.public_key())
+            .expect("the client opens its own pull accept"),
+        pull
+    );
+    v.add(
+        "pull-segment",
+        Message::PullSegment(PullSegment {
+            index: 1,
+            ciphertext: Bytes::from_static(&[0xab; 26]),
+        })
+        .encode(),
+    );
+
+    // Listing and refusal.
+    v.add(
+        "list",
+        Message::List(List {
+            after: Bytes::from_static(b"reports/"),
+            limit: 100,
+            voucher: Bytes::from_static(b"voucher"),
+        })
+        .encode(),
+    );
+    v.add(
+        "listing",
+        Message::Listing(Listing {
+            entries: vec![ListingEntry {
+                batch_id: Bytes::from_static(batch_id),
+                size,
+                segment_count: 2,
+                sender: *sender.public_key().as_bytes(),
+                completed_unix: 1_796_083_200,
+                metadata: Bytes::from_static(br#"{"name":"2026-12.csv"}"#),
+            }],
+            more: true,
+        })
+        .encode(),
+    );
+    v.add(
+        "refuse",
+        Message::Refuse(Refuse {
+            code: RefuseCode::Busy,
+            retry_after_ms: 1000,
+            message: "too many open transfers for this key".into(),
+        })
+        .encode(),
+    );
+
+    // What the store keeps.
+    let transfer = TransferId(push.transfer_id);
+    v.add(
+        "secret-at-rest",
+        crate::server::seal_secret_at_rest(
+            &Cipher::new(&crypto::at_rest_key(&server)),
+            &transfer,
+            &push,
+            &[0x44; 12],
+        ),
+    );
+    v.add(
+        "transfer-record",
+        encode_transfer(&TransferRecord {
+            transfer,
+            batch_id: batch_id.to_vec(),
+            sender: *sender.public_key().as_bytes(),
+            chunk_size,
+            created_unix: 1_796_000_000,
+            deadline_unix: 1_796_086_400,
+        })
+        .expect("a record within its limits encodes"),
+    );
+    v.add(
+        "batch-record",
+        encode_batch(&BatchRecord {
+            batch_id: batch_id.to_vec(),
+            transfer,
+            sender: *sender.public_key().as_bytes(),
+            chunk_size,
+            segment_count: 2,
+            size,
+            sealed_metadata,
+            chain: chain.value(),
+            completed_unix: 1_796_083_200,
+            receipt: receipt_bytes,
+        })
+        .expect("a record within its limits encodes"),
+    );
+    v
+}
+
+#[test]
+fn every_message_and_record_keeps_its_exact_bytes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(FILE);
+    let rendered = vectors().render();
+    if std::env::var_os("MFTQ_BLESS").is_some() {
+        std::fs::write(&path, &rendered).expect("write the golden vectors");
+        return;
+    }
+    let pinned = include_str!("golden_vectors.txt");
+    let lines = |s: &str| -> Vec<(String, String)> {
+        s.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (name, hex) = l.split_once(' ').unwrap_or((l, ""));
+                (name.to_string(), hex.to_string())
+            })
+            .collect()
+    };
+    let (want, got) = (lines(pinned), lines(&rendered));
+    for ((wname, whex), (gname, ghex)) in want.iter().zip(&got) {
+        assert_eq!(wname, gname, "the vectors are in a different order");
+        assert!(
+            whex == ghex,
+            "the bytes of `{wname}` changed:\n pinned {whex}\n now    {ghex}\n\
+             A deliberate change is a new protocol version: rewrite {FILE} with \
+             MFTQ_BLESS=1 and say what changed in docs/PROTOCOL.md."
+        );
+    }
+    assert_eq!(want.len(), got.len(), "vectors were added or removed");
+}
