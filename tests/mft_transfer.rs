@@ -56,6 +56,8 @@ on_every_transport!(
     deferred_metadata_that_fails_abandons_the_batch,
     one_flow_with_many_segments_in_flight_round_trips,
     a_reopened_transfer_is_not_new_and_only_the_rest_is_sent,
+    a_segment_after_completion_is_refused_and_the_batch_still_retrieves,
+    a_transfer_past_its_deadline_takes_no_segment_and_no_completion,
 );
 
 /// Chunk size of the small round trips and of the dishonest clients' transfers.
@@ -995,6 +997,81 @@ async fn a_reopened_transfer_is_not_new_and_only_the_rest_is_sent(t: Transport) 
         retrieve_all(&h.server, &h.client_key(), b"reopened").await,
         plain
     );
+}
+
+/// Regression (issue 9): a segment flow that had resolved its transfer kept storing
+/// segments after the batch completed, and retrieval then streamed them too.
+async fn a_segment_after_completion_is_refused_and_the_batch_still_retrieves(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"late", CHUNK).await;
+    let plain = raw_data(41);
+    let segments = tr.segments(&plain);
+
+    // A flow that stays open after its first segment.
+    let (mut reader, mut writer) = raw.flow().await;
+    let write = |s: &Segment| {
+        (
+            Segment::header(&s.transfer_id, s.index, s.ciphertext.len() as u32),
+            s.ciphertext.clone(),
+            s.signature,
+        )
+    };
+    let (header, body, sig) = write(&segments[0]);
+    writer.write_msg(&[&header, &body, &sig]).await.unwrap();
+    assert!(matches!(
+        recv(&mut reader).await,
+        Some(Message::SegmentAck(_))
+    ));
+    raw.send_ok(&segments[1..]).await;
+    let receipt = raw
+        .complete(&tr.honest_completion(&segments, plain.len(), b""))
+        .await
+        .unwrap();
+    assert_eq!(receipt.segment_count, 3);
+
+    // The held flow now offers a fourth, validly sealed and signed segment.
+    let extra = tr.segment(3, b"appended after the receipt");
+    let (header, body, sig) = write(&extra);
+    let _ = writer.write_msg(&[&header, &body, &sig]).await;
+    match recv(&mut reader).await {
+        Some(Message::Refuse(refuse)) => {
+            assert_eq!(refuse.code, RefuseCode::UnknownTransfer, "{refuse:?}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(h.store.segments(tr.id()).await.unwrap().len(), 3);
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"late").await,
+        plain
+    );
+}
+
+/// Regression (issue 9): the deadline was checked only when a transfer was loaded
+/// from the store, so one held in memory took segments and a completion after it.
+async fn a_transfer_past_its_deadline_takes_no_segment_and_no_completion(t: Transport) {
+    let mut config = ServerConfig::default();
+    config.transfer_deadline(Duration::from_secs(1));
+    let h = Harness::new(t, config).await;
+    let raw = h.raw();
+    let tr = raw.open(b"overdue", CHUNK).await;
+    let plain = raw_data(42);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments[..1]).await;
+
+    // Deadlines count whole seconds: past a 1 s deadline in at most 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refuse = raw
+        .send_refused(&segments[1..], RefuseCode::UnknownTransfer)
+        .await;
+    assert!(refuse.message.contains("expired"), "{refuse:?}");
+    raw.complete_refused(
+        &tr.honest_completion(&segments, plain.len(), b""),
+        RefuseCode::UnknownTransfer,
+    )
+    .await;
+    h.assert_no_batch(b"overdue").await;
+    assert_eq!(h.store.segments(tr.id()).await.unwrap().len(), 1);
 }
 
 async fn missing_segment_fails_the_completion(t: Transport) {

@@ -60,6 +60,7 @@ mod error;
 #[cfg(test)]
 mod golden;
 pub mod handshake;
+mod proto;
 mod server;
 mod session;
 pub mod store;

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::crypto::{self, Chain, Cipher, context};
 use crate::error::{Error, Result};
 use crate::handshake::{self, HelloProblem, PullSecret, PushSecret};
+use crate::proto::transfer::{Refused, TransferState};
 use crate::session::{self, refuse};
 use crate::store::{BatchRecord, SegmentInfo, Store, StoreError, TransferId, TransferRecord};
 use crate::stream::{BatchInfo, BatchReader, SegmentSource};
@@ -132,11 +133,41 @@ impl ServerConfig {
     }
 }
 
-/// An open transfer's keys, kept in memory while it is open.
+/// An open transfer's keys and state, kept in memory while it is open.
 struct OpenTransfer {
     record: TransferRecord,
     secret: PushSecret,
     cipher: Cipher,
+    /// Decides what the transfer may take. Segments hold it shared while they are
+    /// checked and stored; a completion or a reclaim holds it exclusively, so no
+    /// segment lands in a batch being completed, completed or reclaimed.
+    state: tokio::sync::RwLock<TransferState>,
+}
+
+impl OpenTransfer {
+    fn new(record: TransferRecord, secret: PushSecret, max_segments: u64) -> Self {
+        OpenTransfer {
+            cipher: Cipher::new(&secret.data_key),
+            state: tokio::sync::RwLock::new(TransferState::open(
+                record.deadline_unix,
+                max_segments,
+            )),
+            record,
+            secret,
+        }
+    }
+}
+
+/// The refusal the peer gets for what a transfer's state refused.
+impl From<Refused> for Refusal {
+    fn from(refused: Refused) -> Self {
+        let code = match refused {
+            Refused::Expired | Refused::Complete => RefuseCode::UnknownTransfer,
+            Refused::Completing => RefuseCode::Busy,
+            Refused::TooManySegments { .. } => RefuseCode::SegmentTooLarge,
+        };
+        refusal(code, refused.message())
+    }
 }
 
 /// The mft server. Cheap to clone.
@@ -287,6 +318,19 @@ impl Server {
             if record.deadline_unix >= now {
                 continue;
             }
+            // A transfer in memory is reclaimed only through its state: that waits
+            // for segments being stored and for a completion in progress, and a
+            // completed one is kept.
+            let open = self.lock_open().get(&record.transfer).cloned();
+            let mut state = match &open {
+                Some(open) => Some(open.state.write().await),
+                None => None,
+            };
+            if let Some(state) = state.as_mut()
+                && !state.expire(now)
+            {
+                continue;
+            }
             let completed = store
                 .batch(&record.batch_id)
                 .await?
@@ -434,24 +478,46 @@ impl Server {
             ));
         }
         // The same sender opening the same batch again resumes its open transfer,
-        // with the same keys: segments it already stored stay valid.
-        let secret = match store
-            .find_transfer(*peer.as_bytes(), &hello.batch_id)
-            .await?
-        {
-            Some(record) => PushSecret {
-                new_transfer: false,
-                ..self.open_transfer(record.transfer).await?.secret.clone()
-            },
-            None => self.new_transfer(peer, hello).await?,
-        };
+        // with the same keys: segments it already stored stay valid. Two hellos
+        // racing for a new one both end here: the store lets one open it, and the
+        // other resumes what the first opened.
+        let mut secret = None;
+        for _ in 0..2 {
+            secret = match store
+                .find_transfer(*peer.as_bytes(), &hello.batch_id)
+                .await?
+            {
+                Some(record) => Some(self.resume_transfer(record.transfer).await?),
+                None => self.new_transfer(peer, hello).await?,
+            };
+            if secret.is_some() {
+                break;
+            }
+        }
+        let secret = secret.ok_or_else(|| self.busy("the transfer is being opened; retry"))?;
         let accept = handshake::accept_push(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
         tracing::info!(%peer, transfer = %TransferId(secret.transfer_id), "transfer accepted");
         Ok(Some(Message::Accept(accept)))
     }
 
-    async fn new_transfer(&self, peer: PeerKey, hello: &Hello) -> Result<PushSecret, Refusal> {
+    /// The secret of an open transfer its sender's hello reopens.
+    async fn resume_transfer(&self, transfer: TransferId) -> Result<PushSecret, Refusal> {
+        let open = self.open_transfer(transfer).await?;
+        open.state.read().await.admit_resume(now_unix())?;
+        Ok(PushSecret {
+            new_transfer: false,
+            ..open.secret.clone()
+        })
+    }
+
+    /// Opens a new transfer for `hello`, storing its record and secret together;
+    /// `None` if another hello of the same sender opened one for the batch first.
+    async fn new_transfer(
+        &self,
+        peer: PeerKey,
+        hello: &Hello,
+    ) -> Result<Option<PushSecret>, Refusal> {
         let store = &self.inner.store;
         let open = store.open_transfer_count(*peer.as_bytes()).await?;
         if open >= self.inner.config.max_open_transfers_per_peer as u64 {
@@ -475,16 +541,22 @@ impl Server {
             created_unix: now,
             deadline_unix: now.saturating_add(self.inner.config.transfer_deadline.as_secs()),
         };
-        store
+        match store
             .put_transfer_with_secret(record.clone(), self.seal_at_rest(&transfer, &secret))
-            .await?;
-        let open = Arc::new(OpenTransfer {
-            cipher: Cipher::new(&secret.data_key),
+            .await
+        {
+            Ok(()) => {}
+            // Refused before anything was written: no secret is left behind.
+            Err(StoreError::AlreadyExists(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let open = Arc::new(OpenTransfer::new(
             record,
-            secret: secret.clone(),
-        });
+            secret.clone(),
+            self.inner.config.max_segments,
+        ));
         self.lock_open().insert(transfer, open);
-        Ok(secret)
+        Ok(Some(secret))
     }
 
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<TransferId, Arc<OpenTransfer>>> {
@@ -540,18 +612,19 @@ impl Server {
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("transfer {transfer} has no secret")))?;
         let (data_key, completion_id) = self.open_at_rest(&transfer, &sealed)?;
-        let open = Arc::new(OpenTransfer {
-            cipher: Cipher::new(&data_key),
-            secret: PushSecret {
-                transfer_id: transfer.0,
-                completion_id,
-                data_key,
-                chunk_size: record.chunk_size,
-                max_metadata: self.inner.config.max_metadata,
-                new_transfer: false,
-            },
+        let secret = PushSecret {
+            transfer_id: transfer.0,
+            completion_id,
+            data_key,
+            chunk_size: record.chunk_size,
+            max_metadata: self.inner.config.max_metadata,
+            new_transfer: false,
+        };
+        let open = Arc::new(OpenTransfer::new(
             record,
-        });
+            secret,
+            self.inner.config.max_segments,
+        ));
         self.lock_open().insert(transfer, open.clone());
         Ok(open)
     }
@@ -594,7 +667,12 @@ impl Server {
                 .acquire_many_owned(max_wire)
                 .await
                 .map_err(|_| refusal(RefuseCode::Internal, "server shutting down"))?;
+            // The state decides, and is held while the segment is stored, so a
+            // completion or reclaim cannot start in between.
+            let state = open.state.read().await;
+            state.admit_segment(segment.index, now_unix())?;
             let index = self.store_segment(&open, segment, &mut scratch).await?;
+            drop(state);
             drop(permit);
             if let Err(e) = session::send(writer, &Message::SegmentAck(SegmentAck { index })).await
             {
@@ -644,15 +722,6 @@ impl Server {
             ));
         }
         let index = segment.index;
-        if index >= self.inner.config.max_segments {
-            return Err(refusal(
-                RefuseCode::SegmentTooLarge,
-                format!(
-                    "segment index {index} exceeds the limit of {} segments",
-                    self.inner.config.max_segments
-                ),
-            ));
-        }
         let tag = segment.tag();
         let len32 = len as u32; // at most 16 MiB + 16, checked above
         let transfer_id = open.secret.transfer_id;
@@ -725,6 +794,7 @@ impl Server {
         transfer: [u8; 16],
     ) -> Result<Option<Message>, Refusal> {
         let open = self.own_transfer(peer, transfer).await?;
+        open.state.read().await.admit_resume(now_unix())?;
         let stored = self.inner.store.segments(open.record.transfer).await?;
         Ok(Some(Message::Stored(Stored::from_indices(
             stored.iter().map(|s| s.index),
@@ -737,6 +807,22 @@ impl Server {
         complete: &Complete,
     ) -> Result<Option<Message>, Refusal> {
         let open = self.own_transfer(peer, complete.transfer_id).await?;
+        // Held for the whole completion: segments wait, and then find it complete.
+        let mut state = open.state.write().await;
+        state.begin_completion(now_unix())?;
+        let outcome = self.complete_open(peer, &open, complete).await;
+        state.end_completion(outcome.is_ok());
+        outcome
+    }
+
+    /// Checks a completion against the stored segments, stores the batch and signs
+    /// its receipt. The caller holds the transfer's state as completing.
+    async fn complete_open(
+        &self,
+        peer: PeerKey,
+        open: &OpenTransfer,
+        complete: &Complete,
+    ) -> Result<Option<Message>, Refusal> {
         if !crypto::verify(
             &open.record.sender,
             context::COMPLETE,
@@ -894,7 +980,7 @@ impl Server {
             .await
             .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
         let chunk_wire = u64::from(batch.chunk_size) + wire::TAG_LEN as u64;
-        for s in self.inner.store.segments(batch.transfer).await? {
+        for s in self.batch_segments(&batch).await? {
             let data = self
                 .inner
                 .store
@@ -958,6 +1044,14 @@ impl Server {
         Ok(Some(Message::Listing(listing)))
     }
 
+    /// The segments of a completed batch: those its record counts, never more, so
+    /// nothing stored under its transfer afterwards can change what is retrieved.
+    async fn batch_segments(&self, batch: &BatchRecord) -> Result<Vec<SegmentInfo>, StoreError> {
+        let mut segments = self.inner.store.segments(batch.transfer).await?;
+        segments.retain(|s| s.index < batch.segment_count);
+        Ok(segments)
+    }
+
     /// What a retriever of `batch` needs: its key (unsealed from the store) and
     /// description.
     async fn pull_secret(&self, batch: &BatchRecord) -> Result<PullSecret, StoreError> {
@@ -1009,7 +1103,7 @@ impl Server {
             store: self.inner.store.clone(),
             transfer: batch.transfer,
             chunk_wire: u64::from(batch.chunk_size) + wire::TAG_LEN as u64,
-            segments: self.inner.store.segments(batch.transfer).await?.into_iter(),
+            segments: self.batch_segments(&batch).await?.into_iter(),
         };
         crate::stream::open_batch(&batch.batch_id, secret, source)
     }
