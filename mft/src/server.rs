@@ -478,23 +478,23 @@ impl Server {
             ));
         }
         // The same sender opening the same batch again resumes its open transfer,
-        // with the same keys: segments it already stored stay valid. Two hellos
-        // racing for a new one both end here: the store lets one open it, and the
-        // other resumes what the first opened.
-        let mut secret = None;
-        for _ in 0..2 {
-            secret = match store
-                .find_transfer(*peer.as_bytes(), &hello.batch_id)
-                .await?
-            {
-                Some(record) => Some(self.resume_transfer(record.transfer).await?),
-                None => self.new_transfer(peer, hello).await?,
-            };
-            if secret.is_some() {
-                break;
-            }
-        }
-        let secret = secret.ok_or_else(|| self.busy("the transfer is being opened; retry"))?;
+        // with the same keys: segments it already stored stay valid.
+        let sender = *peer.as_bytes();
+        let secret = match store.find_transfer(sender, &hello.batch_id).await? {
+            Some(record) => self.resume_transfer(record.transfer).await?,
+            None => match self.new_transfer(peer, hello).await? {
+                Some(secret) => secret,
+                // Another hello of this sender opened it meanwhile (the store lets
+                // only one): resume that one.
+                None => {
+                    let record = store
+                        .find_transfer(sender, &hello.batch_id)
+                        .await?
+                        .ok_or_else(|| self.busy("the transfer is being opened; retry"))?;
+                    self.resume_transfer(record.transfer).await?
+                }
+            },
+        };
         let accept = handshake::accept_push(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
         tracing::info!(%peer, transfer = %TransferId(secret.transfer_id), "transfer accepted");

@@ -223,6 +223,14 @@ mod tests {
         }
     }
 
+    /// A database in a new temporary directory, and its commit thread.
+    fn fresh() -> (tempfile::TempDir, Arc<Database>, Committer) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("db")).unwrap());
+        let committer = Committer::start(db.clone()).unwrap();
+        (dir, db, committer)
+    }
+
     /// Holds the commit thread inside a first write until `release` is passed, so
     /// that everything submitted meanwhile forms one group.
     fn hold(committer: &Arc<Committer>) -> (Arc<Barrier>, std::thread::JoinHandle<()>) {
@@ -260,9 +268,8 @@ mod tests {
 
     #[test]
     fn a_group_commits_its_writes_and_refuses_only_the_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("db")).unwrap());
-        let committer = Arc::new(Committer::start(db.clone()).unwrap());
+        let (_dir, db, committer) = fresh();
+        let committer = Arc::new(committer);
         let (release, first) = hold(&committer);
         let waiting = submit_all(&committer, vec![insert(b"a"), insert(b"b"), insert(b"a")]);
         release.wait();
@@ -279,9 +286,8 @@ mod tests {
 
     #[test]
     fn a_failed_write_aborts_its_group_and_nothing_of_it_is_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("db")).unwrap());
-        let committer = Arc::new(Committer::start(db.clone()).unwrap());
+        let (_dir, db, committer) = fresh();
+        let committer = Arc::new(committer);
         let (release, first) = hold(&committer);
         let failing: Apply = Box::new(|tx| {
             insert(b"half")(tx)?;
@@ -301,9 +307,7 @@ mod tests {
 
     #[test]
     fn a_panicking_write_fails_alone_and_the_store_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("db")).unwrap());
-        let committer = Committer::start(db.clone()).unwrap();
+        let (_dir, db, committer) = fresh();
         let outcome = committer.write_blocking(Box::new(|_| panic!("a bug in a write")));
         assert!(
             matches!(outcome, Err(StoreError::Database(_))),
