@@ -148,21 +148,37 @@ fn ping(link: &Link, count: usize, gap: Duration) -> Vec<Duration> {
 #[test]
 fn rtt_matches_the_delay() {
     let Some(_turn) = setup() else { return };
-    let link = start(LinkConfig::symmetric(LinkConditions::from_rtt(50 * MS)));
-    let rtts = ping(&link, 40, 5 * MS);
-    let (min, med, max) = (rtts[0], median(&rtts), rtts[rtts.len() - 1]);
-    let stats = link.stats();
-    eprintln!(
-        "rtt 50 ms configured: min {min:?} median {med:?} max {max:?}; relay lateness mean {:?} max {:?}",
-        stats.a_to_b.lateness_mean(),
-        stats.a_to_b.lateness_max.max(stats.b_to_a.lateness_max)
-    );
-    // Never early: each direction holds a packet at least its delay.
-    assert!(min >= 50 * MS, "{min:?}");
     // Within 3% (typically ~0.2 ms over: two relay wake-ups and the stacks).
-    assert!(med <= Duration::from_micros(51_500), "{med:?}");
-    assert_eq!(stats.a_to_b.packets_delivered, 41);
-    assert_eq!(stats.b_to_a.packets_delivered, 40);
+    let bound = Duration::from_micros(51_500);
+    // A host that stalls the relay's real-time threads shows in the relay's own
+    // lateness, which is microseconds otherwise: such a run measured the host, not
+    // the emulator, so it is measured again (at most twice more). Every run must
+    // still be never early, and the run judged must be within the bound.
+    let stalled = Duration::from_micros(100);
+    for attempt in 1..=3 {
+        let link = start(LinkConfig::symmetric(LinkConditions::from_rtt(50 * MS)));
+        let rtts = ping(&link, 40, 5 * MS);
+        let (min, med, max) = (rtts[0], median(&rtts), rtts[rtts.len() - 1]);
+        let stats = link.stats();
+        let lateness = stats
+            .a_to_b
+            .lateness_mean()
+            .max(stats.b_to_a.lateness_mean());
+        eprintln!(
+            "rtt 50 ms configured: min {min:?} median {med:?} max {max:?}; relay lateness mean {lateness:?} max {:?}",
+            stats.a_to_b.lateness_max.max(stats.b_to_a.lateness_max)
+        );
+        // Never early: each direction holds a packet at least its delay.
+        assert!(min >= 50 * MS, "{min:?}");
+        assert_eq!(stats.a_to_b.packets_delivered, 41);
+        assert_eq!(stats.b_to_a.packets_delivered, 40);
+        if med > bound && lateness > stalled && attempt < 3 {
+            eprintln!("the host stalled the relay; measuring again");
+            continue;
+        }
+        assert!(med <= bound, "{med:?}");
+        return;
+    }
 }
 
 #[test]
