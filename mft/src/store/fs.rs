@@ -22,7 +22,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use super::commit::Committer;
 use super::memory::{check_len, printable};
@@ -49,6 +52,11 @@ pub(super) const TRANSFERS_BY_BATCH: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("transfers_by_batch");
 /// Batch id → encoded [`BatchRecord`].
 pub(super) const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batches");
+/// Transfer id (16 bytes) → batch id of the batch it delivered, for
+/// `batch_of_transfer`. Written with the batch; stores made before it existed are
+/// indexed when opened.
+pub(super) const BATCHES_BY_TRANSFER: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("batches_by_transfer");
 
 /// The store on a local file system: segment files plus a redb database.
 ///
@@ -116,6 +124,7 @@ impl FsStore {
         for table in [SECRETS, SEGMENTS, TRANSFERS, TRANSFERS_BY_BATCH, BATCHES] {
             tx.open_table(table).or_db()?;
         }
+        index_batches_by_transfer(&tx)?;
         tx.commit().or_db()?;
         // Makes the entries of `segments` and the database file durable.
         sync_dir(&dir)?;
@@ -160,6 +169,24 @@ impl FsStore {
             .await
             .map_err(|e| StoreError::Io(io::Error::other(e)))?
     }
+}
+
+/// Fills the transfer → batch index from the batch table if it is missing entries
+/// (a store written before the index existed); cheap when it is complete.
+fn index_batches_by_transfer(tx: &WriteTransaction) -> StoreResult<()> {
+    let batches = tx.open_table(BATCHES).or_db()?;
+    let mut index = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
+    if index.len().or_db()? == batches.len().or_db()? {
+        return Ok(());
+    }
+    for entry in batches.iter().or_db()? {
+        let (k, v) = entry.or_db()?;
+        let record = decode_batch(v.value(), k.value())?;
+        index
+            .insert(record.transfer.0.as_slice(), record.batch_id.as_slice())
+            .or_db()?;
+    }
+    Ok(())
 }
 
 /// Creates `dir` (mode 0700) if missing; reports whether it was created.
@@ -435,6 +462,33 @@ impl Inner {
         }
     }
 
+    fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>> {
+        let tx = self.db.begin_read().or_db()?;
+        let index = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
+        let Some(batch_id) = index.get(transfer.0.as_slice()).or_db()? else {
+            return Ok(None);
+        };
+        let batch_id = batch_id.value();
+        let batches = tx.open_table(BATCHES).or_db()?;
+        // Written together, so a dangling or mismatched entry is damage.
+        let record = match batches.get(batch_id).or_db()? {
+            Some(v) => decode_batch(v.value(), batch_id)?,
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "the transfer index names missing batch {} for transfer {transfer}",
+                    printable(batch_id)
+                )));
+            }
+        };
+        if record.transfer != transfer {
+            return Err(StoreError::Corrupt(format!(
+                "the transfer index names batch {} of another transfer for transfer {transfer}",
+                printable(batch_id)
+            )));
+        }
+        Ok(Some(record))
+    }
+
     fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         let tx = self.db.begin_read().or_db()?;
         let table = tx.open_table(BATCHES).or_db()?;
@@ -618,6 +672,11 @@ impl BatchStore for FsStore {
         self.run(move |inner| inner.batch(&batch_id)).await
     }
 
+    async fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>> {
+        self.run(move |inner| inner.batch_of_transfer(transfer))
+            .await
+    }
+
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         self.run(|inner| inner.batches()).await
     }
@@ -695,17 +754,28 @@ fn remove_transfer(tx: &WriteTransaction, transfer: TransferId) -> StoreResult<(
     Ok(())
 }
 
-/// Inserts a completed batch into `tx`; one with the same id is refused, so a
-/// stored batch is never replaced.
+/// Inserts a completed batch and its transfer-index entry into `tx`; a batch with
+/// the same id, or a second batch from one transfer, is refused before anything is
+/// written, so a stored batch is never replaced.
 fn insert_batch(tx: &WriteTransaction, record: &BatchRecord, value: &[u8]) -> StoreResult<()> {
     let mut table = tx.open_table(BATCHES).or_db()?;
+    let mut index = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
     if table.get(record.batch_id.as_slice()).or_db()?.is_some() {
         return Err(StoreError::AlreadyExists(format!(
             "batch {}",
             printable(&record.batch_id)
         )));
     }
+    if index.get(record.transfer.0.as_slice()).or_db()?.is_some() {
+        return Err(StoreError::AlreadyExists(format!(
+            "a batch of transfer {}",
+            record.transfer
+        )));
+    }
     table.insert(record.batch_id.as_slice(), value).or_db()?;
+    index
+        .insert(record.transfer.0.as_slice(), record.batch_id.as_slice())
+        .or_db()?;
     Ok(())
 }
 

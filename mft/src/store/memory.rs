@@ -238,12 +238,26 @@ impl BatchStore for MemoryStore {
                 printable(&record.batch_id)
             )));
         }
+        if batches.values().any(|b| b.transfer == record.transfer) {
+            return Err(StoreError::AlreadyExists(format!(
+                "a batch of transfer {}",
+                record.transfer
+            )));
+        }
         batches.insert(record.batch_id.clone(), record);
         Ok(())
     }
 
     async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
         Ok(lock(&self.batches).get(batch_id).cloned())
+    }
+
+    async fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>> {
+        // A scan: the memory store holds test-sized data.
+        Ok(lock(&self.batches)
+            .values()
+            .find(|b| b.transfer == transfer)
+            .cloned())
     }
 
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {

@@ -196,11 +196,15 @@ pub trait TransferStore: Send + Sync + fmt::Debug {
 /// Completed batches.
 #[async_trait]
 pub trait BatchStore: Send + Sync + fmt::Debug {
-    /// Records a completed batch, durably. A batch id that exists is
-    /// [`StoreError::AlreadyExists`] and the stored batch is untouched.
+    /// Records a completed batch, durably. A batch id that exists, or a second
+    /// batch from one transfer, is [`StoreError::AlreadyExists`] and the stored
+    /// batch is untouched.
     async fn put_batch(&self, record: BatchRecord) -> StoreResult<()>;
     /// The completed batch with this id.
     async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>>;
+    /// The completed batch that `transfer` delivered, if any: a sender that lost
+    /// its receipt and completes again gets the stored one back.
+    async fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>>;
     /// Every completed batch, sorted by batch id.
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>>;
 }

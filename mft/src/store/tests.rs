@@ -313,7 +313,20 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
         ..batch_record(b"life", 64)
     };
     s.complete_transfer(done.clone()).await.unwrap();
-    assert_eq!(s.batch(b"life").await.unwrap(), Some(done));
+    assert_eq!(s.batch(b"life").await.unwrap(), Some(done.clone()));
+    // The batch is found by the transfer that delivered it, and only by that one.
+    assert_eq!(
+        s.batch_of_transfer(t.transfer).await.unwrap(),
+        Some(done.clone())
+    );
+    assert_eq!(s.batch_of_transfer(tid(61)).await.unwrap(), None);
+    // One transfer delivers one batch: a second batch naming it is refused.
+    let again = BatchRecord {
+        transfer: t.transfer,
+        ..batch_record(b"life again", 65)
+    };
+    assert_already_exists(s.put_batch(again).await);
+    assert_eq!(s.batch(b"life again").await.unwrap(), None);
     assert_eq!(s.transfer(t.transfer).await.unwrap(), None);
     assert_eq!(s.find_transfer([6; 32], b"life").await.unwrap(), None);
     assert_eq!(s.open_transfer_count([6; 32]).await.unwrap(), 0);
@@ -534,6 +547,10 @@ async fn fs_data_survives_reopen() {
     );
     assert_eq!(store.batches().await.unwrap(), vec![b.clone()]);
     assert_eq!(
+        store.batch_of_transfer(b.transfer).await.unwrap().as_ref(),
+        Some(&b)
+    );
+    assert_eq!(
         store.segments(t.transfer).await.unwrap(),
         vec![segment(0, 5).0, segment(1, 5).0]
     );
@@ -567,6 +584,35 @@ async fn fs_data_survives_reopen() {
             .await
             .unwrap(),
         segment(0, 5).1
+    );
+}
+
+/// A store written before the transfer → batch index existed is indexed when
+/// opened, so a batch completed then still answers a repeated completion.
+#[tokio::test]
+async fn fs_indexes_batches_of_an_older_store_by_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, new) = (batch_record(b"old", 7), batch_record(b"new", 8));
+    {
+        let store = FsStore::open(tmp.path()).unwrap();
+        store.put_batch(old.clone()).await.unwrap();
+        store.put_batch(new.clone()).await.unwrap();
+    }
+    // Make it look like a store from before the index: entries gone.
+    {
+        let db = Database::create(tmp.path().join(DB_FILE)).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(super::fs::BATCHES_BY_TRANSFER).unwrap();
+        tx.commit().unwrap();
+    }
+    let store = FsStore::open(tmp.path()).unwrap();
+    assert_eq!(
+        store.batch_of_transfer(old.transfer).await.unwrap(),
+        Some(old)
+    );
+    assert_eq!(
+        store.batch_of_transfer(new.transfer).await.unwrap(),
+        Some(new)
     );
 }
 

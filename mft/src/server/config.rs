@@ -1,0 +1,114 @@
+//! The server's limits.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::wire;
+
+/// Server limits, with safe defaults.
+///
+/// ```
+/// let mut config = mft::ServerConfig::default();
+/// config.max_chunk_size(4 << 20).unwrap().max_metadata(16 << 10);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub(super) max_chunk_size: u32,
+    pub(super) max_metadata: u32,
+    pub(super) max_open_transfers_per_peer: usize,
+    pub(super) max_flows_per_peer: usize,
+    pub(super) max_pending_bytes: usize,
+    pub(super) transfer_deadline: Duration,
+    pub(super) first_message_timeout: Duration,
+    pub(super) max_segments: u64,
+    pub(super) busy_retry_after: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_chunk_size: 4 << 20,
+            max_metadata: 64 << 10,
+            max_open_transfers_per_peer: 16,
+            max_flows_per_peer: 256,
+            max_pending_bytes: 256 << 20,
+            transfer_deadline: Duration::from_secs(24 * 3600),
+            first_message_timeout: Duration::from_secs(30),
+            max_segments: 1 << 24,
+            busy_retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The largest chunk a sender may use (default 4 MiB; at most 16 MiB). Segments
+    /// larger than this are refused before they are buffered.
+    pub fn max_chunk_size(&mut self, bytes: u32) -> Result<&mut Self> {
+        if !(wire::MIN_CHUNK_SIZE..=wire::MAX_CHUNK_SIZE).contains(&bytes) {
+            return Err(Error::config(
+                "max chunk size",
+                format!(
+                    "{bytes} is outside {}..={}",
+                    wire::MIN_CHUNK_SIZE,
+                    wire::MAX_CHUNK_SIZE
+                ),
+            ));
+        }
+        self.max_chunk_size = bytes;
+        Ok(self)
+    }
+
+    /// The largest metadata accepted (default 64 KiB; at most 1 MiB).
+    pub fn max_metadata(&mut self, bytes: u32) -> &mut Self {
+        self.max_metadata = bytes.min(wire::MAX_METADATA as u32);
+        self
+    }
+
+    /// Open (incomplete) transfers one key may have at once (default 16).
+    pub fn max_open_transfers_per_peer(&mut self, count: usize) -> &mut Self {
+        self.max_open_transfers_per_peer = count;
+        self
+    }
+
+    /// Flows one key may have being served at once (default 256); beyond that new
+    /// flows are refused as busy.
+    pub fn max_flows_per_peer(&mut self, count: usize) -> &mut Self {
+        self.max_flows_per_peer = count.max(1);
+        self
+    }
+
+    /// Segment bytes held in memory at once, server-wide (default 256 MiB); flows
+    /// wait (and QUIC flow control slows senders) beyond it.
+    pub fn max_pending_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// How long a transfer may stay open before it is reclaimed (default 24 h).
+    pub fn transfer_deadline(&mut self, deadline: Duration) -> &mut Self {
+        self.transfer_deadline = deadline;
+        self
+    }
+
+    /// How long a new flow may take to send its first message (default 30 s).
+    pub fn first_message_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.first_message_timeout = timeout;
+        self
+    }
+
+    /// The most segments one batch may have (default 2²⁴).
+    pub fn max_segments(&mut self, count: u64) -> &mut Self {
+        self.max_segments = count;
+        self
+    }
+
+    /// The delay a busy server asks clients to wait (default 1 s).
+    pub fn busy_retry_after(&mut self, delay: Duration) -> &mut Self {
+        self.busy_retry_after = delay;
+        self
+    }
+
+    pub(super) fn max_segment_message(&self) -> usize {
+        wire::SEGMENT_HEADER_LEN + self.max_chunk_size as usize + wire::TAG_LEN + 64
+    }
+}

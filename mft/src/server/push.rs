@@ -1,0 +1,533 @@
+//! Push transfers: hello, segments, resume and completion.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flow::{FlowReader, FlowWriter, PeerKey};
+
+use super::{Refusal, Server, now_unix, refusal, too_large};
+use crate::crypto::{self, Chain, Cipher, context};
+use crate::error::Result;
+use crate::handshake::{self, HelloProblem, PushSecret};
+use crate::proto::transfer::{Refused, TransferState};
+use crate::session;
+use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
+use crate::wire::{
+    self, Complete, Hello, Message, Receipt, RefuseCode, Segment, SegmentAck, Stored,
+};
+
+/// An open transfer's keys and state, kept in memory while it is open.
+pub(super) struct OpenTransfer {
+    pub(super) record: TransferRecord,
+    pub(super) secret: PushSecret,
+    cipher: Cipher,
+    /// Decides what the transfer may take. Segments hold it shared while they are
+    /// checked and stored; a completion or a reclaim holds it exclusively, so no
+    /// segment lands in a batch being completed, completed or reclaimed.
+    pub(super) state: tokio::sync::RwLock<TransferState>,
+}
+
+impl OpenTransfer {
+    pub(super) fn new(record: TransferRecord, secret: PushSecret, max_segments: u64) -> Self {
+        OpenTransfer {
+            cipher: Cipher::new(&secret.data_key),
+            state: tokio::sync::RwLock::new(TransferState::open(
+                record.deadline_unix,
+                max_segments,
+            )),
+            record,
+            secret,
+        }
+    }
+}
+
+/// The refusal the peer gets for what a transfer's state refused.
+impl From<Refused> for Refusal {
+    fn from(refused: Refused) -> Self {
+        let code = match refused {
+            Refused::Expired | Refused::Complete => RefuseCode::UnknownTransfer,
+            Refused::Completing => RefuseCode::Busy,
+            Refused::TooManySegments { .. } => RefuseCode::SegmentTooLarge,
+        };
+        refusal(code, refused.message())
+    }
+}
+
+impl Server {
+    pub(super) async fn handle_hello(
+        &self,
+        peer: PeerKey,
+        hello: &Hello,
+    ) -> Result<Option<Message>, Refusal> {
+        let hello_hash = handshake::check_hello(hello, &peer).map_err(|p| match p {
+            HelloProblem::IdentityMismatch => refusal(
+                RefuseCode::IdentityMismatch,
+                "the sender key is not the connection's identity",
+            ),
+            HelloProblem::BadSignature => refusal(RefuseCode::BadSignature, "hello signature"),
+        })?;
+        if !(self.inner.senders)(&peer, &hello.voucher, &hello.batch_id) {
+            return Err(refusal(
+                RefuseCode::NotAuthorized,
+                format!("key {peer} may not send this batch"),
+            ));
+        }
+        if hello.chunk_size < wire::MIN_CHUNK_SIZE {
+            return Err(refusal(
+                RefuseCode::BadMessage,
+                format!(
+                    "chunk size {} is below {}",
+                    hello.chunk_size,
+                    wire::MIN_CHUNK_SIZE
+                ),
+            ));
+        }
+        let store = &self.inner.store;
+        if store.batch(&hello.batch_id).await?.is_some() {
+            return Err(refusal(
+                RefuseCode::BatchExists,
+                "a batch with this id exists",
+            ));
+        }
+        // The same sender opening the same batch again resumes its open transfer,
+        // with the same keys: segments it already stored stay valid.
+        let sender = *peer.as_bytes();
+        let secret = match store.find_transfer(sender, &hello.batch_id).await? {
+            Some(record) => self.resume_transfer(record.transfer).await?,
+            None => match self.new_transfer(peer, hello).await? {
+                Some(secret) => secret,
+                // Another hello of this sender opened it meanwhile (the store lets
+                // only one): resume that one.
+                None => {
+                    let record = store
+                        .find_transfer(sender, &hello.batch_id)
+                        .await?
+                        .ok_or_else(|| self.busy("the transfer is being opened; retry"))?;
+                    self.resume_transfer(record.transfer).await?
+                }
+            },
+        };
+        let accept = handshake::accept_push(&self.inner.identity, hello, &hello_hash, &secret)
+            .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
+        tracing::info!(%peer, transfer = %TransferId(secret.transfer_id), "transfer accepted");
+        Ok(Some(Message::Accept(accept)))
+    }
+
+    /// The secret of an open transfer its sender's hello reopens.
+    pub(super) async fn resume_transfer(
+        &self,
+        transfer: TransferId,
+    ) -> Result<PushSecret, Refusal> {
+        let open = self.open_transfer(transfer).await?;
+        open.state.read().await.admit_resume(now_unix())?;
+        Ok(PushSecret {
+            new_transfer: false,
+            ..open.secret.clone()
+        })
+    }
+
+    /// Opens a new transfer for `hello`, storing its record and secret together;
+    /// `None` if another hello of the same sender opened one for the batch first.
+    pub(super) async fn new_transfer(
+        &self,
+        peer: PeerKey,
+        hello: &Hello,
+    ) -> Result<Option<PushSecret>, Refusal> {
+        let store = &self.inner.store;
+        let open = store.open_transfer_count(*peer.as_bytes()).await?;
+        if open >= self.inner.config.max_open_transfers_per_peer as u64 {
+            return Err(self.busy("too many open transfers for this key"));
+        }
+        let secret = PushSecret {
+            transfer_id: TransferId::random().0,
+            completion_id: crypto::random32(),
+            data_key: crypto::random32(),
+            chunk_size: hello.chunk_size.min(self.inner.config.max_chunk_size),
+            max_metadata: self.inner.config.max_metadata,
+            new_transfer: true,
+        };
+        let transfer = TransferId(secret.transfer_id);
+        let now = now_unix();
+        let record = TransferRecord {
+            transfer,
+            batch_id: hello.batch_id.to_vec(),
+            sender: *peer.as_bytes(),
+            chunk_size: secret.chunk_size,
+            created_unix: now,
+            deadline_unix: now.saturating_add(self.inner.config.transfer_deadline.as_secs()),
+        };
+        match store
+            .put_transfer_with_secret(record.clone(), self.seal_at_rest(&transfer, &secret))
+            .await
+        {
+            Ok(()) => {}
+            // Refused before anything was written: no secret is left behind.
+            Err(StoreError::AlreadyExists(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let open = Arc::new(OpenTransfer::new(
+            record,
+            secret.clone(),
+            self.inner.config.max_segments,
+        ));
+        self.lock_open().insert(transfer, open);
+        Ok(Some(secret))
+    }
+
+    /// An open transfer by id, from memory or (after a restart) from the store.
+    pub(super) async fn open_transfer(
+        &self,
+        transfer: TransferId,
+    ) -> Result<Arc<OpenTransfer>, Refusal> {
+        if let Some(open) = self.lock_open().get(&transfer) {
+            return Ok(open.clone());
+        }
+        let store = &self.inner.store;
+        let record = store
+            .transfer(transfer)
+            .await?
+            .ok_or_else(|| refusal(RefuseCode::UnknownTransfer, "no open transfer with this id"))?;
+        if record.deadline_unix < now_unix() {
+            return Err(refusal(RefuseCode::UnknownTransfer, "the transfer expired"));
+        }
+        let sealed = store
+            .secret(transfer)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("transfer {transfer} has no secret")))?;
+        let (data_key, completion_id) = self.open_at_rest(&transfer, &sealed)?;
+        let secret = PushSecret {
+            transfer_id: transfer.0,
+            completion_id,
+            data_key,
+            chunk_size: record.chunk_size,
+            max_metadata: self.inner.config.max_metadata,
+            new_transfer: false,
+        };
+        let open = Arc::new(OpenTransfer::new(
+            record,
+            secret,
+            self.inner.config.max_segments,
+        ));
+        self.lock_open().insert(transfer, open.clone());
+        Ok(open)
+    }
+
+    /// An open transfer that `peer` sent.
+    pub(super) async fn own_transfer(
+        &self,
+        peer: PeerKey,
+        transfer: [u8; 16],
+    ) -> Result<Arc<OpenTransfer>, Refusal> {
+        let open = self.open_transfer(TransferId(transfer)).await?;
+        if open.record.sender != *peer.as_bytes() {
+            // Not the owner: say nothing about whether it exists.
+            return Err(refusal(
+                RefuseCode::UnknownTransfer,
+                "no open transfer with this id",
+            ));
+        }
+        Ok(open)
+    }
+
+    pub(super) async fn handle_segments(
+        &self,
+        peer: PeerKey,
+        first: Segment,
+        reader: &mut FlowReader,
+        writer: &mut FlowWriter,
+    ) -> Result<Option<Message>, Refusal> {
+        let open = self.own_transfer(peer, first.transfer_id).await?;
+        let max_wire = self.inner.config.max_segment_message() as u32;
+        let mut segment = first;
+        let mut scratch = Vec::new();
+        loop {
+            // Hold memory for the next segment before reading it: the server-wide
+            // pending-bytes bound.
+            let permit = self
+                .inner
+                .pending
+                .clone()
+                .acquire_many_owned(max_wire)
+                .await
+                .map_err(|_| refusal(RefuseCode::Internal, "server shutting down"))?;
+            // The state decides, and is held while the segment is stored, so a
+            // completion or reclaim cannot start in between.
+            let state = open.state.read().await;
+            state.admit_segment(segment.index, now_unix())?;
+            let index = self.store_segment(&open, segment, &mut scratch).await?;
+            drop(state);
+            drop(permit);
+            if let Err(e) = session::send(writer, &Message::SegmentAck(SegmentAck { index })).await
+            {
+                tracing::debug!(%peer, error = %e, "could not acknowledge a segment");
+                return Ok(None);
+            }
+            let next = match reader.read_msg().await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "segment flow failed");
+                    return too_large(&e).map_or(Ok(None), Err);
+                }
+            };
+            segment = match Message::decode(next) {
+                Ok(Message::Segment(s)) if s.transfer_id == open.secret.transfer_id => s,
+                Ok(Message::Segment(_)) => {
+                    return Err(refusal(
+                        RefuseCode::BadMessage,
+                        "one transfer per segment flow",
+                    ));
+                }
+                Ok(other) => {
+                    return Err(refusal(
+                        RefuseCode::BadMessage,
+                        format!("expected Segment, got {}", other.name()),
+                    ));
+                }
+                Err(e) => return Err(refusal(RefuseCode::BadMessage, e.to_string())),
+            };
+        }
+    }
+
+    /// Checks one segment, stores it durably and acknowledges it.
+    pub(super) async fn store_segment(
+        &self,
+        open: &Arc<OpenTransfer>,
+        segment: Segment,
+        scratch: &mut Vec<u8>,
+    ) -> Result<u64, Refusal> {
+        let chunk_wire = open.record.chunk_size as usize + wire::TAG_LEN;
+        let len = segment.ciphertext.len();
+        if len > chunk_wire {
+            return Err(refusal(
+                RefuseCode::SegmentTooLarge,
+                format!("segment of {len} bytes exceeds the negotiated {chunk_wire}"),
+            ));
+        }
+        let index = segment.index;
+        let tag = segment.tag();
+        let len32 = len as u32; // at most 16 MiB + 16, checked above
+        let transfer_id = open.secret.transfer_id;
+        if !crypto::verify(
+            &open.record.sender,
+            context::SEGMENT,
+            &[&crypto::segment_signed(&transfer_id, index, len32, &tag)],
+            &segment.signature,
+        ) {
+            return Err(refusal(
+                RefuseCode::BadSignature,
+                format!("segment {index} signature"),
+            ));
+        }
+        // Authenticate the ciphertext (one AES-GCM pass) off the I/O tasks, unless
+        // it is small enough that the hop would cost more; what is stored is the
+        // ciphertext itself, so data stays encrypted at rest. The plaintext goes to
+        // a scratch buffer that the flow reuses for every segment, so checking
+        // costs no allocation.
+        let authenticate = move |cipher: &crypto::Cipher, ciphertext: &[u8], buf: &mut Vec<u8>| {
+            buf.clear();
+            buf.extend_from_slice(ciphertext);
+            crypto::open_segment(cipher, &transfer_id, index, buf).is_ok()
+        };
+        let authentic = if len <= crypto::INLINE_CRYPTO_MAX + wire::TAG_LEN {
+            authenticate(&open.cipher, &segment.ciphertext, scratch)
+        } else {
+            let cipher = open.cipher.clone();
+            let ciphertext = segment.ciphertext.clone();
+            let mut buf = std::mem::take(scratch);
+            let (authentic, buf) = tokio::task::spawn_blocking(move || {
+                let ok = authenticate(&cipher, &ciphertext, &mut buf);
+                (ok, buf)
+            })
+            .await
+            .unwrap_or((false, Vec::new()));
+            *scratch = buf;
+            authentic
+        };
+        if !authentic {
+            return Err(refusal(
+                RefuseCode::BadSegment,
+                format!("segment {index} fails authentication (tampered, replayed or misplaced)"),
+            ));
+        }
+        let info = SegmentInfo {
+            index,
+            len: len32,
+            tag,
+        };
+        let offset = index * chunk_wire as u64;
+        match self
+            .inner
+            .store
+            .put_segment(open.record.transfer, info, offset, segment.ciphertext)
+            .await
+        {
+            Ok(()) => Ok(index),
+            Err(StoreError::AlreadyExists(_)) => Err(refusal(
+                RefuseCode::DuplicateSegment,
+                format!("segment {index} is already stored"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn handle_resume(
+        &self,
+        peer: PeerKey,
+        transfer: [u8; 16],
+    ) -> Result<Option<Message>, Refusal> {
+        let open = self.own_transfer(peer, transfer).await?;
+        open.state.read().await.admit_resume(now_unix())?;
+        let stored = self.inner.store.segments(open.record.transfer).await?;
+        Ok(Some(Message::Stored(Stored::from_indices(
+            stored.iter().map(|s| s.index),
+        ))))
+    }
+
+    pub(super) async fn handle_complete(
+        &self,
+        peer: PeerKey,
+        complete: &Complete,
+    ) -> Result<Option<Message>, Refusal> {
+        let open = self.own_transfer(peer, complete.transfer_id).await?;
+        // Held for the whole completion: segments wait, and then find it complete.
+        let mut state = open.state.write().await;
+        state.begin_completion(now_unix())?;
+        let outcome = self.complete_open(peer, &open, complete).await;
+        state.end_completion(outcome.is_ok());
+        outcome
+    }
+
+    /// Checks a completion against the stored segments, stores the batch and signs
+    /// its receipt. The caller holds the transfer's state as completing.
+    pub(super) async fn complete_open(
+        &self,
+        peer: PeerKey,
+        open: &OpenTransfer,
+        complete: &Complete,
+    ) -> Result<Option<Message>, Refusal> {
+        if !crypto::verify(
+            &open.record.sender,
+            context::COMPLETE,
+            &[&complete.signed_bytes()],
+            &complete.signature,
+        ) {
+            return Err(refusal(RefuseCode::BadSignature, "completion signature"));
+        }
+        if !crypto::secrets_equal(&complete.completion_id, &open.secret.completion_id) {
+            return Err(refusal(
+                RefuseCode::WrongCompletionId,
+                "wrong completion id",
+            ));
+        }
+        let max_sealed = self.inner.config.max_metadata as usize + wire::TAG_LEN;
+        if complete.sealed_metadata.len() > max_sealed {
+            return Err(refusal(
+                RefuseCode::MetadataTooLarge,
+                format!(
+                    "metadata of {} bytes exceeds the limit of {}",
+                    complete.sealed_metadata.len().saturating_sub(wire::TAG_LEN),
+                    self.inner.config.max_metadata
+                ),
+            ));
+        }
+        let transfer = open.record.transfer;
+        let segments = self.inner.store.segments(transfer).await?;
+        let chunk_wire = open.record.chunk_size as u64 + wire::TAG_LEN as u64;
+        let count = segments.len() as u64;
+        let size: u64 = segments
+            .iter()
+            .map(|s| u64::from(s.len) - wire::TAG_LEN as u64)
+            .sum();
+        let contiguous = segments
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.index == i as u64);
+        if count != complete.segment_count || size != complete.size || !contiguous {
+            return Err(refusal(
+                RefuseCode::WrongSegmentCount,
+                format!(
+                    "completion claims {} segments and {} bytes; the server holds {count} segments ({} contiguous from 0) and {size} bytes",
+                    complete.segment_count,
+                    complete.size,
+                    segments
+                        .iter()
+                        .enumerate()
+                        .take_while(|(i, s)| s.index == *i as u64)
+                        .count()
+                ),
+            ));
+        }
+        // Every segment but the last must be a full chunk: a batch has one layout.
+        if segments
+            .iter()
+            .rev()
+            .skip(1)
+            .any(|s| u64::from(s.len) != chunk_wire)
+        {
+            return Err(refusal(
+                RefuseCode::WrongSegmentCount,
+                "a segment before the last is not a full chunk",
+            ));
+        }
+        let mut chain = Chain::new(&transfer.0, &open.record.batch_id);
+        for s in &segments {
+            chain.push(s.len, &s.tag);
+        }
+        if !crypto::secrets_equal(&chain.value(), &complete.chain) {
+            return Err(refusal(
+                RefuseCode::ChainMismatch,
+                "the chain hash does not match the stored segments",
+            ));
+        }
+        crypto::open(
+            &open.cipher,
+            &crypto::METADATA_NONCE,
+            &crypto::metadata_aad(&transfer.0),
+            &complete.sealed_metadata,
+        )
+        .map_err(|_| refusal(RefuseCode::BadSegment, "metadata fails authentication"))?;
+
+        let mut receipt = Receipt {
+            batch_id: Bytes::from(open.record.batch_id.clone()),
+            transfer_id: transfer.0,
+            sender: open.record.sender,
+            segment_count: count,
+            size,
+            chain: chain.value(),
+            completed_unix: now_unix(),
+            server: *self.inner.identity.public_key().as_bytes(),
+            signature: [0; 64],
+        };
+        receipt.signature = crypto::sign(
+            &self.inner.identity,
+            context::RECEIPT,
+            &[&receipt.signed_bytes()],
+        );
+        let record = BatchRecord {
+            batch_id: open.record.batch_id.clone(),
+            transfer,
+            sender: open.record.sender,
+            chunk_size: open.record.chunk_size,
+            segment_count: count,
+            size,
+            sealed_metadata: complete.sealed_metadata.to_vec(),
+            chain: chain.value(),
+            completed_unix: receipt.completed_unix,
+            receipt: Message::Receipt(receipt.clone()).encode(),
+        };
+        match self.inner.store.complete_transfer(record).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists(_)) => {
+                return Err(refusal(
+                    RefuseCode::BatchExists,
+                    "a batch with this id exists",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.lock_open().remove(&transfer);
+        tracing::info!(%peer, %transfer, segments = count, bytes = size, "batch completed");
+        Ok(Some(Message::Receipt(receipt)))
+    }
+}
