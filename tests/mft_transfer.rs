@@ -25,7 +25,9 @@ use flow::{
 };
 use mft::crypto::{self, AesGcm, Chain, context};
 use mft::handshake::{ClientHandshake, PushSecret};
-use mft::store::{BatchStore, FsStore, MemoryStore, Store, StoreError, TransferId};
+use mft::store::{
+    BatchRecord, BatchStore, FsStore, MemoryStore, Store, StoreError, TransferId, TransferRecord,
+};
 use mft::wire::{Complete, Message, Receipt, Refuse, RefuseCode, Segment};
 use mft::{ClientConfig, ErrorKind, Event, Retriever, Sender, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -58,6 +60,9 @@ on_every_transport!(
     a_reopened_transfer_is_not_new_and_only_the_rest_is_sent,
     a_segment_after_completion_is_refused_and_the_batch_still_retrieves,
     a_transfer_past_its_deadline_takes_no_segment_and_no_completion,
+    a_repeated_completion_gets_the_stored_receipt,
+    a_send_whose_receipt_is_lost_completes_again_and_succeeds,
+    two_racing_hellos_open_one_transfer_and_leave_one_secret,
 );
 
 /// Chunk size of the small round trips and of the dishonest clients' transfers.
@@ -1073,6 +1078,196 @@ async fn a_transfer_past_its_deadline_takes_no_segment_and_no_completion(t: Tran
     h.assert_no_batch(b"overdue").await;
     assert_eq!(h.store.segments(tr.id()).await.unwrap().len(), 1);
 }
+
+/// Regression (issue 9): a completion repeated after its receipt was lost got
+/// `UnknownTransfer`, although the server held the batch and its receipt, so the
+/// sender could not learn that it had succeeded.
+async fn a_repeated_completion_gets_the_stored_receipt(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"again", CHUNK).await;
+    let plain = raw_data(43);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments).await;
+    let complete = tr.honest_completion(&segments, plain.len(), b"meta");
+    let first = raw.complete(&complete).await.unwrap();
+    let again = raw.complete(&complete).await.unwrap();
+    assert_eq!(again, first, "the stored receipt, byte for byte");
+    let stored = h.store.batch(b"again").await.unwrap().unwrap();
+    assert_eq!(stored.receipt, Message::Receipt(first.clone()).encode());
+
+    // A repeat that claims other content, or lacks the secret completion id, is
+    // refused, and the batch stays as it was.
+    let (count, size) = (complete.segment_count, complete.size);
+    let id = tr.secret.completion_id;
+    let other_metadata = tr.completion(count, size, id, complete.chain, b"other");
+    raw.complete_refused(&other_metadata, RefuseCode::BatchExists)
+        .await;
+    let guessed = tr.completion(count, size, [0; 32], complete.chain, b"meta");
+    raw.complete_refused(&guessed, RefuseCode::BatchExists)
+        .await;
+    // Another key learns nothing about the transfer.
+    let stranger = Raw {
+        manager: h.t.manager(ManagerConfig::default()),
+        ..h.raw()
+    };
+    stranger
+        .complete_refused(&complete, RefuseCode::UnknownTransfer)
+        .await;
+    assert_eq!(h.store.batch(b"again").await.unwrap(), Some(stored));
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"again").await,
+        plain
+    );
+}
+
+/// The sender's side of a lost receipt: the connection dies just after the
+/// server stored the batch, the sender completes again on a new one, and gets the
+/// stored receipt: the send succeeds instead of failing on a batch it delivered.
+async fn a_send_whose_receipt_is_lost_completes_again_and_succeeds(t: Transport) {
+    let store = Arc::new(LosesFirstReceipt::default());
+    let h = Harness::with(
+        t,
+        store.clone(),
+        ServerConfig::default(),
+        allow_all(),
+        allow_all(),
+    )
+    .await;
+    store.client.set(h.client.clone()).unwrap();
+    let size = 3 * u64::from(CHUNK) + 5;
+    let sender = h.sender();
+    let mut events = sender.subscribe();
+    let receipt = bounded("send", sender.send(PrngReader::new(44, size), b"lost", b""))
+        .await
+        .unwrap();
+    h.check_receipt(&receipt, b"lost", size).await;
+    assert!(
+        store.lost.load(std::sync::atomic::Ordering::SeqCst),
+        "the hook ran"
+    );
+    let mut retried = false;
+    while let Ok(event) = events.try_recv() {
+        retried |= matches!(event, Event::Retrying { .. });
+    }
+    assert!(retried, "the completion was retried");
+    let stored = h.store.batch(b"lost").await.unwrap().unwrap();
+    assert_eq!(stored.receipt, Message::Receipt(receipt).encode());
+}
+
+/// A memory store that, the first time a batch is stored, closes the client's
+/// connections before the server can send the receipt.
+#[derive(Debug, Default)]
+struct LosesFirstReceipt {
+    inner: MemoryStore,
+    client: std::sync::OnceLock<Manager>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for LosesFirstReceipt {
+    async fn complete_transfer(&self, batch: BatchRecord) -> Result<(), StoreError> {
+        self.inner.complete_transfer(batch).await?;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            for conn in self
+                .client
+                .get()
+                .map(Manager::connections)
+                .unwrap_or_default()
+            {
+                conn.close();
+            }
+        }
+        Ok(())
+    }
+}
+
+delegate_store!(LosesFirstReceipt, inner);
+
+/// Regression (issue 9): two hellos of one sender for one batch id, both past the
+/// lookup before either opened a transfer, left the loser's secret behind, named by
+/// no transfer and never cleaned up. The store holds both at the step that opens
+/// the transfer, so they race there every time.
+async fn two_racing_hellos_open_one_transfer_and_leave_one_secret(t: Transport) {
+    let store = Arc::new(RacingOpens::default());
+    let h = Harness::with(
+        t,
+        store.clone(),
+        ServerConfig::default(),
+        allow_all(),
+        allow_all(),
+    )
+    .await;
+    let raw = h.raw();
+    let (a, b) = tokio::join!(raw.open(b"race", CHUNK), raw.open(b"race", CHUNK));
+    assert_eq!(a.id(), b.id(), "both hellos got the one transfer");
+    assert_eq!(a.secret.data_key, b.secret.data_key);
+    assert_ne!(
+        a.secret.new_transfer, b.secret.new_transfer,
+        "one opened it, the other reopened it"
+    );
+    let tried = store.opened.lock().unwrap().clone();
+    assert_eq!(tried.len(), 2, "both hellos tried to open a transfer");
+    assert!(tried.contains(&a.id()));
+    for id in tried.iter().filter(|id| **id != a.id()) {
+        assert_eq!(h.store.secret(*id).await.unwrap(), None, "loser's secret");
+    }
+    assert_eq!(h.store.transfers().await.unwrap().len(), 1);
+
+    // The transfer they share works as any other.
+    let plain = raw_data(45);
+    let segments = a.segments(&plain);
+    raw.send_ok(&segments).await;
+    raw.complete(&b.honest_completion(&segments, plain.len(), b""))
+        .await
+        .unwrap();
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"race").await,
+        plain
+    );
+}
+
+/// A memory store that makes the first two transfer opens wait for each other, and
+/// records which transfer ids were tried.
+#[derive(Debug)]
+struct RacingOpens {
+    inner: MemoryStore,
+    both_here: tokio::sync::Barrier,
+    opened: std::sync::Mutex<Vec<TransferId>>,
+}
+
+impl Default for RacingOpens {
+    fn default() -> Self {
+        RacingOpens {
+            inner: MemoryStore::new(),
+            both_here: tokio::sync::Barrier::new(2),
+            opened: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RacingOpens {
+    async fn put_transfer_with_secret(
+        &self,
+        record: TransferRecord,
+        sealed_secret: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let first_two = {
+            let mut opened = self.opened.lock().unwrap();
+            opened.push(record.transfer);
+            opened.len() <= 2
+        };
+        if first_two {
+            self.both_here.wait().await;
+        }
+        self.inner
+            .put_transfer_with_secret(record, sealed_secret)
+            .await
+    }
+}
+
+delegate_store!(RacingOpens, inner);
 
 async fn missing_segment_fails_the_completion(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use flow::{FlowReader, FlowWriter};
 
 use crate::error::{Error, Result};
-use crate::wire::{Message, Refuse, RefuseCode};
+use crate::wire::{Message, Refuse};
 
 /// Sends one message.
 pub(crate) async fn send(writer: &mut FlowWriter, message: &Message) -> Result<()> {
@@ -63,15 +63,6 @@ pub(crate) fn refused(refuse: Refuse) -> Error {
         retry_after: (refuse.retry_after_ms > 0)
             .then(|| Duration::from_millis(u64::from(refuse.retry_after_ms))),
     }
-}
-
-/// A refusal message.
-pub(crate) fn refuse(code: RefuseCode, message: impl Into<String>) -> Message {
-    Message::Refuse(Refuse {
-        code,
-        retry_after_ms: 0,
-        message: message.into(),
-    })
 }
 
 /// The error for an unexpected message.

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PullSecret;
+use crate::proto::layout::BatchLayout;
 use crate::wire;
 
 /// Plaintext segments buffered between the verifier and the reader.
@@ -128,7 +129,7 @@ async fn verify_segments(
     mut source: impl SegmentSource,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<()> {
-    let chunk_wire = secret.chunk_size as usize + wire::TAG_LEN;
+    let layout = BatchLayout::new(secret.chunk_size);
     let mut total = 0u64;
     let mut held: Option<Bytes> = None;
     for expected in 0..secret.segment_count {
@@ -145,9 +146,9 @@ async fn verify_segments(
         }
         let last = expected + 1 == secret.segment_count;
         let len = ciphertext.len();
-        if len < wire::TAG_LEN || len > chunk_wire || (!last && len != chunk_wire) {
-            return Err(Error::Integrity(format!("segment {index} has {len} bytes")));
-        }
+        layout
+            .check_place(index, len, secret.segment_count)
+            .map_err(|e| Error::Integrity(e.message()))?;
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&ciphertext[len - wire::TAG_LEN..]);
         chain.push(len as u32, &tag);

@@ -38,6 +38,127 @@ macro_rules! on_every_transport {
     };
 }
 
+/// Implements the four storage traits of `$ty` by handing every call to its field
+/// `$field`, so a test store overrides only the step it is about (in its own
+/// `impl Store`). Needs `async_trait` and the `mft::store` types in scope.
+#[allow(unused_macros)]
+macro_rules! delegate_store {
+    ($ty:ty, $field:ident) => {
+        #[async_trait::async_trait]
+        impl mft::store::SecretStore for $ty {
+            async fn put_secret(
+                &self,
+                t: mft::store::TransferId,
+                sealed: Vec<u8>,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.put_secret(t, sealed).await
+            }
+            async fn secret(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<Option<Vec<u8>>> {
+                self.$field.secret(t).await
+            }
+            async fn delete_secret(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.delete_secret(t).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl mft::store::SegmentStore for $ty {
+            async fn put_segment(
+                &self,
+                t: mft::store::TransferId,
+                info: mft::store::SegmentInfo,
+                offset: u64,
+                data: bytes::Bytes,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.put_segment(t, info, offset, data).await
+            }
+            async fn segments(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<Vec<mft::store::SegmentInfo>> {
+                self.$field.segments(t).await
+            }
+            async fn read_segment(
+                &self,
+                t: mft::store::TransferId,
+                offset: u64,
+                len: u32,
+            ) -> mft::store::StoreResult<bytes::Bytes> {
+                self.$field.read_segment(t, offset, len).await
+            }
+            async fn delete_segments(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.delete_segments(t).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl mft::store::TransferStore for $ty {
+            async fn put_transfer(
+                &self,
+                r: mft::store::TransferRecord,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.put_transfer(r).await
+            }
+            async fn transfer(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<Option<mft::store::TransferRecord>> {
+                self.$field.transfer(t).await
+            }
+            async fn find_transfer(
+                &self,
+                sender: [u8; 32],
+                batch_id: &[u8],
+            ) -> mft::store::StoreResult<Option<mft::store::TransferRecord>> {
+                self.$field.find_transfer(sender, batch_id).await
+            }
+            async fn transfers(&self) -> mft::store::StoreResult<Vec<mft::store::TransferRecord>> {
+                self.$field.transfers().await
+            }
+            async fn open_transfer_count(&self, sender: [u8; 32]) -> mft::store::StoreResult<u64> {
+                self.$field.open_transfer_count(sender).await
+            }
+            async fn delete_transfer(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.delete_transfer(t).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl mft::store::BatchStore for $ty {
+            async fn put_batch(&self, r: mft::store::BatchRecord) -> mft::store::StoreResult<()> {
+                self.$field.put_batch(r).await
+            }
+            async fn batch(
+                &self,
+                id: &[u8],
+            ) -> mft::store::StoreResult<Option<mft::store::BatchRecord>> {
+                self.$field.batch(id).await
+            }
+            async fn batch_of_transfer(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<Option<mft::store::BatchRecord>> {
+                self.$field.batch_of_transfer(t).await
+            }
+            async fn batches(&self) -> mft::store::StoreResult<Vec<mft::store::BatchRecord>> {
+                self.$field.batches().await
+            }
+        }
+    };
+}
+
 use std::sync::{Arc, Once};
 use std::time::Duration;
 

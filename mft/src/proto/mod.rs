@@ -4,4 +4,6 @@
 //! are the shells around it: they read messages, ask the core, and write what it
 //! decides.
 
+pub(crate) mod completion;
+pub(crate) mod layout;
 pub(crate) mod transfer;

@@ -11,7 +11,6 @@ use tokio::sync::Semaphore;
 
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
-use crate::session::refuse;
 use crate::store::{Store, StoreError, TransferId};
 use crate::wire::{self, Message, Refuse, RefuseCode};
 
@@ -76,17 +75,21 @@ fn now_unix() -> u64 {
 }
 
 /// A refusal to send the peer and the reason to log.
-struct Refusal(Message);
+struct Refusal(Refuse);
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "storage failed");
-        Refusal(refuse(RefuseCode::Internal, "storage failed; retry later"))
+        refusal(RefuseCode::Internal, "storage failed; retry later")
     }
 }
 
 fn refusal(code: RefuseCode, message: impl Into<String>) -> Refusal {
-    Refusal(refuse(code, message))
+    Refusal(Refuse {
+        code,
+        retry_after_ms: 0,
+        message: message.into(),
+    })
 }
 
 impl Server {
@@ -219,7 +222,8 @@ impl Server {
                 tokio::time::timeout(self.inner.config.first_message_timeout, reader.read_msg())
                     .await;
             let Refusal(busy) = self.busy("too many flows from this key");
-            let _ = writer.write_msg_and_close(&[&busy.encode()]).await;
+            let busy = Message::Refuse(busy).encode();
+            let _ = writer.write_msg_and_close(&[&busy]).await;
             return;
         };
         let (mut reader, mut writer) = flow.into_split();
@@ -231,7 +235,8 @@ impl Server {
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "flow failed before its first message");
                 if let Some(Refusal(too_large)) = too_large(&e) {
-                    let _ = writer.write_msg_and_close(&[&too_large.encode()]).await;
+                    let too_large = Message::Refuse(too_large).encode();
+                    let _ = writer.write_msg_and_close(&[&too_large]).await;
                 }
                 return;
             }
@@ -266,9 +271,9 @@ impl Server {
         let last = match outcome {
             Ok(Some(reply)) => reply,
             Ok(None) => return,
-            Err(Refusal(message)) => {
-                tracing::info!(%peer, refusal = ?message, "refused");
-                message
+            Err(Refusal(refuse)) => {
+                tracing::info!(%peer, code = %refuse.code, reason = %refuse.message, "refused");
+                Message::Refuse(refuse)
             }
         };
         if let Err(e) = writer.write_msg_and_close(&[&last.encode()]).await {
@@ -281,11 +286,11 @@ impl Server {
     }
 
     fn busy(&self, why: &str) -> Refusal {
-        Refusal(Message::Refuse(Refuse {
+        Refusal(Refuse {
             code: RefuseCode::Busy,
             retry_after_ms: self.retry_after_ms(),
             message: why.to_string(),
-        }))
+        })
     }
 
     /// Counts a flow against its peer's limit for as long as the guard lives.

@@ -9,6 +9,7 @@ use super::{Refusal, Server, refusal};
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::{self, HelloProblem, PullSecret};
+use crate::proto::layout::BatchLayout;
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, Store, StoreError, TransferId};
 use crate::stream::{BatchInfo, BatchReader, SegmentSource};
@@ -46,12 +47,12 @@ impl Server {
         session::send(writer, &Message::PullAccept(accept))
             .await
             .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
-        let chunk_wire = u64::from(batch.chunk_size) + wire::TAG_LEN as u64;
+        let layout = BatchLayout::new(batch.chunk_size);
         for s in self.batch_segments(&batch).await? {
             let data = self
                 .inner
                 .store
-                .read_segment(batch.transfer, s.index * chunk_wire, s.len)
+                .read_segment(batch.transfer, layout.offset(s.index), s.len)
                 .await?;
             let header = PullSegment::header(s.index, s.len);
             let sent = writer
@@ -172,7 +173,7 @@ impl Server {
         let source = StoreSource {
             store: self.inner.store.clone(),
             transfer: batch.transfer,
-            chunk_wire: u64::from(batch.chunk_size) + wire::TAG_LEN as u64,
+            layout: BatchLayout::new(batch.chunk_size),
             segments: self.batch_segments(&batch).await?.into_iter(),
         };
         crate::stream::open_batch(&batch.batch_id, secret, source)
@@ -183,7 +184,7 @@ impl Server {
 struct StoreSource {
     store: Arc<dyn Store>,
     transfer: TransferId,
-    chunk_wire: u64,
+    layout: BatchLayout,
     segments: std::vec::IntoIter<SegmentInfo>,
 }
 
@@ -195,7 +196,7 @@ impl SegmentSource for StoreSource {
         };
         let data = self
             .store
-            .read_segment(self.transfer, s.index * self.chunk_wire, s.len)
+            .read_segment(self.transfer, self.layout.offset(s.index), s.len)
             .await?;
         Ok(Some((s.index, data)))
     }

@@ -6,9 +6,11 @@ use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
 
 use super::{Refusal, Server, now_unix, refusal, too_large};
-use crate::crypto::{self, Chain, Cipher, context};
+use crate::crypto::{self, Cipher, context};
 use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
+use crate::proto::completion;
+use crate::proto::layout::{BatchLayout, Tally};
 use crate::proto::transfer::{Refused, TransferState};
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
@@ -296,15 +298,12 @@ impl Server {
         segment: Segment,
         scratch: &mut Vec<u8>,
     ) -> Result<u64, Refusal> {
-        let chunk_wire = open.record.chunk_size as usize + wire::TAG_LEN;
+        let layout = BatchLayout::new(open.record.chunk_size);
         let len = segment.ciphertext.len();
-        if len > chunk_wire {
-            return Err(refusal(
-                RefuseCode::SegmentTooLarge,
-                format!("segment of {len} bytes exceeds the negotiated {chunk_wire}"),
-            ));
-        }
         let index = segment.index;
+        layout
+            .admit(index, len)
+            .map_err(|e| refusal(RefuseCode::SegmentTooLarge, e.message()))?;
         let tag = segment.tag();
         let len32 = len as u32; // at most 16 MiB + 16, checked above
         let transfer_id = open.secret.transfer_id;
@@ -355,7 +354,7 @@ impl Server {
             len: len32,
             tag,
         };
-        let offset = index * chunk_wire as u64;
+        let offset = layout.offset(index);
         match self
             .inner
             .store
@@ -389,31 +388,73 @@ impl Server {
         peer: PeerKey,
         complete: &Complete,
     ) -> Result<Option<Message>, Refusal> {
-        let open = self.own_transfer(peer, complete.transfer_id).await?;
+        let open = match self.own_transfer(peer, complete.transfer_id).await {
+            Ok(open) => open,
+            // Not open (any more): perhaps completed, and this is the sender asking
+            // again for a receipt it lost.
+            Err(unknown) => return self.repeated_completion(peer, complete, unknown).await,
+        };
         // Held for the whole completion: segments wait, and then find it complete.
         let mut state = open.state.write().await;
-        state.begin_completion(now_unix())?;
+        match state.begin_completion(now_unix()) {
+            Ok(()) => {}
+            Err(Refused::Complete) => {
+                // Completed by a completion that raced this one.
+                drop(state);
+                let refused = Refused::Complete.into();
+                return self.repeated_completion(peer, complete, refused).await;
+            }
+            Err(refused) => return Err(refused.into()),
+        }
         let outcome = self.complete_open(peer, &open, complete).await;
         state.end_completion(outcome.is_ok());
         outcome
     }
 
+    /// The stored receipt, if `complete` repeats the completion of a batch `peer`
+    /// sent; `otherwise` if it names no batch of `peer`'s, so strangers learn
+    /// nothing. A repeat that claims anything but what was stored is refused.
+    async fn repeated_completion(
+        &self,
+        peer: PeerKey,
+        complete: &Complete,
+        otherwise: Refusal,
+    ) -> Result<Option<Message>, Refusal> {
+        let store = &self.inner.store;
+        let transfer = TransferId(complete.transfer_id);
+        let batch = match store.batch_of_transfer(transfer).await? {
+            Some(batch) if batch.sender == *peer.as_bytes() => batch,
+            _ => return Err(otherwise),
+        };
+        check_completion_signature(&batch.sender, complete)?;
+        let sealed = store.secret(transfer).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("batch transfer {transfer} has no secret"))
+        })?;
+        let (_, completion_id) = self.open_at_rest(&transfer, &sealed)?;
+        if !completion::repeats(&batch, &completion_id, complete) {
+            return Err(refusal(
+                RefuseCode::BatchExists,
+                "this transfer was completed with other content; its batch stays as stored",
+            ));
+        }
+        match Message::decode(Bytes::from(batch.receipt)) {
+            Ok(receipt @ Message::Receipt(_)) => {
+                tracing::info!(%peer, %transfer, "completion repeated; stored receipt returned");
+                Ok(Some(receipt))
+            }
+            _ => Err(StoreError::Corrupt(format!("receipt of batch transfer {transfer}")).into()),
+        }
+    }
+
     /// Checks a completion against the stored segments, stores the batch and signs
     /// its receipt. The caller holds the transfer's state as completing.
-    pub(super) async fn complete_open(
+    async fn complete_open(
         &self,
         peer: PeerKey,
         open: &OpenTransfer,
         complete: &Complete,
     ) -> Result<Option<Message>, Refusal> {
-        if !crypto::verify(
-            &open.record.sender,
-            context::COMPLETE,
-            &[&complete.signed_bytes()],
-            &complete.signature,
-        ) {
-            return Err(refusal(RefuseCode::BadSignature, "completion signature"));
-        }
+        check_completion_signature(&open.record.sender, complete)?;
         if !crypto::secrets_equal(&complete.completion_id, &open.secret.completion_id) {
             return Err(refusal(
                 RefuseCode::WrongCompletionId,
@@ -433,48 +474,16 @@ impl Server {
         }
         let transfer = open.record.transfer;
         let segments = self.inner.store.segments(transfer).await?;
-        let chunk_wire = open.record.chunk_size as u64 + wire::TAG_LEN as u64;
-        let count = segments.len() as u64;
-        let size: u64 = segments
-            .iter()
-            .map(|s| u64::from(s.len) - wire::TAG_LEN as u64)
-            .sum();
-        let contiguous = segments
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.index == i as u64);
-        if count != complete.segment_count || size != complete.size || !contiguous {
-            return Err(refusal(
-                RefuseCode::WrongSegmentCount,
-                format!(
-                    "completion claims {} segments and {} bytes; the server holds {count} segments ({} contiguous from 0) and {size} bytes",
-                    complete.segment_count,
-                    complete.size,
-                    segments
-                        .iter()
-                        .enumerate()
-                        .take_while(|(i, s)| s.index == *i as u64)
-                        .count()
-                ),
-            ));
-        }
-        // Every segment but the last must be a full chunk: a batch has one layout.
-        if segments
-            .iter()
-            .rev()
-            .skip(1)
-            .any(|s| u64::from(s.len) != chunk_wire)
-        {
-            return Err(refusal(
-                RefuseCode::WrongSegmentCount,
-                "a segment before the last is not a full chunk",
-            ));
-        }
-        let mut chain = Chain::new(&transfer.0, &open.record.batch_id);
-        for s in &segments {
-            chain.push(s.len, &s.tag);
-        }
-        if !crypto::secrets_equal(&chain.value(), &complete.chain) {
+        let tally = BatchLayout::new(open.record.chunk_size)
+            .tally(
+                &transfer.0,
+                &open.record.batch_id,
+                &segments,
+                complete.segment_count,
+                complete.size,
+            )
+            .map_err(|e| refusal(RefuseCode::WrongSegmentCount, e.message()))?;
+        if !crypto::secrets_equal(&tally.chain, &complete.chain) {
             return Err(refusal(
                 RefuseCode::ChainMismatch,
                 "the chain hash does not match the stored segments",
@@ -488,31 +497,16 @@ impl Server {
         )
         .map_err(|_| refusal(RefuseCode::BadSegment, "metadata fails authentication"))?;
 
-        let mut receipt = Receipt {
-            batch_id: Bytes::from(open.record.batch_id.clone()),
-            transfer_id: transfer.0,
-            sender: open.record.sender,
-            segment_count: count,
-            size,
-            chain: chain.value(),
-            completed_unix: now_unix(),
-            server: *self.inner.identity.public_key().as_bytes(),
-            signature: [0; 64],
-        };
-        receipt.signature = crypto::sign(
-            &self.inner.identity,
-            context::RECEIPT,
-            &[&receipt.signed_bytes()],
-        );
+        let receipt = self.sign_receipt(&open.record, &tally);
         let record = BatchRecord {
             batch_id: open.record.batch_id.clone(),
             transfer,
             sender: open.record.sender,
             chunk_size: open.record.chunk_size,
-            segment_count: count,
-            size,
+            segment_count: tally.count,
+            size: tally.size,
             sealed_metadata: complete.sealed_metadata.to_vec(),
-            chain: chain.value(),
+            chain: tally.chain,
             completed_unix: receipt.completed_unix,
             receipt: Message::Receipt(receipt.clone()).encode(),
         };
@@ -527,7 +521,42 @@ impl Server {
             Err(e) => return Err(e.into()),
         }
         self.lock_open().remove(&transfer);
-        tracing::info!(%peer, %transfer, segments = count, bytes = size, "batch completed");
+        tracing::info!(%peer, %transfer, segments = tally.count, bytes = tally.size, "batch completed");
         Ok(Some(Message::Receipt(receipt)))
+    }
+
+    /// The server's signed receipt for the batch `record` becomes.
+    fn sign_receipt(&self, record: &TransferRecord, tally: &Tally) -> Receipt {
+        let mut receipt = Receipt {
+            batch_id: Bytes::from(record.batch_id.clone()),
+            transfer_id: record.transfer.0,
+            sender: record.sender,
+            segment_count: tally.count,
+            size: tally.size,
+            chain: tally.chain,
+            completed_unix: now_unix(),
+            server: *self.inner.identity.public_key().as_bytes(),
+            signature: [0; 64],
+        };
+        receipt.signature = crypto::sign(
+            &self.inner.identity,
+            context::RECEIPT,
+            &[&receipt.signed_bytes()],
+        );
+        receipt
+    }
+}
+
+/// Checks that the transfer's sender signed `complete`.
+fn check_completion_signature(sender: &[u8; 32], complete: &Complete) -> Result<(), Refusal> {
+    if crypto::verify(
+        sender,
+        context::COMPLETE,
+        &[&complete.signed_bytes()],
+        &complete.signature,
+    ) {
+        Ok(())
+    } else {
+        Err(refusal(RefuseCode::BadSignature, "completion signature"))
     }
 }

@@ -220,14 +220,25 @@ pub trait BatchStore: Send + Sync + fmt::Debug {
 pub trait Store: SecretStore + SegmentStore + TransferStore + BatchStore {
     /// Opens a transfer: stores its sealed secret, then its record, as
     /// [`SecretStore::put_secret`] and [`TransferStore::put_transfer`] do, with the
-    /// same refusals. A refused record leaves at most a secret no record names.
+    /// same refusals. A refused record takes its secret with it, so two hellos
+    /// racing to open one batch leave one transfer and one secret; only a crash
+    /// between the steps can leave a secret that no record names. (Transfer ids
+    /// are random 128-bit values, so the refusal is the sender-and-batch one, never
+    /// a taken id whose secret this would replace.)
     async fn put_transfer_with_secret(
         &self,
         record: TransferRecord,
         sealed_secret: Vec<u8>,
     ) -> StoreResult<()> {
-        self.put_secret(record.transfer, sealed_secret).await?;
-        self.put_transfer(record).await
+        let transfer = record.transfer;
+        self.put_secret(transfer, sealed_secret).await?;
+        match self.put_transfer(record).await {
+            Err(refused @ StoreError::AlreadyExists(_)) => {
+                self.delete_secret(transfer).await?;
+                Err(refused)
+            }
+            outcome => outcome,
+        }
     }
 
     /// Completes a transfer: records its batch, then forgets the open transfer, as

@@ -291,6 +291,11 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
     assert_already_exists(s.put_transfer_with_secret(twin, b"other".to_vec()).await);
     assert_eq!(s.transfer(tid(61)).await.unwrap(), None);
     assert_eq!(
+        s.secret(tid(61)).await.unwrap(),
+        None,
+        "no secret left behind"
+    );
+    assert_eq!(
         s.find_transfer([6; 32], b"life").await.unwrap(),
         Some(t.clone())
     );

@@ -1,0 +1,73 @@
+//! A completion repeated after its batch was stored: a sender whose receipt was
+//! lost completes again, and gets the stored receipt if, and only if, the repeat
+//! claims exactly what was stored.
+
+use crate::crypto;
+use crate::store::BatchRecord;
+use crate::wire::Complete;
+
+/// Whether `claim` repeats the completion that stored `batch`: the same secret
+/// completion id (`completion_id`, which only the transfer's sender learned), and
+/// the same segment count, size, chain hash and sealed metadata. Anything else is
+/// another batch under a taken id, never an answer with the stored receipt.
+pub(crate) fn repeats(batch: &BatchRecord, completion_id: &[u8; 32], claim: &Complete) -> bool {
+    crypto::secrets_equal(completion_id, &claim.completion_id)
+        && claim.transfer_id == batch.transfer.0
+        && claim.segment_count == batch.segment_count
+        && claim.size == batch.size
+        && claim.chain == batch.chain
+        && claim.sealed_metadata[..] == batch.sealed_metadata[..]
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::TransferId;
+
+    fn stored() -> BatchRecord {
+        BatchRecord {
+            batch_id: b"b".to_vec(),
+            transfer: TransferId([1; 16]),
+            sender: [2; 32],
+            chunk_size: 4096,
+            segment_count: 3,
+            size: 9000,
+            sealed_metadata: vec![7; 20],
+            chain: [3; 64],
+            completed_unix: 5,
+            receipt: vec![],
+        }
+    }
+
+    fn claim() -> Complete {
+        Complete {
+            transfer_id: [1; 16],
+            segment_count: 3,
+            size: 9000,
+            completion_id: [4; 32],
+            chain: [3; 64],
+            sealed_metadata: Bytes::from(vec![7; 20]),
+            signature: [0; 64],
+        }
+    }
+
+    #[test]
+    fn only_the_same_claim_with_the_secret_repeats() {
+        assert!(repeats(&stored(), &[4; 32], &claim()));
+        assert!(!repeats(&stored(), &[5; 32], &claim()), "wrong secret");
+        let changes: [fn(&mut Complete); 5] = [
+            |c| c.transfer_id = [9; 16],
+            |c| c.segment_count += 1,
+            |c| c.size -= 1,
+            |c| c.chain[0] ^= 1,
+            |c| c.sealed_metadata = Bytes::from_static(b"other"),
+        ];
+        for change in changes {
+            let mut other = claim();
+            change(&mut other);
+            assert!(!repeats(&stored(), &[4; 32], &other), "{other:?}");
+        }
+    }
+}

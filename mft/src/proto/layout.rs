@@ -1,0 +1,276 @@
+//! A batch's layout: how its plaintext is cut into segments, where each segment
+//! sits in storage, and the chain hash that binds them in order. The server checks
+//! a completion against it and the retriever checks every segment it reads against
+//! it, so both sides agree on one definition of a well-formed batch.
+
+use crate::crypto::Chain;
+use crate::store::SegmentInfo;
+use crate::wire::TAG_LEN;
+
+/// The segment layout of one transfer: every segment but the last is one full chunk
+/// sealed (chunk size plus the tag); the last holds the rest, at least its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchLayout {
+    chunk_size: u32,
+}
+
+/// Why segments do not make a well-formed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LayoutError {
+    /// A segment is larger than a sealed chunk.
+    TooLarge {
+        /// Its index.
+        index: u64,
+        /// Its ciphertext length.
+        len: usize,
+        /// A sealed chunk's length.
+        max: u64,
+    },
+    /// A segment is shorter than its tag, or a segment before the last is not a
+    /// full chunk.
+    WrongLength {
+        /// Its index.
+        index: u64,
+        /// Its ciphertext length.
+        len: usize,
+    },
+    /// The segments held are not the ones claimed.
+    Mismatch {
+        /// Segments claimed.
+        claimed_count: u64,
+        /// Plaintext bytes claimed.
+        claimed_size: u64,
+        /// Segments held.
+        held: u64,
+        /// Of those, how many run contiguously from index 0.
+        contiguous: u64,
+        /// Plaintext bytes held.
+        size: u64,
+    },
+}
+
+impl LayoutError {
+    /// Text for the peer or the log.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            LayoutError::TooLarge { index, len, max } => {
+                format!("segment {index} of {len} bytes exceeds the negotiated {max}")
+            }
+            LayoutError::WrongLength { index, len } => {
+                format!("segment {index} has {len} bytes, which is not its place in the batch")
+            }
+            LayoutError::Mismatch {
+                claimed_count,
+                claimed_size,
+                held,
+                contiguous,
+                size,
+            } => format!(
+                "completion claims {claimed_count} segments and {claimed_size} bytes; the server holds {held} segments ({contiguous} contiguous from 0) and {size} bytes"
+            ),
+        }
+    }
+}
+
+/// What stored segments add up to, once they check out against a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Segments.
+    pub(crate) count: u64,
+    /// Plaintext bytes.
+    pub(crate) size: u64,
+    /// The chain hash over them in order.
+    pub(crate) chain: [u8; 64],
+}
+
+impl BatchLayout {
+    /// The layout of a transfer with `chunk_size` plaintext bytes per segment.
+    pub(crate) fn new(chunk_size: u32) -> Self {
+        BatchLayout { chunk_size }
+    }
+
+    /// Ciphertext bytes of a full segment: a chunk and its tag.
+    pub(crate) fn segment_wire(&self) -> u64 {
+        u64::from(self.chunk_size) + TAG_LEN as u64
+    }
+
+    /// Where segment `index` sits in the transfer's stored data: segments never
+    /// overlap, and storing them in any order leaves each in its place.
+    pub(crate) fn offset(&self, index: u64) -> u64 {
+        index.saturating_mul(self.segment_wire())
+    }
+
+    /// Whether a segment of `len` ciphertext bytes may be stored at all: not larger
+    /// than a sealed chunk, not shorter than its tag. (Whether it is the right
+    /// length for its place is known only at completion.)
+    pub(crate) fn admit(&self, index: u64, len: usize) -> Result<(), LayoutError> {
+        if len as u64 > self.segment_wire() {
+            return Err(LayoutError::TooLarge {
+                index,
+                len,
+                max: self.segment_wire(),
+            });
+        }
+        if len < TAG_LEN {
+            return Err(LayoutError::WrongLength { index, len });
+        }
+        Ok(())
+    }
+
+    /// Whether segment `index` of `len` bytes fits its place in a batch of `count`
+    /// segments: a full chunk, or for the last one anything from its tag up.
+    pub(crate) fn check_place(
+        &self,
+        index: u64,
+        len: usize,
+        count: u64,
+    ) -> Result<(), LayoutError> {
+        self.admit(index, len)?;
+        let last = index + 1 == count;
+        if !last && len as u64 != self.segment_wire() {
+            return Err(LayoutError::WrongLength { index, len });
+        }
+        Ok(())
+    }
+
+    /// Checks stored `segments` (sorted by index) against a completion's claim of
+    /// `claimed_count` segments and `claimed_size` bytes: they must run from 0
+    /// without a gap, every one but the last a full chunk, and add up to the claim.
+    /// Returns their tally, with the chain hash of `transfer_id` and `batch_id`
+    /// over them, for the caller to compare with the claimed one.
+    pub(crate) fn tally(
+        &self,
+        transfer_id: &[u8; 16],
+        batch_id: &[u8],
+        segments: &[SegmentInfo],
+        claimed_count: u64,
+        claimed_size: u64,
+    ) -> Result<Tally, LayoutError> {
+        let held = segments.len() as u64;
+        let size: u64 = segments
+            .iter()
+            .map(|s| u64::from(s.len).saturating_sub(TAG_LEN as u64))
+            .sum();
+        let contiguous = segments
+            .iter()
+            .enumerate()
+            .take_while(|(i, s)| s.index == *i as u64)
+            .count() as u64;
+        if held != claimed_count || size != claimed_size || contiguous != held {
+            return Err(LayoutError::Mismatch {
+                claimed_count,
+                claimed_size,
+                held,
+                contiguous,
+                size,
+            });
+        }
+        let mut chain = Chain::new(transfer_id, batch_id);
+        for s in segments {
+            self.check_place(s.index, s.len as usize, held)?;
+            chain.push(s.len, &s.tag);
+        }
+        Ok(Tally {
+            count: held,
+            size,
+            chain: chain.value(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u32 = 4096;
+    const FULL: u32 = CHUNK + TAG_LEN as u32;
+
+    fn segment(index: u64, len: u32) -> SegmentInfo {
+        SegmentInfo {
+            index,
+            len,
+            tag: [index as u8; 16],
+        }
+    }
+
+    fn layout() -> BatchLayout {
+        BatchLayout::new(CHUNK)
+    }
+
+    #[test]
+    fn segments_sit_one_sealed_chunk_apart() {
+        assert_eq!(layout().segment_wire(), u64::from(FULL));
+        assert_eq!(layout().offset(3), 3 * u64::from(FULL));
+        assert_eq!(
+            layout().offset(u64::MAX),
+            u64::MAX,
+            "saturates, never wraps"
+        );
+    }
+
+    #[test]
+    fn a_segment_is_admitted_from_its_tag_to_a_full_chunk() {
+        assert_eq!(layout().admit(0, TAG_LEN), Ok(()));
+        assert_eq!(layout().admit(0, FULL as usize), Ok(()));
+        assert!(matches!(
+            layout().admit(0, FULL as usize + 1),
+            Err(LayoutError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            layout().admit(0, TAG_LEN - 1),
+            Err(LayoutError::WrongLength { .. })
+        ));
+    }
+
+    #[test]
+    fn only_the_last_segment_may_be_short() {
+        assert_eq!(layout().check_place(0, FULL as usize, 2), Ok(()));
+        assert_eq!(layout().check_place(1, 100, 2), Ok(()));
+        assert_eq!(
+            layout().check_place(0, 100, 2),
+            Err(LayoutError::WrongLength { index: 0, len: 100 })
+        );
+    }
+
+    #[test]
+    fn a_tally_matches_the_claim_or_says_what_is_held() {
+        let held = [segment(0, FULL), segment(1, FULL), segment(2, 116)];
+        let size = 2 * u64::from(CHUNK) + 100;
+        let tally = layout().tally(&[1; 16], b"b", &held, 3, size).unwrap();
+        assert_eq!((tally.count, tally.size), (3, size));
+        let mut chain = Chain::new(&[1; 16], b"b");
+        for s in &held {
+            chain.push(s.len, &s.tag);
+        }
+        assert_eq!(tally.chain, chain.value());
+        // Another batch id or transfer makes another chain.
+        let other = layout().tally(&[1; 16], b"c", &held, 3, size).unwrap();
+        assert_ne!(other.chain, tally.chain);
+
+        assert_eq!(
+            layout().tally(&[1; 16], b"b", &held, 4, size),
+            Err(LayoutError::Mismatch {
+                claimed_count: 4,
+                claimed_size: size,
+                held: 3,
+                contiguous: 3,
+                size
+            })
+        );
+        assert!(layout().tally(&[1; 16], b"b", &held, 3, size + 1).is_err());
+    }
+
+    #[test]
+    fn a_gap_or_a_short_middle_segment_is_no_batch() {
+        let gap = [segment(0, FULL), segment(2, FULL)];
+        match layout().tally(&[1; 16], b"b", &gap, 2, 2 * u64::from(CHUNK)) {
+            Err(LayoutError::Mismatch { contiguous: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let short = [segment(0, 116), segment(1, FULL)];
+        assert_eq!(
+            layout().tally(&[1; 16], b"b", &short, 2, u64::from(CHUNK) + 100),
+            Err(LayoutError::WrongLength { index: 0, len: 116 })
+        );
+    }
+}
