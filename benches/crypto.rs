@@ -5,7 +5,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flow::Identity;
-use mft::crypto::{self, AesGcm, Chain, RingAesGcm, SegmentCipher, context};
+use mft::crypto::{self, AesGcm, Chain, RingAesGcm, SegmentCipher};
+use mft::wire::{Segment, Signed};
 use std::hint::black_box;
 
 const SIZES: [usize; 3] = [64 << 10, 1 << 20, 4 << 20];
@@ -66,21 +67,15 @@ fn sign_and_chain(c: &mut Criterion) {
     let identity = Identity::generate();
     let key = *identity.public_key().as_bytes();
     let tag = [9u8; 16];
-    let signed = crypto::segment_signed(&TRANSFER, 1, 1 << 20, &tag);
-    let signature = crypto::sign(&identity, context::SEGMENT, &[&signed]);
+    let signed = Segment::signed_parts(&TRANSFER, 1, 1 << 20, &tag);
+    let context = <Segment as Signed>::CONTEXT;
+    let signature = crypto::sign(&identity, context, &[&signed]);
     let mut group = c.benchmark_group("per segment");
     group.bench_function("sign", |b| {
-        b.iter(|| black_box(crypto::sign(&identity, context::SEGMENT, &[&signed])))
+        b.iter(|| black_box(crypto::sign(&identity, context, &[&signed])))
     });
     group.bench_function("verify", |b| {
-        b.iter(|| {
-            black_box(crypto::verify(
-                &key,
-                context::SEGMENT,
-                &[&signed],
-                &signature,
-            ))
-        })
+        b.iter(|| black_box(crypto::verify(&key, context, &[&signed], &signature)))
     });
     let mut chain = Chain::new(&TRANSFER, b"batch");
     group.bench_function("chain", |b| b.iter(|| chain.push(black_box(1 << 20), &tag)));

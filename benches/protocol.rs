@@ -6,7 +6,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flow::Identity;
 use mft::handshake::{self, ClientHandshake, PushSecret};
-use mft::wire::{Complete, Message, Segment, SegmentAck};
+use mft::wire::{Codec, Complete, Message, Segment, SegmentAck};
 use std::hint::black_box;
 
 fn push_handshake(c: &mut Criterion) {
@@ -24,7 +24,8 @@ fn push_handshake(c: &mut Criterion) {
     };
     c.bench_function("push handshake (both sides)", |b| {
         b.iter(|| {
-            let (pending, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"");
+            let (pending, hello) =
+                ClientHandshake::push(&client, b"batch", 1 << 20, b"").expect("hello");
             let hello_hash = handshake::check_hello(&hello, &client_key).expect("valid hello");
             let accept =
                 handshake::accept_push(&server, &hello, &hello_hash, &secret).expect("accepts");
@@ -42,23 +43,28 @@ fn codec(c: &mut Criterion) {
             ciphertext: Bytes::from(vec![0u8; size + 16]),
             signature: [5; 64],
         });
-        let encoded = Bytes::from(segment.encode());
+        let encoded = Bytes::from(segment.to_bytes().expect("encodes"));
         group.throughput(Throughput::Bytes(encoded.len() as u64));
         group.bench_with_input(BenchmarkId::new("decode segment", size), &size, |b, _| {
-            b.iter(|| black_box(Message::decode(encoded.clone()).expect("decodes")))
+            b.iter(|| black_box(Message::from_bytes(encoded.clone()).expect("decodes")))
         });
         group.bench_with_input(BenchmarkId::new("encode segment", size), &size, |b, _| {
-            b.iter(|| black_box(segment.encode()))
+            b.iter(|| black_box(segment.to_bytes().expect("encodes")))
         });
     }
     group.throughput(Throughput::Elements(1));
     let ack = Message::SegmentAck(SegmentAck { index: 7 });
-    let ack_bytes = Bytes::from(ack.encode());
+    let ack_bytes = Bytes::from(ack.to_bytes().expect("encodes"));
     group.bench_function("segment ack round trip", |b| {
-        b.iter(|| black_box(Message::decode(Bytes::from(ack.encode())).expect("decodes")))
+        b.iter(|| {
+            black_box(
+                Message::from_bytes(Bytes::from(ack.to_bytes().expect("encodes")))
+                    .expect("decodes"),
+            )
+        })
     });
     group.bench_function("decode segment ack", |b| {
-        b.iter(|| black_box(Message::decode(ack_bytes.clone()).expect("decodes")))
+        b.iter(|| black_box(Message::from_bytes(ack_bytes.clone()).expect("decodes")))
     });
     let complete = Message::Complete(Complete {
         transfer_id: [4; 16],
@@ -69,9 +75,9 @@ fn codec(c: &mut Criterion) {
         sealed_metadata: Bytes::from(vec![0u8; 256]),
         signature: [8; 64],
     });
-    let complete_bytes = Bytes::from(complete.encode());
+    let complete_bytes = Bytes::from(complete.to_bytes().expect("encodes"));
     group.bench_function("decode complete", |b| {
-        b.iter(|| black_box(Message::decode(complete_bytes.clone()).expect("decodes")))
+        b.iter(|| black_box(Message::from_bytes(complete_bytes.clone()).expect("decodes")))
     });
     group.finish();
 }

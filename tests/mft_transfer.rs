@@ -23,12 +23,12 @@ use common::{
 use flow::{
     Authorizer, Endpoint, FlowReader, FlowWriter, Identity, Manager, ManagerConfig, PeerKey,
 };
-use mft::crypto::{self, AesGcm, Chain, context};
+use mft::crypto::{self, AesGcm, Chain};
 use mft::handshake::{ClientHandshake, PushSecret};
 use mft::store::{
     BatchRecord, BatchStore, FsStore, MemoryStore, Store, StoreError, TransferId, TransferRecord,
 };
-use mft::wire::{Complete, Message, Receipt, Refuse, RefuseCode, Segment};
+use mft::wire::{Codec, Complete, Message, Receipt, Refuse, RefuseCode, Segment, Signed};
 use mft::{ClientConfig, ErrorKind, Event, Retriever, Sender, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::{broadcast, oneshot};
@@ -302,12 +302,7 @@ impl Harness {
         assert_eq!(receipt.segment_count, segments);
         assert_eq!(receipt.sender, *self.client_key().as_bytes());
         assert_eq!(receipt.server, *self.server_key().as_bytes());
-        assert!(crypto::verify(
-            &receipt.server,
-            context::RECEIPT,
-            &[&receipt.signed_bytes()],
-            &receipt.signature
-        ));
+        assert!(receipt.verify(&receipt.server));
         let record = self.store.batch(batch_id).await.unwrap().unwrap();
         assert_eq!(record.batch_id, batch_id);
         assert_eq!(record.transfer.0, receipt.transfer_id);
@@ -316,7 +311,10 @@ impl Harness {
         assert_eq!(record.segment_count, segments);
         assert_eq!(record.size, size);
         assert_eq!(record.chain, receipt.chain);
-        assert_eq!(record.receipt, Message::Receipt(receipt.clone()).encode());
+        assert_eq!(
+            record.receipt,
+            Message::Receipt(receipt.clone()).to_bytes().unwrap()
+        );
         let stored = self.store.segments(record.transfer).await.unwrap();
         assert_eq!(stored.len() as u64, segments);
         // A completed transfer is no longer open.
@@ -391,10 +389,11 @@ impl Raw {
     /// Runs the push handshake for `batch_id`, proposing `chunk_size`.
     async fn open(&self, batch_id: &[u8], chunk_size: u32) -> RawTransfer {
         let identity = self.manager.identity().clone();
-        let (handshake, hello) = ClientHandshake::push(&identity, batch_id, chunk_size, b"");
+        let (handshake, hello) =
+            ClientHandshake::push(&identity, batch_id, chunk_size, b"").unwrap();
         let (mut reader, mut writer) = self.flow().await;
         writer
-            .write_msg(&[&Message::Hello(hello).encode()])
+            .write_msg(&[&Message::Hello(hello).to_bytes().unwrap()])
             .await
             .unwrap();
         let accept = match recv(&mut reader).await {
@@ -458,7 +457,7 @@ impl Raw {
     async fn complete(&self, complete: &Complete) -> Result<Receipt, Refuse> {
         let (mut reader, mut writer) = self.flow().await;
         writer
-            .write_msg(&[&Message::Complete(complete.clone()).encode()])
+            .write_msg(&[&Message::Complete(complete.clone()).to_bytes().unwrap()])
             .await
             .unwrap();
         let answer = recv(&mut reader).await;
@@ -540,11 +539,7 @@ impl RawTransfer {
             sealed_metadata: sealed.into(),
             signature: [0; 64],
         };
-        complete.signature = crypto::sign(
-            &self.identity,
-            context::COMPLETE,
-            &[&complete.signed_bytes()],
-        );
+        complete.sign(&self.identity).unwrap();
         complete
     }
 
@@ -562,26 +557,25 @@ impl RawTransfer {
 
 /// Signs `segment` (as it now stands, with `tag`) as `identity`.
 fn resign(segment: &mut Segment, identity: &Identity, tag: [u8; 16]) {
-    let signed = crypto::segment_signed(
-        &segment.transfer_id,
-        segment.index,
-        segment.ciphertext.len() as u32,
-        &tag,
-    );
-    segment.signature = crypto::sign(identity, context::SEGMENT, &[&signed]);
+    let len = segment.ciphertext.len() as u32;
+    segment.signature =
+        Segment::sign_parts(identity, &segment.transfer_id, segment.index, len, &tag);
 }
 
 /// The next message on a flow, decoded; `None` at its clean end.
 async fn recv(reader: &mut FlowReader) -> Option<Message> {
     let bytes = bounded("an answer", reader.read_msg()).await.unwrap()?;
-    Some(Message::decode(bytes).unwrap())
+    Some(Message::from_bytes(bytes).unwrap())
 }
 
 /// The server ends a flow after its last answer.
 async fn assert_flow_ended(reader: &mut FlowReader) {
     match bounded("the end of the flow", reader.read_msg()).await {
         Ok(None) => {}
-        Ok(Some(bytes)) => panic!("more after the last answer: {:?}", Message::decode(bytes)),
+        Ok(Some(bytes)) => panic!(
+            "more after the last answer: {:?}",
+            Message::from_bytes(bytes)
+        ),
         Err(e) => panic!("the flow failed instead of ending: {e}"),
     }
 }
@@ -805,10 +799,10 @@ async fn wrong_server_key_is_refused(t: Transport) {
     // Past the flow layer, the handshake checks the key the server signs with.
     let raw = h.raw();
     let identity = h.client.identity().clone();
-    let (handshake, hello) = ClientHandshake::push(&identity, b"misdirected", CHUNK, b"");
+    let (handshake, hello) = ClientHandshake::push(&identity, b"misdirected", CHUNK, b"").unwrap();
     let (mut reader, mut writer) = raw.flow().await;
     writer
-        .write_msg(&[&Message::Hello(hello).encode()])
+        .write_msg(&[&Message::Hello(hello).to_bytes().unwrap()])
         .await
         .unwrap();
     let Some(Message::Accept(accept)) = recv(&mut reader).await else {
@@ -1094,7 +1088,10 @@ async fn a_repeated_completion_gets_the_stored_receipt(t: Transport) {
     let again = raw.complete(&complete).await.unwrap();
     assert_eq!(again, first, "the stored receipt, byte for byte");
     let stored = h.store.batch(b"again").await.unwrap().unwrap();
-    assert_eq!(stored.receipt, Message::Receipt(first.clone()).encode());
+    assert_eq!(
+        stored.receipt,
+        Message::Receipt(first.clone()).to_bytes().unwrap()
+    );
 
     // A repeat that claims other content, or lacks the secret completion id, is
     // refused, and the batch stays as it was.
@@ -1152,7 +1149,10 @@ async fn a_send_whose_receipt_is_lost_completes_again_and_succeeds(t: Transport)
     }
     assert!(retried, "the completion was retried");
     let stored = h.store.batch(b"lost").await.unwrap().unwrap();
-    assert_eq!(stored.receipt, Message::Receipt(receipt).encode());
+    assert_eq!(
+        stored.receipt,
+        Message::Receipt(receipt).to_bytes().unwrap()
+    );
 }
 
 /// A memory store that, the first time a batch is stored, closes the client's
@@ -1653,7 +1653,10 @@ async fn batch_survives_a_server_restart(t: Transport) {
     )
     .await;
     let record = store.batch(b"durable").await.unwrap().unwrap();
-    assert_eq!(record.receipt, Message::Receipt(receipt.clone()).encode());
+    assert_eq!(
+        record.receipt,
+        Message::Receipt(receipt.clone()).to_bytes().unwrap()
+    );
     let key = client.identity().public_key();
     let (data, info) = server.retrieve(&key, b"durable").await.unwrap();
     check_info(&info, b"durable", size, 5, key, metadata);
@@ -1719,7 +1722,9 @@ async fn busy_server_refuses_extra_flows(t: Transport) {
     let resume = mft::wire::Resume {
         transfer_id: tr.secret.transfer_id,
     };
-    let _ = writer.write_msg(&[&Message::Resume(resume).encode()]).await;
+    let _ = writer
+        .write_msg(&[&Message::Resume(resume).to_bytes().unwrap()])
+        .await;
     match recv(&mut reader).await {
         Some(Message::Refuse(r)) => {
             assert_eq!(r.code, RefuseCode::Busy, "{r:?}");

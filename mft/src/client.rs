@@ -20,12 +20,15 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::crypto::{self, Chain, Cipher, context};
+use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::{ClientHandshake, PushSecret};
+use crate::proto::layout::BatchLayout;
 use crate::session;
 use crate::stream::{BatchInfo, BatchReader, SegmentSource};
-use crate::wire::{self, Complete, Message, RefuseCode, Resume, Segment, Stored};
+use crate::wire::{
+    self, Codec, Complete, Message, RefuseCode, Resume, Segment, Signed, Stored, kind,
+};
 
 pub use crate::wire::Receipt;
 
@@ -696,7 +699,7 @@ impl Sender {
             produced.content.size,
             produced.chain,
             &metadata,
-        );
+        )?;
         let receipt = self
             .retrying(&mut attempt, || self.complete(&complete))
             .await?;
@@ -723,32 +726,23 @@ impl Sender {
             batch_id,
             self.config.chunk_size,
             &self.config.voucher,
-        );
+        )?;
         let (mut reader, mut writer) = self.flow().await?;
         let protocol = reader.conn().protocol().to_string();
         let asked = std::time::Instant::now();
-        let answer =
-            session::request(&mut reader, &mut writer, &Message::Hello(hello), "Accept").await?;
+        let hello = Message::Hello(hello);
+        let accept = session::request(&mut reader, &mut writer, &hello, kind::Accept).await?;
         // Protocols that do not measure the round trip (HTTPS) get the time this
         // exchange took, an overestimate by the server's handshake work.
         let rtt = reader.conn().rtt().unwrap_or_else(|| asked.elapsed());
-        match answer {
-            Message::Accept(accept) => Ok((
-                handshake.finish_push(&accept, &self.config.server_key)?,
-                protocol,
-                rtt,
-            )),
-            other => Err(session::unexpected("Accept", &other)),
-        }
+        let secret = handshake.finish_push(&accept, &self.config.server_key)?;
+        Ok((secret, protocol, rtt))
     }
 
     async fn stored(&self, transfer_id: [u8; 16]) -> Result<Stored> {
         let (mut reader, mut writer) = self.flow().await?;
         let resume = Message::Resume(Resume { transfer_id });
-        match session::request(&mut reader, &mut writer, &resume, "Stored").await? {
-            Message::Stored(stored) => Ok(stored),
-            other => Err(session::unexpected("Stored", &other)),
-        }
+        session::request(&mut reader, &mut writer, &resume, kind::Stored).await
     }
 
     fn completion(
@@ -758,7 +752,7 @@ impl Sender {
         size: u64,
         chain: [u8; 64],
         metadata: &[u8],
-    ) -> Complete {
+    ) -> Result<Complete> {
         let sealed_metadata = crypto::seal(
             &Cipher::new(&secret.data_key),
             &crypto::METADATA_NONCE,
@@ -774,33 +768,19 @@ impl Sender {
             sealed_metadata: Bytes::from(sealed_metadata),
             signature: [0; 64],
         };
-        complete.signature = crypto::sign(
-            self.manager.identity(),
-            context::COMPLETE,
-            &[&complete.signed_bytes()],
-        );
-        complete
+        complete.sign(self.manager.identity())?;
+        Ok(complete)
     }
 
     async fn complete(&self, complete: &Complete) -> Result<Receipt> {
         let (mut reader, mut writer) = self.flow().await?;
         let message = Message::Complete(complete.clone());
-        match session::request(&mut reader, &mut writer, &message, "Receipt").await? {
-            Message::Receipt(receipt) => Ok(receipt),
-            other => Err(session::unexpected("Receipt", &other)),
-        }
+        session::request(&mut reader, &mut writer, &message, kind::Receipt).await
     }
 
     fn check_receipt(&self, receipt: &Receipt, batch_id: &[u8], complete: &Complete) -> Result<()> {
         let server = self.config.server_key.as_bytes();
-        if receipt.server != *server
-            || !crypto::verify(
-                server,
-                context::RECEIPT,
-                &[&receipt.signed_bytes()],
-                &receipt.signature,
-            )
-        {
+        if receipt.server != *server || !receipt.verify(server) {
             return Err(Error::ServerAuth(
                 "the receipt's signature does not verify".into(),
             ));
@@ -912,8 +892,13 @@ impl Sealer {
             hasher.update(&buf);
         }
         let tag = crypto::seal_segment(&self.cipher, &self.transfer_id, index, &mut buf);
-        let signed = crypto::segment_signed(&self.transfer_id, index, buf.len() as u32, &tag);
-        let signature = crypto::sign(&self.identity, context::SEGMENT, &[&signed]);
+        let signature = Segment::sign_parts(
+            &self.identity,
+            &self.transfer_id,
+            index,
+            buf.len() as u32,
+            &tag,
+        );
         (buf, tag, signature)
     }
 }
@@ -1075,11 +1060,9 @@ type AckResult = Result<u64>;
 /// cancelling a half-read message.
 async fn read_acks(mut reader: FlowReader, acks: mpsc::Sender<AckResult>) {
     loop {
-        let ack = match session::recv(&mut reader, "SegmentAck").await {
-            Ok(Message::SegmentAck(ack)) => Ok(ack.index),
-            Ok(other) => Err(session::unexpected("SegmentAck", &other)),
-            Err(e) => Err(e),
-        };
+        let ack = session::recv(&mut reader, kind::SegmentAck)
+            .await
+            .map(|ack| ack.index);
         let failed = ack.is_err();
         if acks.send(ack).await.is_err() || failed {
             return;
@@ -1304,10 +1287,7 @@ impl Retriever {
                 voucher: Bytes::copy_from_slice(&self.config.voucher),
             });
             let listing =
-                match session::request(&mut reader, &mut writer, &request, "Listing").await? {
-                    Message::Listing(listing) => listing,
-                    other => return Err(session::unexpected("Listing", &other)),
-                };
+                session::request(&mut reader, &mut writer, &request, kind::Listing).await?;
             let Some(last) = listing.entries.last().map(|e| e.batch_id.clone()) else {
                 return Ok(all);
             };
@@ -1334,16 +1314,13 @@ impl Retriever {
 
     async fn try_get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
         let (handshake, hello) =
-            ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher);
+            ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher)?;
         let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
         let hello = Message::PullHello(hello);
-        let secret = match session::request(&mut reader, &mut writer, &hello, "PullAccept").await? {
-            Message::PullAccept(accept) => {
-                handshake.finish_pull(&accept, &self.config.server_key)?
-            }
-            other => return Err(session::unexpected("PullAccept", &other)),
-        };
-        reader.set_max_msg_size(13 + secret.chunk_size as usize + wire::TAG_LEN);
+        let accept = session::request(&mut reader, &mut writer, &hello, kind::PullAccept).await?;
+        let secret = handshake.finish_pull(&accept, &self.config.server_key)?;
+        let layout = BatchLayout::new(secret.chunk_size);
+        reader.set_max_msg_size(wire::PULL_SEGMENT_HEADER_LEN + layout.segment_wire() as usize);
         crate::stream::open_batch(
             batch_id,
             secret,
@@ -1384,7 +1361,7 @@ impl SegmentSource for FlowSource {
     async fn next_segment(&mut self) -> Result<Option<(u64, Bytes)>> {
         match self.reader.read_msg().await? {
             None => Ok(None),
-            Some(bytes) => match Message::decode(bytes)? {
+            Some(bytes) => match Message::from_bytes(bytes)? {
                 Message::PullSegment(s) => Ok(Some((s.index, s.ciphertext))),
                 Message::Refuse(r) => Err(session::refused(r)),
                 other => Err(session::unexpected("PullSegment", &other)),

@@ -273,18 +273,6 @@ pub fn segment_aad(transfer_id: &[u8; 16], index: u64) -> [u8; 44] {
     aad
 }
 
-/// What the sender signs for one segment, after [`context::SEGMENT`]: transfer,
-/// index, ciphertext length and tag (not the data: the tag already authenticates it
-/// under the key).
-pub fn segment_signed(transfer_id: &[u8; 16], index: u64, len: u32, tag: &[u8; 16]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(44);
-    m.extend_from_slice(transfer_id);
-    m.extend_from_slice(&index.to_be_bytes());
-    m.extend_from_slice(&len.to_be_bytes());
-    m.extend_from_slice(tag);
-    m
-}
-
 /// Encrypts `buf` (a whole chunk) in place under the data key and appends the tag:
 /// the segment's ciphertext. `buf` is a `Vec<u8>` or a `bytes::BytesMut`.
 pub fn seal_segment<B>(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::store::StoreError;
-use crate::wire::{DecodeError, RefuseCode};
+use crate::wire::{DecodeError, EncodeError, RefuseCode};
 
 /// What class of failure, for code that reacts (retry, exit code, message).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,6 +130,22 @@ impl Error {
         Error::Config {
             field,
             problem: problem.into(),
+        }
+    }
+}
+
+/// A value too long (or otherwise impossible) to send is the caller's to fix.
+impl From<EncodeError> for Error {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::TooLong { field, len, max } => Error::Config {
+                field,
+                problem: format!("{len} exceeds the protocol's limit of {max}"),
+            },
+            other => Error::Config {
+                field: "message",
+                problem: other.to_string(),
+            },
         }
     }
 }

@@ -11,13 +11,13 @@
 use bytes::Bytes;
 use flow::Identity;
 
-use crate::crypto::{self, Chain, Cipher, Ephemeral, context};
+use crate::crypto::{self, Chain, Cipher, Ephemeral};
 use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    Complete, List, Listing, ListingEntry, Message, PullSegment, Receipt, Refuse, RefuseCode,
-    Resume, Segment, SegmentAck, Stored,
+    Codec, Complete, List, Listing, ListingEntry, Message, PullSegment, Receipt, Refuse,
+    RefuseCode, Resume, Segment, SegmentAck, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -61,8 +61,14 @@ fn vectors() -> Vectors {
         chunk_size,
         b"voucher",
         Ephemeral::from_secret([3; 32]),
+    )
+    .expect("the hello encodes");
+    v.add(
+        "hello",
+        Message::Hello(hello.clone())
+            .to_bytes()
+            .expect("a vector encodes"),
     );
-    v.add("hello", Message::Hello(hello.clone()).encode());
     let push = PushSecret {
         transfer_id: [0x11; 16],
         completion_id: [0x22; 32],
@@ -81,7 +87,12 @@ fn vectors() -> Vectors {
         Ephemeral::from_secret([4; 32]),
     )
     .expect("a fixed key agrees");
-    v.add("accept", Message::Accept(accept.clone()).encode());
+    v.add(
+        "accept",
+        Message::Accept(accept.clone())
+            .to_bytes()
+            .expect("a vector encodes"),
+    );
     let opened = client
         .finish_push(&accept, &server.public_key())
         .expect("the client opens its own accept");
@@ -100,16 +111,7 @@ fn vectors() -> Vectors {
         let tag = crypto::seal_segment(&cipher, &push.transfer_id, index, &mut buf);
         let wire_len = buf.len() as u32;
         chain.push(wire_len, &tag);
-        let signature = crypto::sign(
-            &sender,
-            context::SEGMENT,
-            &[&crypto::segment_signed(
-                &push.transfer_id,
-                index,
-                wire_len,
-                &tag,
-            )],
-        );
+        let signature = Segment::sign_parts(&sender, &push.transfer_id, index, wire_len, &tag);
         let segment = Segment {
             transfer_id: push.transfer_id,
             index,
@@ -118,23 +120,30 @@ fn vectors() -> Vectors {
         };
         v.add(
             if index == 0 { "segment-0" } else { "segment-1" },
-            Message::Segment(segment).encode(),
+            Message::Segment(segment)
+                .to_bytes()
+                .expect("a vector encodes"),
         );
     }
     v.add(
         "segment-ack",
-        Message::SegmentAck(SegmentAck { index: 1 }).encode(),
+        Message::SegmentAck(SegmentAck { index: 1 })
+            .to_bytes()
+            .expect("a vector encodes"),
     );
     v.add(
         "resume",
         Message::Resume(Resume {
             transfer_id: push.transfer_id,
         })
-        .encode(),
+        .to_bytes()
+        .expect("a vector encodes"),
     );
     v.add(
         "stored",
-        Message::Stored(Stored::from_indices([0, 1, 2, 7])).encode(),
+        Message::Stored(Stored::from_indices([0, 1, 2, 7]))
+            .to_bytes()
+            .expect("a vector encodes"),
     );
 
     // Completion and receipt.
@@ -153,8 +162,13 @@ fn vectors() -> Vectors {
         sealed_metadata: Bytes::from(sealed_metadata.clone()),
         signature: [0; 64],
     };
-    complete.signature = crypto::sign(&sender, context::COMPLETE, &[&complete.signed_bytes()]);
-    v.add("complete", Message::Complete(complete).encode());
+    complete.sign(&sender).expect("the completion encodes");
+    v.add(
+        "complete",
+        Message::Complete(complete)
+            .to_bytes()
+            .expect("a vector encodes"),
+    );
     let mut receipt = Receipt {
         batch_id: Bytes::from_static(batch_id),
         transfer_id: push.transfer_id,
@@ -166,17 +180,22 @@ fn vectors() -> Vectors {
         server: *server.public_key().as_bytes(),
         signature: [0; 64],
     };
-    receipt.signature = crypto::sign(&server, context::RECEIPT, &[&receipt.signed_bytes()]);
-    let receipt_bytes = Message::Receipt(receipt).encode();
+    receipt.sign(&server).expect("the receipt encodes");
+    let receipt_bytes = Message::Receipt(receipt)
+        .to_bytes()
+        .expect("a vector encodes");
     v.add("receipt", &receipt_bytes);
 
     // The pull handshake and a pulled segment.
     let retriever = identity(5);
     let (client, pull_hello) =
-        ClientHandshake::pull_with(&retriever, batch_id, b"", Ephemeral::from_secret([6; 32]));
+        ClientHandshake::pull_with(&retriever, batch_id, b"", Ephemeral::from_secret([6; 32]))
+            .expect("the pull hello encodes");
     v.add(
         "pull-hello",
-        Message::PullHello(pull_hello.clone()).encode(),
+        Message::PullHello(pull_hello.clone())
+            .to_bytes()
+            .expect("a vector encodes"),
     );
     let pull = PullSecret {
         transfer_id: push.transfer_id,
@@ -200,7 +219,9 @@ fn vectors() -> Vectors {
     .expect("a fixed key agrees");
     v.add(
         "pull-accept",
-        Message::PullAccept(pull_accept.clone()).encode(),
+        Message::PullAccept(pull_accept.clone())
+            .to_bytes()
+            .expect("a vector encodes"),
     );
     assert_eq!(
         client
@@ -214,7 +235,8 @@ fn vectors() -> Vectors {
             index: 1,
             ciphertext: Bytes::from_static(&[0xab; 26]),
         })
-        .encode(),
+        .to_bytes()
+        .expect("a vector encodes"),
     );
 
     // Listing and refusal.
@@ -225,7 +247,8 @@ fn vectors() -> Vectors {
             limit: 100,
             voucher: Bytes::from_static(b"voucher"),
         })
-        .encode(),
+        .to_bytes()
+        .expect("a vector encodes"),
     );
     v.add(
         "listing",
@@ -240,7 +263,8 @@ fn vectors() -> Vectors {
             }],
             more: true,
         })
-        .encode(),
+        .to_bytes()
+        .expect("a vector encodes"),
     );
     v.add(
         "refuse",
@@ -249,7 +273,8 @@ fn vectors() -> Vectors {
             retry_after_ms: 1000,
             message: "too many open transfers for this key".into(),
         })
-        .encode(),
+        .to_bytes()
+        .expect("a vector encodes"),
     );
 
     // What the store keeps.

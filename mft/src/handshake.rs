@@ -11,7 +11,9 @@ use flow::{Identity, PeerKey};
 
 use crate::crypto::{self, Cipher, Ephemeral, context};
 use crate::error::{Error, Result};
-use crate::wire::{self, Accept, Hello, PullHello};
+use crate::wire::{
+    self, Accept, Codec, DecodeError, EncodeError, Hello, PullHello, Reader, Signed, Writer,
+};
 
 /// The nonce of the sealed handshake secret: the handshake key is used once.
 const SECRET_NONCE: [u8; 12] = [0; 12];
@@ -37,18 +39,8 @@ pub struct PushSecret {
 }
 
 impl PushSecret {
+    /// Its encoded length: fixed.
     const LEN: usize = 16 + 32 + 32 + 4 + 4 + 1;
-
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::LEN);
-        out.extend_from_slice(&self.transfer_id);
-        out.extend_from_slice(&self.completion_id);
-        out.extend_from_slice(&self.data_key);
-        out.extend_from_slice(&self.chunk_size.to_be_bytes());
-        out.extend_from_slice(&self.max_metadata.to_be_bytes());
-        out.push(u8::from(self.new_transfer));
-        out
-    }
 
     fn decode(b: &[u8]) -> Result<Self> {
         if b.len() != Self::LEN {
@@ -58,29 +50,31 @@ impl PushSecret {
                 Self::LEN
             )));
         }
-        let mut s = PushSecret {
-            transfer_id: [0; 16],
-            completion_id: [0; 32],
-            data_key: [0; 32],
-            chunk_size: 0,
-            max_metadata: 0,
-            new_transfer: false,
-        };
-        s.transfer_id.copy_from_slice(&b[..16]);
-        s.completion_id.copy_from_slice(&b[16..48]);
-        s.data_key.copy_from_slice(&b[48..80]);
-        s.chunk_size = u32::from_be_bytes([b[80], b[81], b[82], b[83]]);
-        s.max_metadata = u32::from_be_bytes([b[84], b[85], b[86], b[87]]);
-        s.new_transfer = match b[88] {
-            0 => false,
-            1 => true,
-            other => {
-                return Err(Error::Protocol(format!(
-                    "push secret's new-transfer flag is {other}, not 0 or 1"
-                )));
-            }
-        };
-        Ok(s)
+        Self::from_bytes(Bytes::copy_from_slice(b))
+            .map_err(|e| Error::Protocol(format!("push secret: {e}")))
+    }
+}
+
+impl Codec for PushSecret {
+    fn write_to(&self, w: &mut Writer) -> std::result::Result<(), EncodeError> {
+        w.put(&self.transfer_id)
+            .put(&self.completion_id)
+            .put(&self.data_key)
+            .u32(self.chunk_size)
+            .u32(self.max_metadata)
+            .u8(u8::from(self.new_transfer));
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> std::result::Result<Self, DecodeError> {
+        Ok(PushSecret {
+            transfer_id: r.array("transfer id")?,
+            completion_id: r.array("completion id")?,
+            data_key: r.array("data key")?,
+            chunk_size: r.u32("chunk size")?,
+            max_metadata: r.u32("metadata limit")?,
+            new_transfer: r.bool("new-transfer flag")?,
+        })
     }
 }
 
@@ -106,46 +100,42 @@ pub struct PullSecret {
 }
 
 impl PullSecret {
-    const FIXED: usize = 16 + 32 + 4 + 8 + 8 + 64 + 32;
+    fn decode(b: &[u8]) -> Result<Self> {
+        Self::from_bytes(Bytes::copy_from_slice(b))
+            .map_err(|e| Error::Protocol(format!("pull secret: {e}")))
+    }
+}
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::FIXED + self.sealed_metadata.len());
-        out.extend_from_slice(&self.transfer_id);
-        out.extend_from_slice(&self.data_key);
-        out.extend_from_slice(&self.chunk_size.to_be_bytes());
-        out.extend_from_slice(&self.segment_count.to_be_bytes());
-        out.extend_from_slice(&self.size.to_be_bytes());
-        out.extend_from_slice(&self.chain);
-        out.extend_from_slice(&self.sender);
-        out.extend_from_slice(&self.sealed_metadata);
-        out
+impl Codec for PullSecret {
+    fn write_to(&self, w: &mut Writer) -> std::result::Result<(), EncodeError> {
+        w.put(&self.transfer_id)
+            .put(&self.data_key)
+            .u32(self.chunk_size)
+            .u64(self.segment_count)
+            .u64(self.size)
+            .put(&self.chain)
+            .put(&self.sender)
+            .rest(
+                "sealed metadata",
+                &self.sealed_metadata,
+                wire::MAX_METADATA + wire::TAG_LEN,
+            )?;
+        Ok(())
     }
 
-    fn decode(b: &[u8]) -> Result<Self> {
-        if b.len() < Self::FIXED {
-            return Err(Error::Protocol("pull secret truncated".into()));
-        }
-        let mut s = PullSecret {
-            transfer_id: [0; 16],
-            data_key: [0; 32],
-            chunk_size: 0,
-            segment_count: 0,
-            size: 0,
-            chain: [0; 64],
-            sender: [0; 32],
-            sealed_metadata: b[Self::FIXED..].to_vec(),
-        };
-        s.transfer_id.copy_from_slice(&b[..16]);
-        s.data_key.copy_from_slice(&b[16..48]);
-        s.chunk_size = u32::from_be_bytes([b[48], b[49], b[50], b[51]]);
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&b[52..60]);
-        s.segment_count = u64::from_be_bytes(n);
-        n.copy_from_slice(&b[60..68]);
-        s.size = u64::from_be_bytes(n);
-        s.chain.copy_from_slice(&b[68..132]);
-        s.sender.copy_from_slice(&b[132..164]);
-        Ok(s)
+    fn read_from(r: &mut Reader) -> std::result::Result<Self, DecodeError> {
+        Ok(PullSecret {
+            transfer_id: r.array("transfer id")?,
+            data_key: r.array("data key")?,
+            chunk_size: r.u32("chunk size")?,
+            segment_count: r.u64("segment count")?,
+            size: r.u64("size")?,
+            chain: r.array("chain hash")?,
+            sender: r.array("sender key")?,
+            sealed_metadata: r
+                .rest("sealed metadata", wire::MAX_METADATA + wire::TAG_LEN)?
+                .to_vec(),
+        })
     }
 }
 
@@ -188,7 +178,7 @@ impl ClientHandshake {
         batch_id: &[u8],
         chunk_size: u32,
         voucher: &[u8],
-    ) -> (Self, Hello) {
+    ) -> Result<(Self, Hello)> {
         Self::push_with(
             identity,
             batch_id,
@@ -205,7 +195,7 @@ impl ClientHandshake {
         chunk_size: u32,
         voucher: &[u8],
         ephemeral: Ephemeral,
-    ) -> (Self, Hello) {
+    ) -> Result<(Self, Hello)> {
         let mut hello = Hello {
             batch_id: Bytes::copy_from_slice(batch_id),
             client_ephemeral: ephemeral.public(),
@@ -214,21 +204,20 @@ impl ClientHandshake {
             voucher: Bytes::copy_from_slice(voucher),
             signature: [0; 64],
         };
-        let signed = hello.signed_bytes();
-        hello.signature = crypto::sign(identity, context::HELLO, &[&signed]);
-        let hello_hash = crypto::sha512(&[&signed, &hello.signature]);
-        (
+        hello.sign(identity)?;
+        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature]);
+        Ok((
             ClientHandshake {
                 kind: Kind::Push,
                 ephemeral,
                 hello_hash,
             },
             hello,
-        )
+        ))
     }
 
     /// Starts a pull: the signed [`PullHello`] to send.
-    pub fn pull(identity: &Identity, batch_id: &[u8], voucher: &[u8]) -> (Self, PullHello) {
+    pub fn pull(identity: &Identity, batch_id: &[u8], voucher: &[u8]) -> Result<(Self, PullHello)> {
         Self::pull_with(identity, batch_id, voucher, Ephemeral::generate())
     }
 
@@ -238,7 +227,7 @@ impl ClientHandshake {
         batch_id: &[u8],
         voucher: &[u8],
         ephemeral: Ephemeral,
-    ) -> (Self, PullHello) {
+    ) -> Result<(Self, PullHello)> {
         let mut hello = PullHello {
             batch_id: Bytes::copy_from_slice(batch_id),
             client_ephemeral: ephemeral.public(),
@@ -246,17 +235,16 @@ impl ClientHandshake {
             voucher: Bytes::copy_from_slice(voucher),
             signature: [0; 64],
         };
-        let signed = hello.signed_bytes();
-        hello.signature = crypto::sign(identity, context::PULL_HELLO, &[&signed]);
-        let hello_hash = crypto::sha512(&[&signed, &hello.signature]);
-        (
+        hello.sign(identity)?;
+        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature]);
+        Ok((
             ClientHandshake {
                 kind: Kind::Pull,
                 ephemeral,
                 hello_hash,
             },
             hello,
-        )
+        ))
     }
 
     /// Checks the server's accept (its key must be `server`) and opens the secret.
@@ -270,7 +258,7 @@ impl ClientHandshake {
             )));
         }
         let pull = self.kind == Kind::Pull;
-        let body = accept.signed_bytes(wire::accept_type(pull));
+        let body = accept.signed_bytes(wire::accept_type(pull))?;
         if !crypto::verify(
             &accept.server,
             self.kind.accept_context(),
@@ -326,8 +314,10 @@ pub fn check_hello(hello: &Hello, peer: &PeerKey) -> Result<[u8; 64], HelloProbl
     if hello.sender != *peer.as_bytes() {
         return Err(HelloProblem::IdentityMismatch);
     }
-    let signed = hello.signed_bytes();
-    if !crypto::verify(&hello.sender, context::HELLO, &[&signed], &hello.signature) {
+    let signed = hello
+        .signed_bytes()
+        .map_err(|_| HelloProblem::BadSignature)?;
+    if !hello.verify(&hello.sender) {
         return Err(HelloProblem::BadSignature);
     }
     Ok(crypto::sha512(&[&signed, &hello.signature]))
@@ -338,13 +328,10 @@ pub fn check_pull_hello(hello: &PullHello, peer: &PeerKey) -> Result<[u8; 64], H
     if hello.retriever != *peer.as_bytes() {
         return Err(HelloProblem::IdentityMismatch);
     }
-    let signed = hello.signed_bytes();
-    if !crypto::verify(
-        &hello.retriever,
-        context::PULL_HELLO,
-        &[&signed],
-        &hello.signature,
-    ) {
+    let signed = hello
+        .signed_bytes()
+        .map_err(|_| HelloProblem::BadSignature)?;
+    if !hello.verify(&hello.retriever) {
         return Err(HelloProblem::BadSignature);
     }
     Ok(crypto::sha512(&[&signed, &hello.signature]))
@@ -358,8 +345,10 @@ fn accept(
     client_ephemeral: &[u8; 32],
     secret: &[u8],
     ephemeral: Ephemeral,
-) -> std::result::Result<Accept, crypto::CryptoError> {
-    let shared = ephemeral.agree(client_ephemeral)?;
+) -> Result<Accept> {
+    let shared = ephemeral
+        .agree(client_ephemeral)
+        .map_err(|e| Error::Protocol(format!("the client's one-time key: {e}")))?;
     let server = *identity.public_key().as_bytes();
     let key = crypto::handshake_key(
         &shared,
@@ -380,7 +369,7 @@ fn accept(
         sealed: Bytes::from(sealed),
         signature: [0; 64],
     };
-    let body = accept.signed_bytes(wire::accept_type(kind == Kind::Pull));
+    let body = accept.signed_bytes(wire::accept_type(kind == Kind::Pull))?;
     accept.signature = crypto::sign(identity, kind.accept_context(), &[hello_hash, &body]);
     Ok(accept)
 }
@@ -391,7 +380,7 @@ pub fn accept_push(
     hello: &Hello,
     hello_hash: &[u8; 64],
     secret: &PushSecret,
-) -> std::result::Result<Accept, crypto::CryptoError> {
+) -> Result<Accept> {
     accept_push_with(identity, hello, hello_hash, secret, Ephemeral::generate())
 }
 
@@ -402,13 +391,13 @@ pub(crate) fn accept_push_with(
     hello_hash: &[u8; 64],
     secret: &PushSecret,
     ephemeral: Ephemeral,
-) -> std::result::Result<Accept, crypto::CryptoError> {
+) -> Result<Accept> {
     accept(
         identity,
         Kind::Push,
         hello_hash,
         &hello.client_ephemeral,
-        &secret.encode(),
+        &secret.to_bytes()?,
         ephemeral,
     )
 }
@@ -419,7 +408,7 @@ pub fn accept_pull(
     hello: &PullHello,
     hello_hash: &[u8; 64],
     secret: &PullSecret,
-) -> std::result::Result<Accept, crypto::CryptoError> {
+) -> Result<Accept> {
     accept_pull_with(identity, hello, hello_hash, secret, Ephemeral::generate())
 }
 
@@ -430,13 +419,13 @@ pub(crate) fn accept_pull_with(
     hello_hash: &[u8; 64],
     secret: &PullSecret,
     ephemeral: Ephemeral,
-) -> std::result::Result<Accept, crypto::CryptoError> {
+) -> Result<Accept> {
     accept(
         identity,
         Kind::Pull,
         hello_hash,
         &hello.client_ephemeral,
-        &secret.encode(),
+        &secret.to_bytes()?,
         ephemeral,
     )
 }
@@ -463,9 +452,9 @@ mod tests {
                 new_transfer,
                 ..secret()
             };
-            assert_eq!(PushSecret::decode(&s.encode()).unwrap(), s);
+            assert_eq!(PushSecret::decode(&s.to_bytes().unwrap()).unwrap(), s);
         }
-        let mut bytes = secret().encode();
+        let mut bytes = secret().to_bytes().unwrap();
         *bytes.last_mut().unwrap() = 2;
         assert!(PushSecret::decode(&bytes).is_err());
         assert!(PushSecret::decode(&bytes[..PushSecret::LEN - 1]).is_err());
@@ -475,7 +464,7 @@ mod tests {
     fn push_handshake_agrees() {
         let client = Identity::generate();
         let server = Identity::generate();
-        let (hs, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"token");
+        let (hs, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"token").unwrap();
         let hash = check_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_push(&server, &hello, &hash, &secret()).unwrap();
         assert_eq!(
@@ -487,7 +476,7 @@ mod tests {
     #[test]
     fn hello_from_another_identity_or_tampered_is_refused() {
         let client = Identity::generate();
-        let (_, mut hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"");
+        let (_, mut hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
         assert_eq!(
             check_hello(&hello, &Identity::generate().public_key()),
             Err(HelloProblem::IdentityMismatch)
@@ -503,9 +492,9 @@ mod tests {
     fn accept_for_another_hello_or_server_is_refused() {
         let client = Identity::generate();
         let server = Identity::generate();
-        let (hs, _hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"");
+        let (hs, _hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
         // An accept made for a different hello (another handshake) cannot be replayed.
-        let (_, other_hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"");
+        let (_, other_hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
         let other_hash = check_hello(&other_hello, &client.public_key()).unwrap();
         let replayed = accept_push(&server, &other_hello, &other_hash, &secret()).unwrap();
         assert!(matches!(
@@ -513,7 +502,7 @@ mod tests {
             Err(Error::ServerAuth(_))
         ));
 
-        let (hs, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"");
+        let (hs, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
         let hash = check_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_push(&server, &hello, &hash, &secret()).unwrap();
         let stranger = Identity::generate().public_key();
@@ -537,7 +526,7 @@ mod tests {
             sender: [7; 32],
             sealed_metadata: vec![8; 40],
         };
-        let (hs, hello) = ClientHandshake::pull(&client, b"batch", b"");
+        let (hs, hello) = ClientHandshake::pull(&client, b"batch", b"").unwrap();
         let hash = check_pull_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_pull(&server, &hello, &hash, &pull_secret).unwrap();
         assert_eq!(

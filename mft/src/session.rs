@@ -6,11 +6,11 @@ use std::time::Duration;
 use flow::{FlowReader, FlowWriter};
 
 use crate::error::{Error, Result};
-use crate::wire::{Message, Refuse};
+use crate::wire::{Codec, Kind, Message, Refuse};
 
 /// Sends one message.
 pub(crate) async fn send(writer: &mut FlowWriter, message: &Message) -> Result<()> {
-    writer.write_msg(&[&message.encode()]).await?;
+    writer.write_msg(&[&message.to_bytes()?]).await?;
     Ok(())
 }
 
@@ -20,31 +20,34 @@ pub(crate) async fn recv_opt(reader: &mut FlowReader) -> Result<Option<Message>>
     let Some(bytes) = reader.read_msg().await? else {
         return Ok(None);
     };
-    match Message::decode(bytes)? {
+    match Message::from_bytes(bytes)? {
         Message::Refuse(refuse) => Err(refused(refuse)),
         other => Ok(Some(other)),
     }
 }
 
-/// Receives one message; the flow ending first is a protocol error.
-pub(crate) async fn recv(reader: &mut FlowReader, expected: &'static str) -> Result<Message> {
-    recv_opt(reader)
+/// Receives one message of kind `K` and returns its body; the flow ending first,
+/// or another message, is a protocol error.
+pub(crate) async fn recv<K: Kind>(reader: &mut FlowReader, _kind: K) -> Result<K::Body> {
+    let message = recv_opt(reader)
         .await?
-        .ok_or_else(|| Error::Protocol(format!("the flow ended before {expected}")))
+        .ok_or_else(|| Error::Protocol(format!("the flow ended before {}", K::NAME)))?;
+    K::take(message).map_err(|other| unexpected(K::NAME, &other))
 }
 
-/// Sends `message` and receives the answer. A write that fails because the peer
-/// refused and closed early reports the refusal, not the broken write.
-pub(crate) async fn request(
+/// Sends `message` and receives the answer, of kind `K`. A write that fails
+/// because the peer refused and closed early reports the refusal, not the broken
+/// write.
+pub(crate) async fn request<K: Kind>(
     reader: &mut FlowReader,
     writer: &mut FlowWriter,
     message: &Message,
-    expected: &'static str,
-) -> Result<Message> {
+    kind: K,
+) -> Result<K::Body> {
     if let Err(e) = send(writer, message).await {
         return Err(pending_refusal(reader).await.unwrap_or(e));
     }
-    recv(reader, expected).await
+    recv(reader, kind).await
 }
 
 /// After a failed write: the refusal the peer sent before closing, if one is there.

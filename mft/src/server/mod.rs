@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
 use crate::store::{Store, StoreError, TransferId};
-use crate::wire::{self, Message, Refuse, RefuseCode};
+use crate::wire::{self, Codec, Message, Refuse, RefuseCode};
 
 mod at_rest;
 mod config;
@@ -85,11 +85,7 @@ impl From<StoreError> for Refusal {
 }
 
 fn refusal(code: RefuseCode, message: impl Into<String>) -> Refusal {
-    Refusal(Refuse {
-        code,
-        retry_after_ms: 0,
-        message: message.into(),
-    })
+    Refusal(Refuse::new(code, message))
 }
 
 impl Server {
@@ -222,7 +218,7 @@ impl Server {
                 tokio::time::timeout(self.inner.config.first_message_timeout, reader.read_msg())
                     .await;
             let Refusal(busy) = self.busy("too many flows from this key");
-            let busy = Message::Refuse(busy).encode();
+            let busy = encode_reply(&Message::Refuse(busy));
             let _ = writer.write_msg_and_close(&[&busy]).await;
             return;
         };
@@ -235,7 +231,7 @@ impl Server {
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "flow failed before its first message");
                 if let Some(Refusal(too_large)) = too_large(&e) {
-                    let too_large = Message::Refuse(too_large).encode();
+                    let too_large = encode_reply(&Message::Refuse(too_large));
                     let _ = writer.write_msg_and_close(&[&too_large]).await;
                 }
                 return;
@@ -245,7 +241,7 @@ impl Server {
                 return;
             }
         };
-        let outcome = match Message::decode(first) {
+        let outcome = match Message::from_bytes(first) {
             Ok(Message::Hello(hello)) => self.handle_hello(peer, &hello).await,
             Ok(Message::Segment(segment)) => {
                 self.handle_segments(peer, segment, &mut reader, &mut writer)
@@ -276,7 +272,7 @@ impl Server {
                 Message::Refuse(refuse)
             }
         };
-        if let Err(e) = writer.write_msg_and_close(&[&last.encode()]).await {
+        if let Err(e) = writer.write_msg_and_close(&[&encode_reply(&last)]).await {
             tracing::debug!(%peer, error = %e, "could not answer");
         }
     }
@@ -287,9 +283,8 @@ impl Server {
 
     fn busy(&self, why: &str) -> Refusal {
         Refusal(Refuse {
-            code: RefuseCode::Busy,
             retry_after_ms: self.retry_after_ms(),
-            message: why.to_string(),
+            ..Refuse::new(RefuseCode::Busy, why)
         })
     }
 
@@ -314,6 +309,20 @@ impl Server {
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<TransferId, Arc<OpenTransfer>>> {
         self.inner.open.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The bytes of a reply the server built itself. Its fields are within the
+/// protocol's bounds by construction; should one not be, the peer gets an internal
+/// refusal rather than a truncated message.
+fn encode_reply(reply: &Message) -> Vec<u8> {
+    reply.to_bytes().unwrap_or_else(|e| {
+        tracing::error!(error = %e, message = reply.name(), "a reply did not encode");
+        let internal = Refuse::new(
+            RefuseCode::Internal,
+            "the server could not encode its reply",
+        );
+        Message::Refuse(internal).to_bytes().unwrap_or_default()
+    })
 }
 
 /// The refusal for a message over the flow's size limit: refused from its length

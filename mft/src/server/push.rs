@@ -6,7 +6,7 @@ use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
 
 use super::{Refusal, Server, now_unix, refusal, too_large};
-use crate::crypto::{self, Cipher, context};
+use crate::crypto::{self, Cipher};
 use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
 use crate::proto::completion;
@@ -15,7 +15,7 @@ use crate::proto::transfer::{Refused, TransferState};
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
 use crate::wire::{
-    self, Complete, Hello, Message, Receipt, RefuseCode, Segment, SegmentAck, Stored,
+    self, Codec, Complete, Hello, Message, Receipt, RefuseCode, Segment, SegmentAck, Signed, Stored,
 };
 
 /// An open transfer's keys and state, kept in memory while it is open.
@@ -272,7 +272,7 @@ impl Server {
                     return too_large(&e).map_or(Ok(None), Err);
                 }
             };
-            segment = match Message::decode(next) {
+            segment = match Message::from_bytes(next) {
                 Ok(Message::Segment(s)) if s.transfer_id == open.secret.transfer_id => s,
                 Ok(Message::Segment(_)) => {
                     return Err(refusal(
@@ -307,12 +307,7 @@ impl Server {
         let tag = segment.tag();
         let len32 = len as u32; // at most 16 MiB + 16, checked above
         let transfer_id = open.secret.transfer_id;
-        if !crypto::verify(
-            &open.record.sender,
-            context::SEGMENT,
-            &[&crypto::segment_signed(&transfer_id, index, len32, &tag)],
-            &segment.signature,
-        ) {
+        if !segment.verify(&open.record.sender) {
             return Err(refusal(
                 RefuseCode::BadSignature,
                 format!("segment {index} signature"),
@@ -437,7 +432,7 @@ impl Server {
                 "this transfer was completed with other content; its batch stays as stored",
             ));
         }
-        match Message::decode(Bytes::from(batch.receipt)) {
+        match Message::from_bytes(Bytes::from(batch.receipt)) {
             Ok(receipt @ Message::Receipt(_)) => {
                 tracing::info!(%peer, %transfer, "completion repeated; stored receipt returned");
                 Ok(Some(receipt))
@@ -497,7 +492,7 @@ impl Server {
         )
         .map_err(|_| refusal(RefuseCode::BadSegment, "metadata fails authentication"))?;
 
-        let receipt = self.sign_receipt(&open.record, &tally);
+        let receipt = self.sign_receipt(&open.record, &tally)?;
         let record = BatchRecord {
             batch_id: open.record.batch_id.clone(),
             transfer,
@@ -508,7 +503,9 @@ impl Server {
             sealed_metadata: complete.sealed_metadata.to_vec(),
             chain: tally.chain,
             completed_unix: receipt.completed_unix,
-            receipt: Message::Receipt(receipt.clone()).encode(),
+            receipt: Message::Receipt(receipt.clone())
+                .to_bytes()
+                .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?,
         };
         match self.inner.store.complete_transfer(record).await {
             Ok(()) => {}
@@ -526,7 +523,7 @@ impl Server {
     }
 
     /// The server's signed receipt for the batch `record` becomes.
-    fn sign_receipt(&self, record: &TransferRecord, tally: &Tally) -> Receipt {
+    fn sign_receipt(&self, record: &TransferRecord, tally: &Tally) -> Result<Receipt, Refusal> {
         let mut receipt = Receipt {
             batch_id: Bytes::from(record.batch_id.clone()),
             transfer_id: record.transfer.0,
@@ -538,23 +535,16 @@ impl Server {
             server: *self.inner.identity.public_key().as_bytes(),
             signature: [0; 64],
         };
-        receipt.signature = crypto::sign(
-            &self.inner.identity,
-            context::RECEIPT,
-            &[&receipt.signed_bytes()],
-        );
         receipt
+            .sign(&self.inner.identity)
+            .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
+        Ok(receipt)
     }
 }
 
 /// Checks that the transfer's sender signed `complete`.
 fn check_completion_signature(sender: &[u8; 32], complete: &Complete) -> Result<(), Refusal> {
-    if crypto::verify(
-        sender,
-        context::COMPLETE,
-        &[&complete.signed_bytes()],
-        &complete.signature,
-    ) {
+    if complete.verify(sender) {
         Ok(())
     } else {
         Err(refusal(RefuseCode::BadSignature, "completion signature"))

@@ -29,6 +29,8 @@ use redb::{
 
 use super::commit::Committer;
 use super::memory::{check_len, printable};
+pub(crate) use super::records::{decode_batch, decode_transfer, encode_batch, encode_transfer};
+use super::records::{decode_segment, encode_segment, segment_key};
 use super::{
     BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
     StoreResult, TransferId, TransferRecord, TransferStore,
@@ -310,10 +312,9 @@ impl Inner {
                 // Unreachable while the claim holds; refused rather than replaced anyway.
                 return Err(exists());
             }
-            let mut value = Vec::with_capacity(SEGMENT_VALUE_LEN);
-            value.extend_from_slice(&info.len.to_be_bytes());
-            value.extend_from_slice(&info.tag);
-            table.insert(key.as_slice(), value.as_slice()).or_db()?;
+            table
+                .insert(key.as_slice(), encode_segment(&info).as_slice())
+                .or_db()?;
             Ok(())
         }))
     }
@@ -779,205 +780,12 @@ fn insert_batch(tx: &WriteTransaction, record: &BatchRecord, value: &[u8]) -> St
     Ok(())
 }
 
-// ---- Keys and record encoding ----
+// ---- Keys ----
 
-/// Length of a SEGMENTS key: transfer id, then the index.
-const SEGMENT_KEY_LEN: usize = 16 + 8;
-/// Length of a SEGMENTS value: ciphertext length, then the tag.
-const SEGMENT_VALUE_LEN: usize = 4 + 16;
-/// The first byte of every encoded record, so the format can change later.
-const RECORD_VERSION: u8 = 1;
-
-fn segment_key(transfer: TransferId, index: u64) -> [u8; SEGMENT_KEY_LEN] {
-    let mut key = [0u8; SEGMENT_KEY_LEN];
-    key[..16].copy_from_slice(&transfer.0);
-    key[16..].copy_from_slice(&index.to_be_bytes());
-    key
-}
-
+/// The key of the batch index: the sender, then the batch id.
 fn batch_index_key(sender: &[u8; 32], batch_id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(32 + batch_id.len());
     key.extend_from_slice(sender);
     key.extend_from_slice(batch_id);
     key
-}
-
-fn decode_segment(key: &[u8], value: &[u8]) -> StoreResult<SegmentInfo> {
-    let mut k = Reader::new(key, "segment key");
-    let _transfer: [u8; 16] = k.array()?;
-    let index = k.u64()?;
-    k.finish()?;
-    let mut v = Reader::new(value, "segment record");
-    let len = v.u32()?;
-    let tag = v.array()?;
-    v.finish()?;
-    Ok(SegmentInfo { index, len, tag })
-}
-
-/// Builds an encoded record: fixed-width big-endian integers and u32-length-prefixed
-/// byte strings, after a version byte.
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn new() -> Self {
-        Writer(vec![RECORD_VERSION])
-    }
-
-    fn raw(&mut self, b: &[u8]) {
-        self.0.extend_from_slice(b);
-    }
-
-    fn u32(&mut self, n: u32) {
-        self.raw(&n.to_be_bytes());
-    }
-
-    fn u64(&mut self, n: u64) {
-        self.raw(&n.to_be_bytes());
-    }
-
-    fn bytes(&mut self, b: &[u8]) -> StoreResult<()> {
-        let len = u32::try_from(b.len()).map_err(|_| {
-            StoreError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a {}-byte field is too long to store", b.len()),
-            ))
-        })?;
-        self.u32(len);
-        self.raw(b);
-        Ok(())
-    }
-}
-
-/// Reads an encoded record, refusing (as [`StoreError::Corrupt`], never a panic) any
-/// byte string that is too short, too long or of an unknown version.
-struct Reader<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Reader { buf, what }
-    }
-
-    /// A reader past a version byte that must be [`RECORD_VERSION`].
-    fn versioned(buf: &'a [u8], what: &'static str) -> StoreResult<Self> {
-        let mut r = Reader::new(buf, what);
-        let [version] = r.array()?;
-        if version != RECORD_VERSION {
-            return Err(r.corrupt(&format!("unknown version {version}")));
-        }
-        Ok(r)
-    }
-
-    fn corrupt(&self, why: &str) -> StoreError {
-        StoreError::Corrupt(format!("{}: {why}", self.what))
-    }
-
-    fn take(&mut self, n: usize) -> StoreResult<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(self.corrupt("too short"));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> StoreResult<[u8; N]> {
-        let b = self.take(N)?;
-        <[u8; N]>::try_from(b).map_err(|_| self.corrupt("too short"))
-    }
-
-    fn u32(&mut self) -> StoreResult<u32> {
-        self.array().map(u32::from_be_bytes)
-    }
-
-    fn u64(&mut self) -> StoreResult<u64> {
-        self.array().map(u64::from_be_bytes)
-    }
-
-    fn bytes(&mut self) -> StoreResult<Vec<u8>> {
-        let len = self.u32()? as usize;
-        self.take(len).map(<[u8]>::to_vec)
-    }
-
-    fn finish(self) -> StoreResult<()> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(self.corrupt("trailing bytes"))
-        }
-    }
-}
-
-pub(crate) fn encode_transfer(r: &TransferRecord) -> StoreResult<Vec<u8>> {
-    let mut w = Writer::new();
-    w.raw(&r.transfer.0);
-    w.bytes(&r.batch_id)?;
-    w.raw(&r.sender);
-    w.u32(r.chunk_size);
-    w.u64(r.created_unix);
-    w.u64(r.deadline_unix);
-    Ok(w.0)
-}
-
-/// Decodes a transfer record stored under the key `id`, which it must repeat.
-pub(super) fn decode_transfer(value: &[u8], id: &[u8]) -> StoreResult<TransferRecord> {
-    let mut r = Reader::versioned(value, "transfer record")?;
-    let record = TransferRecord {
-        transfer: TransferId(r.array()?),
-        batch_id: r.bytes()?,
-        sender: r.array()?,
-        chunk_size: r.u32()?,
-        created_unix: r.u64()?,
-        deadline_unix: r.u64()?,
-    };
-    r.finish()?;
-    if record.transfer.0.as_slice() != id {
-        return Err(StoreError::Corrupt(format!(
-            "transfer record {} is stored under another id",
-            record.transfer
-        )));
-    }
-    Ok(record)
-}
-
-pub(crate) fn encode_batch(r: &BatchRecord) -> StoreResult<Vec<u8>> {
-    let mut w = Writer::new();
-    w.bytes(&r.batch_id)?;
-    w.raw(&r.transfer.0);
-    w.raw(&r.sender);
-    w.u32(r.chunk_size);
-    w.u64(r.segment_count);
-    w.u64(r.size);
-    w.bytes(&r.sealed_metadata)?;
-    w.raw(&r.chain);
-    w.u64(r.completed_unix);
-    w.bytes(&r.receipt)?;
-    Ok(w.0)
-}
-
-/// Decodes a batch record stored under the key `batch_id`, which it must repeat.
-pub(super) fn decode_batch(value: &[u8], batch_id: &[u8]) -> StoreResult<BatchRecord> {
-    let mut r = Reader::versioned(value, "batch record")?;
-    let record = BatchRecord {
-        batch_id: r.bytes()?,
-        transfer: TransferId(r.array()?),
-        sender: r.array()?,
-        chunk_size: r.u32()?,
-        segment_count: r.u64()?,
-        size: r.u64()?,
-        sealed_metadata: r.bytes()?,
-        chain: r.array()?,
-        completed_unix: r.u64()?,
-        receipt: r.bytes()?,
-    };
-    r.finish()?;
-    if record.batch_id != batch_id {
-        return Err(StoreError::Corrupt(format!(
-            "batch record {} is stored under another batch id",
-            printable(&record.batch_id)
-        )));
-    }
-    Ok(record)
 }

@@ -8,7 +8,9 @@
 //!
 //! Every key that reaches a store is either a random [`TransferId`] or an opaque
 //! batch id that stores must treat as bytes: never a path component, never a query
-//! string. Implementations: [`MemoryStore`] (tests) and [`FsStore`] (the embedded
+//! string. A batch id has at most [`MAX_BATCH_ID`](crate::wire::MAX_BATCH_ID) bytes,
+//! as on the wire; stores that encode records (with the protocol's codec, the same
+//! for every store) refuse longer ones. Implementations: [`MemoryStore`] (tests) and [`FsStore`] (the embedded
 //! default: segment files plus a redb database, fsync'd before returning).
 
 use std::fmt;
@@ -19,6 +21,7 @@ use bytes::Bytes;
 mod commit;
 pub(crate) mod fs;
 mod memory;
+mod records;
 #[cfg(test)]
 mod tests;
 

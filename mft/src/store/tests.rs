@@ -352,7 +352,7 @@ fn hostile_batch_ids() -> Vec<Vec<u8>> {
         b"/etc/passwd".to_vec(),
         b"a/../../b\\c:d".to_vec(),
         vec![0u8; 3],
-        vec![0xffu8; 1000],
+        vec![0xffu8; crate::wire::MAX_BATCH_ID],
     ]
 }
 

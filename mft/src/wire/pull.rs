@@ -1,0 +1,205 @@
+//! The messages of retrieval and listing.
+
+use bytes::Bytes;
+
+use super::codec::{Codec, DecodeError, EncodeError, Reader, Writer};
+use super::push::{ciphertext_len, read_version};
+use super::{
+    MAX_BATCH_ID, MAX_LISTING_ENTRIES, MAX_METADATA, MAX_SEGMENT_WIRE, MAX_VOUCHER, TAG_LEN,
+    VERSION, ty,
+};
+
+/// Opens a retrieval: client → server, first message of a pull flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullHello {
+    /// The batch wanted.
+    pub batch_id: Bytes,
+    /// The retriever's one-time X25519 public key.
+    pub client_ephemeral: [u8; 32],
+    /// The retriever's Ed25519 key; must equal the flow's TLS peer key.
+    pub retriever: [u8; 32],
+    /// An optional application token, handed to the authoriser.
+    pub voucher: Bytes,
+    /// Ed25519 by `retriever` over [`PullHello::signed_bytes`].
+    pub signature: [u8; 64],
+}
+
+impl PullHello {
+    /// The encoding without the signature.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut w = Writer::starting_with(ty::PULL_HELLO);
+        w.u8(VERSION)
+            .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
+            .put(&self.client_ephemeral)
+            .put(&self.retriever)
+            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
+        Ok(w.into_vec())
+    }
+}
+
+impl Codec for PullHello {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.put(&self.signed_bytes()?[1..]).put(&self.signature);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(PullHello {
+            batch_id: r.bytes16("batch id", MAX_BATCH_ID)?,
+            client_ephemeral: r.array("client ephemeral key")?,
+            retriever: r.array("retriever key")?,
+            voucher: r.bytes16("voucher", MAX_VOUCHER)?,
+            signature: r.array("signature")?,
+        })
+    }
+}
+
+/// One stored segment streamed back to a retriever, in index order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullSegment {
+    /// Its index.
+    pub index: u64,
+    /// The ciphertext as stored, tag at the end.
+    pub ciphertext: Bytes,
+}
+
+/// Bytes before the ciphertext in an encoded [`PullSegment`].
+pub const PULL_SEGMENT_HEADER_LEN: usize = 1 + 8 + 4;
+
+impl PullSegment {
+    /// The header before the ciphertext: type, index, length.
+    pub fn header(index: u64, ciphertext_len: u32) -> [u8; PULL_SEGMENT_HEADER_LEN] {
+        let mut h = [0u8; PULL_SEGMENT_HEADER_LEN];
+        h[0] = ty::PULL_SEGMENT;
+        h[1..9].copy_from_slice(&index.to_be_bytes());
+        h[9..13].copy_from_slice(&ciphertext_len.to_be_bytes());
+        h
+    }
+}
+
+impl Codec for PullSegment {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        let len = ciphertext_len(&self.ciphertext)?;
+        w.put(&PullSegment::header(self.index, len)[1..])
+            .put(&self.ciphertext);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        let index = r.u64("index")?;
+        let ciphertext = r.bytes32("segment", MAX_SEGMENT_WIRE)?;
+        if ciphertext.len() < TAG_LEN {
+            return Err(DecodeError::Invalid("segment shorter than its tag"));
+        }
+        Ok(PullSegment { index, ciphertext })
+    }
+}
+
+/// Asks which batches the requester may retrieve, a page at a time: client → server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct List {
+    /// Only batch ids after this one (byte order); empty for the first page.
+    pub after: Bytes,
+    /// The most entries wanted (the server may send fewer).
+    pub limit: u32,
+    /// An optional application token, handed to the authoriser.
+    pub voucher: Bytes,
+}
+
+impl Codec for List {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(VERSION)
+            .bytes16("after", &self.after, MAX_BATCH_ID)?
+            .u32(self.limit)
+            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(List {
+            after: r.bytes16("after", MAX_BATCH_ID)?,
+            limit: r.u32("limit")?,
+            voucher: r.bytes16("voucher", MAX_VOUCHER)?,
+        })
+    }
+}
+
+/// One batch in a [`Listing`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListingEntry {
+    /// The batch id.
+    pub batch_id: Bytes,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// The sender's key.
+    pub sender: [u8; 32],
+    /// When it completed, seconds since the Unix epoch.
+    pub completed_unix: u64,
+    /// The metadata the sender attached (decrypted by the server for the requester).
+    pub metadata: Bytes,
+}
+
+impl Codec for ListingEntry {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
+            .u64(self.size)
+            .u64(self.segment_count)
+            .put(&self.sender)
+            .u64(self.completed_unix)
+            .bytes32("metadata", &self.metadata, MAX_METADATA)?;
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ListingEntry {
+            batch_id: r.bytes16("batch id", MAX_BATCH_ID)?,
+            size: r.u64("size")?,
+            segment_count: r.u64("segment count")?,
+            sender: r.array("sender key")?,
+            completed_unix: r.u64("completion time")?,
+            metadata: r.bytes32("metadata", MAX_METADATA)?,
+        })
+    }
+}
+
+/// A page of batches: server → client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The batches, in batch-id order.
+    pub entries: Vec<ListingEntry>,
+    /// Whether more batches follow (ask again with `after` = the last id).
+    pub more: bool,
+}
+
+impl Codec for Listing {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        super::codec::check_len("listing", self.entries.len(), MAX_LISTING_ENTRIES)?;
+        w.u32(self.entries.len() as u32);
+        for entry in &self.entries {
+            entry.write_to(w)?;
+        }
+        w.u8(u8::from(self.more));
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        let n = r.u32("entry count")? as usize;
+        if n > MAX_LISTING_ENTRIES {
+            return Err(DecodeError::TooLong {
+                field: "listing",
+                len: n,
+                max: MAX_LISTING_ENTRIES,
+            });
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(ListingEntry::read_from(r)?);
+        }
+        let more = r.bool("more flag")?;
+        Ok(Listing { entries, more })
+    }
+}
