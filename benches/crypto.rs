@@ -6,11 +6,11 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flow::Identity;
 use mft::crypto::{self, AesGcm, Chain, RingAesGcm, SegmentCipher};
-use mft::wire::{Segment, Signed};
+use mft::wire::{Segment, Signed, Tag, TransferId};
 use std::hint::black_box;
 
 const SIZES: [usize; 3] = [64 << 10, 1 << 20, 4 << 20];
-const TRANSFER: [u8; 16] = [7; 16];
+const TRANSFER: TransferId = TransferId([7; 16]);
 
 fn seal_and_open(c: &mut Criterion) {
     let backends: [(&str, Box<dyn SegmentCipher>); 2] = [
@@ -53,7 +53,7 @@ fn seal_and_open(c: &mut Criterion) {
                         &crypto::segment_nonce(1),
                         &crypto::segment_aad(&TRANSFER, 1),
                         &mut scratch,
-                        &tag,
+                        &tag.0,
                     );
                     black_box(ok.is_ok())
                 })
@@ -66,7 +66,7 @@ fn seal_and_open(c: &mut Criterion) {
 fn sign_and_chain(c: &mut Criterion) {
     let identity = Identity::generate();
     let key = *identity.public_key().as_bytes();
-    let tag = [9u8; 16];
+    let tag = Tag([9u8; 16]);
     let signed = Segment::signed_parts(&TRANSFER, 1, 1 << 20, &tag);
     let context = <Segment as Signed>::CONTEXT;
     let signature = crypto::sign(&identity, context, &[&signed]);

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flow::Identity;
 use mft::handshake::{self, ClientHandshake, PushSecret};
-use mft::wire::{Codec, Complete, Message, Segment, SegmentAck};
+use mft::wire::{
+    BatchId, ChainHash, Codec, Complete, DataKey, Message, Segment, SegmentAck, Signature,
+    TransferId,
+};
 use std::hint::black_box;
 
 fn push_handshake(c: &mut Criterion) {
@@ -15,17 +18,22 @@ fn push_handshake(c: &mut Criterion) {
     let client_key = client.public_key();
     let server_key = server.public_key();
     let secret = PushSecret {
-        transfer_id: [1; 16],
+        transfer_id: TransferId([1; 16]),
         completion_id: [2; 32],
-        data_key: [3; 32],
+        data_key: DataKey::from_bytes([3; 32]),
         chunk_size: 1 << 20,
         max_metadata: 64 << 10,
         new_transfer: true,
     };
     c.bench_function("push handshake (both sides)", |b| {
         b.iter(|| {
-            let (pending, hello) =
-                ClientHandshake::push(&client, b"batch", 1 << 20, b"").expect("hello");
+            let (pending, hello) = ClientHandshake::push(
+                &client,
+                &BatchId::new(&b"batch"[..]).expect("id"),
+                1 << 20,
+                b"",
+            )
+            .expect("hello");
             let hello_hash = handshake::check_hello(&hello, &client_key).expect("valid hello");
             let accept =
                 handshake::accept_push(&server, &hello, &hello_hash, &secret).expect("accepts");
@@ -38,10 +46,10 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
     for size in [64usize << 10, 1 << 20] {
         let segment = Message::Segment(Segment {
-            transfer_id: [4; 16],
+            transfer_id: TransferId([4; 16]),
             index: 42,
             ciphertext: Bytes::from(vec![0u8; size + 16]),
-            signature: [5; 64],
+            signature: Signature([5; 64]),
         });
         let encoded = Bytes::from(segment.to_bytes().expect("encodes"));
         group.throughput(Throughput::Bytes(encoded.len() as u64));
@@ -67,13 +75,13 @@ fn codec(c: &mut Criterion) {
         b.iter(|| black_box(Message::from_bytes(ack_bytes.clone()).expect("decodes")))
     });
     let complete = Message::Complete(Complete {
-        transfer_id: [4; 16],
+        transfer_id: TransferId([4; 16]),
         segment_count: 1024,
         size: 1 << 30,
         completion_id: [6; 32],
-        chain: [7; 64],
+        chain: ChainHash([7; 64]),
         sealed_metadata: Bytes::from(vec![0u8; 256]),
-        signature: [8; 64],
+        signature: Signature([8; 64]),
     });
     let complete_bytes = Bytes::from(complete.to_bytes().expect("encodes"));
     group.bench_function("decode complete", |b| {

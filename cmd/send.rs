@@ -121,12 +121,12 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             "batch_id": String::from_utf8_lossy(&receipt.batch_id),
             "size": receipt.size,
             "segments": receipt.segment_count,
-            "transfer_id": hex(&receipt.transfer_id),
+            "transfer_id": hex(receipt.transfer_id.as_bytes()),
             "sender": hex(&receipt.sender),
             "server": hex(&receipt.server),
             "completed_unix": receipt.completed_unix,
-            "chain": hex(&receipt.chain),
-            "signature": hex(&receipt.signature),
+            "chain": hex(receipt.chain.as_bytes()),
+            "signature": hex(receipt.signature.as_bytes()),
             "seconds": elapsed.as_secs_f64(),
         }));
     } else {
@@ -140,8 +140,8 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         );
         println!("size {}", receipt.size);
         println!("segments {}", receipt.segment_count);
-        println!("transfer {}", hex(&receipt.transfer_id));
-        println!("receipt signature {}", hex(&receipt.signature));
+        println!("transfer {}", hex(receipt.transfer_id.as_bytes()));
+        println!("receipt signature {}", hex(receipt.signature.as_bytes()));
     }
     Ok(())
 }

@@ -28,7 +28,10 @@ use mft::handshake::{ClientHandshake, PushSecret};
 use mft::store::{
     BatchRecord, BatchStore, FsStore, MemoryStore, Store, StoreError, TransferId, TransferRecord,
 };
-use mft::wire::{Codec, Complete, Message, Receipt, Refuse, RefuseCode, Segment, Signed};
+use mft::wire::{
+    BatchId, ChainHash, Codec, Complete, Message, Receipt, Refuse, RefuseCode, Segment, Signature,
+    Signed, Tag,
+};
 use mft::{ClientConfig, ErrorKind, Event, Retriever, Sender, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::{broadcast, oneshot};
@@ -305,7 +308,7 @@ impl Harness {
         assert!(receipt.verify(&receipt.server));
         let record = self.store.batch(batch_id).await.unwrap().unwrap();
         assert_eq!(record.batch_id, batch_id);
-        assert_eq!(record.transfer.0, receipt.transfer_id);
+        assert_eq!(record.transfer, receipt.transfer_id);
         assert_eq!(record.sender, receipt.sender);
         assert_eq!(record.chunk_size, CHUNK);
         assert_eq!(record.segment_count, segments);
@@ -389,8 +392,8 @@ impl Raw {
     /// Runs the push handshake for `batch_id`, proposing `chunk_size`.
     async fn open(&self, batch_id: &[u8], chunk_size: u32) -> RawTransfer {
         let identity = self.manager.identity().clone();
-        let (handshake, hello) =
-            ClientHandshake::push(&identity, batch_id, chunk_size, b"").unwrap();
+        let id = BatchId::new(batch_id.to_vec()).unwrap();
+        let (handshake, hello) = ClientHandshake::push(&identity, &id, chunk_size, b"").unwrap();
         let (mut reader, mut writer) = self.flow().await;
         writer
             .write_msg(&[&Message::Hello(hello).to_bytes().unwrap()])
@@ -404,7 +407,7 @@ impl Raw {
         RawTransfer {
             identity,
             batch_id: batch_id.to_vec(),
-            cipher: AesGcm::new(&secret.data_key),
+            cipher: AesGcm::new(secret.data_key.expose()),
             secret,
         }
     }
@@ -419,7 +422,7 @@ impl Raw {
             let header = Segment::header(&s.transfer_id, s.index, s.ciphertext.len() as u32);
             // A refused flow may be reset under a write; the answer tells.
             let _ = writer
-                .write_msg(&[&header, &s.ciphertext, &s.signature])
+                .write_msg(&[&header, &s.ciphertext, &s.signature.0])
                 .await;
             match recv(&mut reader).await {
                 Some(Message::SegmentAck(ack)) => {
@@ -480,7 +483,7 @@ impl Raw {
 
 impl RawTransfer {
     fn id(&self) -> TransferId {
-        TransferId(self.secret.transfer_id)
+        self.secret.transfer_id
     }
 
     /// Segment `index` carrying `plaintext`, sealed and signed as an honest sender
@@ -492,7 +495,7 @@ impl RawTransfer {
             transfer_id: self.secret.transfer_id,
             index,
             ciphertext: buf.into(),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         resign(&mut segment, &self.identity, tag);
         segment
@@ -507,7 +510,7 @@ impl RawTransfer {
     }
 
     /// The chain hash over `segments`, in order.
-    fn chain(&self, segments: &[Segment]) -> [u8; 64] {
+    fn chain(&self, segments: &[Segment]) -> ChainHash {
         let mut chain = Chain::new(&self.secret.transfer_id, &self.batch_id);
         for s in segments {
             chain.push(s.ciphertext.len() as u32, &s.tag());
@@ -521,7 +524,7 @@ impl RawTransfer {
         segment_count: u64,
         size: u64,
         completion_id: [u8; 32],
-        chain: [u8; 64],
+        chain: ChainHash,
         metadata: &[u8],
     ) -> Complete {
         let sealed = crypto::seal(
@@ -537,7 +540,7 @@ impl RawTransfer {
             completion_id,
             chain,
             sealed_metadata: sealed.into(),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         complete.sign(&self.identity).unwrap();
         complete
@@ -556,7 +559,7 @@ impl RawTransfer {
 }
 
 /// Signs `segment` (as it now stands, with `tag`) as `identity`.
-fn resign(segment: &mut Segment, identity: &Identity, tag: [u8; 16]) {
+fn resign(segment: &mut Segment, identity: &Identity, tag: Tag) {
     let len = segment.ciphertext.len() as u32;
     segment.signature =
         Segment::sign_parts(identity, &segment.transfer_id, segment.index, len, &tag);
@@ -799,7 +802,8 @@ async fn wrong_server_key_is_refused(t: Transport) {
     // Past the flow layer, the handshake checks the key the server signs with.
     let raw = h.raw();
     let identity = h.client.identity().clone();
-    let (handshake, hello) = ClientHandshake::push(&identity, b"misdirected", CHUNK, b"").unwrap();
+    let id = BatchId::new(&b"misdirected"[..]).unwrap();
+    let (handshake, hello) = ClientHandshake::push(&identity, &id, CHUNK, b"").unwrap();
     let (mut reader, mut writer) = raw.flow().await;
     writer
         .write_msg(&[&Message::Hello(hello).to_bytes().unwrap()])
@@ -1017,7 +1021,7 @@ async fn a_segment_after_completion_is_refused_and_the_batch_still_retrieves(t: 
         )
     };
     let (header, body, sig) = write(&segments[0]);
-    writer.write_msg(&[&header, &body, &sig]).await.unwrap();
+    writer.write_msg(&[&header, &body, &sig.0]).await.unwrap();
     assert!(matches!(
         recv(&mut reader).await,
         Some(Message::SegmentAck(_))
@@ -1032,7 +1036,7 @@ async fn a_segment_after_completion_is_refused_and_the_batch_still_retrieves(t: 
     // The held flow now offers a fourth, validly sealed and signed segment.
     let extra = tr.segment(3, b"appended after the receipt");
     let (header, body, sig) = write(&extra);
-    let _ = writer.write_msg(&[&header, &body, &sig]).await;
+    let _ = writer.write_msg(&[&header, &body, &sig.0]).await;
     match recv(&mut reader).await {
         Some(Message::Refuse(refuse)) => {
             assert_eq!(refuse.code, RefuseCode::UnknownTransfer, "{refuse:?}")
@@ -1201,7 +1205,7 @@ async fn two_racing_hellos_open_one_transfer_and_leave_one_secret(t: Transport) 
     let raw = h.raw();
     let (a, b) = tokio::join!(raw.open(b"race", CHUNK), raw.open(b"race", CHUNK));
     assert_eq!(a.id(), b.id(), "both hellos got the one transfer");
-    assert_eq!(a.secret.data_key, b.secret.data_key);
+    assert!(a.secret.data_key == b.secret.data_key);
     assert_ne!(
         a.secret.new_transfer, b.secret.new_transfer,
         "one opened it, the other reopened it"
@@ -1370,7 +1374,7 @@ async fn wrong_chain_is_refused(t: Transport) {
     let id = tr.secret.completion_id;
 
     let mut flipped = tr.chain(&segments);
-    flipped[0] ^= 1;
+    flipped.0[0] ^= 1;
     // The segments' chain in another order, and one over another batch id.
     let reordered = tr.chain(&[
         segments[1].clone(),
@@ -1476,7 +1480,7 @@ async fn segment_over_the_limit_is_refused(t: Transport) {
         if let Some(s) = first {
             let header = Segment::header(&s.transfer_id, s.index, s.ciphertext.len() as u32);
             writer
-                .write_msg(&[&header, &s.ciphertext, &s.signature])
+                .write_msg(&[&header, &s.ciphertext, &s.signature.0])
                 .await
                 .unwrap();
             assert!(matches!(
@@ -1492,7 +1496,7 @@ async fn segment_over_the_limit_is_refused(t: Transport) {
         let writing = tokio::spawn(async move {
             let header = Segment::header(&big.transfer_id, big.index, big.ciphertext.len() as u32);
             let _ = writer
-                .write_msg(&[&header, &big.ciphertext, &big.signature])
+                .write_msg(&[&header, &big.ciphertext, &big.signature.0])
                 .await;
             writer
         });
@@ -1697,7 +1701,7 @@ async fn hold_the_only_flow(raw: &Raw, batch_id: &[u8]) -> (RawTransfer, FlowRea
                 segment.ciphertext.len() as u32,
             );
             let _ = writer
-                .write_msg(&[&header, &segment.ciphertext, &segment.signature])
+                .write_msg(&[&header, &segment.ciphertext, &segment.signature.0])
                 .await;
             match recv(&mut reader).await {
                 Some(Message::SegmentAck(_)) => break (reader, writer),

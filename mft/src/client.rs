@@ -27,7 +27,8 @@ use crate::proto::layout::BatchLayout;
 use crate::session;
 use crate::stream::{BatchInfo, BatchReader, SegmentSource};
 use crate::wire::{
-    self, Codec, Complete, Message, RefuseCode, Resume, Segment, Signed, Stored, kind,
+    self, BatchId, ChainHash, Codec, Complete, Message, RefuseCode, Resume, Segment, Signature,
+    Signed, Stored, Tag, TransferId, kind,
 };
 
 pub use crate::wire::Receipt;
@@ -226,18 +227,8 @@ impl ClientConfig {
     }
 }
 
-fn check_batch_id(batch_id: &[u8]) -> Result<()> {
-    if batch_id.is_empty() || batch_id.len() > wire::MAX_BATCH_ID {
-        return Err(Error::config(
-            "batch id",
-            format!(
-                "{} bytes; a batch id has 1 to {} bytes",
-                batch_id.len(),
-                wire::MAX_BATCH_ID
-            ),
-        ));
-    }
-    Ok(())
+fn check_batch_id(batch_id: &[u8]) -> Result<BatchId> {
+    BatchId::new(batch_id.to_vec()).map_err(|e| Error::config("batch id", e.to_string()))
 }
 
 /// What happens during a transfer, for progress displays. Slow subscribers may miss
@@ -253,7 +244,7 @@ pub enum Event {
     /// The server accepted the transfer.
     Accepted {
         /// The server's transfer id.
-        transfer_id: [u8; 16],
+        transfer_id: TransferId,
         /// The negotiated chunk size.
         chunk_size: u32,
         /// The protocol the connection runs on (`quic`, `https`, …): with an
@@ -352,7 +343,7 @@ pub struct Sender {
 struct Pending {
     index: u64,
     ciphertext: Bytes,
-    signature: [u8; 64],
+    signature: Signature,
     plaintext_len: u64,
 }
 
@@ -367,7 +358,7 @@ struct Sent {
 struct Shared {
     manager: Manager,
     config: ClientConfig,
-    transfer_id: [u8; 16],
+    transfer_id: TransferId,
     queue: tokio::sync::Mutex<mpsc::Receiver<Pending>>,
     /// Segments the server held when the transfer (re)opened: not sent again.
     already_stored: Stored,
@@ -533,7 +524,7 @@ impl Sender {
         batch_id: &[u8],
         metadata: Metadata,
     ) -> Result<Receipt> {
-        check_batch_id(batch_id)?;
+        let batch_id = &check_batch_id(batch_id)?;
         if let Metadata::Fixed(metadata) = &metadata {
             check_metadata(metadata, wire::MAX_METADATA as u32, "protocol")?;
         }
@@ -720,7 +711,7 @@ impl Sender {
         open_flow(&self.manager, &self.config).await
     }
 
-    async fn handshake(&self, batch_id: &[u8]) -> Result<(PushSecret, String, Duration)> {
+    async fn handshake(&self, batch_id: &BatchId) -> Result<(PushSecret, String, Duration)> {
         let (handshake, hello) = ClientHandshake::push(
             self.manager.identity(),
             batch_id,
@@ -739,7 +730,7 @@ impl Sender {
         Ok((secret, protocol, rtt))
     }
 
-    async fn stored(&self, transfer_id: [u8; 16]) -> Result<Stored> {
+    async fn stored(&self, transfer_id: TransferId) -> Result<Stored> {
         let (mut reader, mut writer) = self.flow().await?;
         let resume = Message::Resume(Resume { transfer_id });
         session::request(&mut reader, &mut writer, &resume, kind::Stored).await
@@ -750,11 +741,11 @@ impl Sender {
         secret: &PushSecret,
         segment_count: u64,
         size: u64,
-        chain: [u8; 64],
+        chain: ChainHash,
         metadata: &[u8],
     ) -> Result<Complete> {
         let sealed_metadata = crypto::seal(
-            &Cipher::new(&secret.data_key),
+            &Cipher::new(secret.data_key.expose()),
             &crypto::METADATA_NONCE,
             &crypto::metadata_aad(&secret.transfer_id),
             metadata,
@@ -766,7 +757,7 @@ impl Sender {
             completion_id: secret.completion_id,
             chain,
             sealed_metadata: Bytes::from(sealed_metadata),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         complete.sign(self.manager.identity())?;
         Ok(complete)
@@ -778,7 +769,12 @@ impl Sender {
         session::request(&mut reader, &mut writer, &message, kind::Receipt).await
     }
 
-    fn check_receipt(&self, receipt: &Receipt, batch_id: &[u8], complete: &Complete) -> Result<()> {
+    fn check_receipt(
+        &self,
+        receipt: &Receipt,
+        batch_id: &BatchId,
+        complete: &Complete,
+    ) -> Result<()> {
         let server = self.config.server_key.as_bytes();
         if receipt.server != *server || !receipt.verify(server) {
             return Err(Error::ServerAuth(
@@ -786,7 +782,7 @@ impl Sender {
             ));
         }
         let ours = *self.manager.identity().public_key().as_bytes();
-        if receipt.batch_id != batch_id
+        if receipt.batch_id != *batch_id
             || receipt.transfer_id != complete.transfer_id
             || receipt.sender != ours
             || receipt.segment_count != complete.segment_count
@@ -873,7 +869,7 @@ async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowRead
 /// What the producer made of the input.
 struct Produced {
     content: Content,
-    chain: [u8; 64],
+    chain: ChainHash,
 }
 
 /// One chunk's crypto, done on a blocking thread: hash the plaintext (when asked),
@@ -881,13 +877,13 @@ struct Produced {
 struct Sealer {
     cipher: Cipher,
     identity: flow::Identity,
-    transfer_id: [u8; 16],
+    transfer_id: TransferId,
     /// SHA-256 of the plaintext so far.
     hasher: Option<Sha256>,
 }
 
 impl Sealer {
-    fn seal(&mut self, index: u64, mut buf: BytesMut) -> (BytesMut, [u8; 16], [u8; 64]) {
+    fn seal(&mut self, index: u64, mut buf: BytesMut) -> (BytesMut, Tag, Signature) {
         if let Some(hasher) = &mut self.hasher {
             hasher.update(&buf);
         }
@@ -975,7 +971,7 @@ async fn produce(
     let chunk = secret.chunk_size as usize;
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
     let mut sealer = Sealer {
-        cipher: Cipher::new(&secret.data_key),
+        cipher: Cipher::new(secret.data_key.expose()),
         identity,
         transfer_id: secret.transfer_id,
         hasher: digest.then(Sha256::new),
@@ -1091,14 +1087,14 @@ impl SegmentFlow {
         })
     }
 
-    async fn write(&mut self, transfer_id: &[u8; 16], pending: &Pending) -> Result<()> {
+    async fn write(&mut self, transfer_id: &TransferId, pending: &Pending) -> Result<()> {
         let header = Segment::header(transfer_id, pending.index, pending.ciphertext.len() as u32);
         // The ciphertext goes to the transport as it is (no copy over QUIC).
         self.writer
             .write_msg_bytes(&mut [
                 Bytes::copy_from_slice(&header),
                 pending.ciphertext.clone(),
-                Bytes::copy_from_slice(&pending.signature),
+                Bytes::copy_from_slice(&pending.signature.0),
             ])
             .await?;
         Ok(())
@@ -1267,7 +1263,7 @@ impl Retriever {
     /// Starts retrieving `batch_id`: its description now, its verified plaintext as
     /// the reader is read (bounded memory, however large the batch).
     pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
-        check_batch_id(batch_id)?;
+        let batch_id = &check_batch_id(batch_id)?;
         let mut attempt = 0;
         retry_within(self.config.retries, &mut attempt, None, || {
             self.try_get(batch_id)
@@ -1288,7 +1284,11 @@ impl Retriever {
             });
             let listing =
                 session::request(&mut reader, &mut writer, &request, kind::Listing).await?;
-            let Some(last) = listing.entries.last().map(|e| e.batch_id.clone()) else {
+            let Some(last) = listing
+                .entries
+                .last()
+                .map(|e| e.batch_id.as_bytes().clone())
+            else {
                 return Ok(all);
             };
             if last <= after {
@@ -1312,7 +1312,7 @@ impl Retriever {
         }
     }
 
-    async fn try_get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
+    async fn try_get(&self, batch_id: &BatchId) -> Result<(BatchReader, BatchInfo)> {
         let (handshake, hello) =
             ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher)?;
         let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;

@@ -5,12 +5,14 @@
 //! the bytes it covers, so no signature can be lifted from one place to another.
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, Nonce};
 use flow::{Identity, PeerKey};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::wire::{ChainHash, Tag, TransferId};
 
 /// Context strings: one per signature and derivation, never reused.
 pub mod context {
@@ -179,7 +181,12 @@ impl SegmentCipher for AesGcm {
         tag: &[u8; 16],
     ) -> Result<(), CryptoError> {
         self.0
-            .decrypt_inout_detached(&Nonce::from(*nonce), aad, buf.into(), &Tag::from(*tag))
+            .decrypt_inout_detached(
+                &Nonce::from(*nonce),
+                aad,
+                buf.into(),
+                &aes_gcm::Tag::from(*tag),
+            )
             .map_err(|_| CryptoError::Unauthentic)
     }
 }
@@ -265,10 +272,10 @@ pub const INLINE_CRYPTO_MAX: usize = 64 << 10;
 pub const METADATA_NONCE: [u8; 12] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// The AAD of segment `index` of `transfer_id`: binds the ciphertext to its place.
-pub fn segment_aad(transfer_id: &[u8; 16], index: u64) -> [u8; 44] {
+pub fn segment_aad(transfer_id: &TransferId, index: u64) -> [u8; 44] {
     let mut aad = [0u8; 44];
     aad[..20].copy_from_slice(context::SEGMENT_AAD);
-    aad[20..36].copy_from_slice(transfer_id);
+    aad[20..36].copy_from_slice(&transfer_id.0);
     aad[36..].copy_from_slice(&index.to_be_bytes());
     aad
 }
@@ -277,10 +284,10 @@ pub fn segment_aad(transfer_id: &[u8; 16], index: u64) -> [u8; 44] {
 /// the segment's ciphertext. `buf` is a `Vec<u8>` or a `bytes::BytesMut`.
 pub fn seal_segment<B>(
     cipher: &dyn SegmentCipher,
-    transfer_id: &[u8; 16],
+    transfer_id: &TransferId,
     index: u64,
     buf: &mut B,
-) -> [u8; 16]
+) -> Tag
 where
     B: AsMut<[u8]> + for<'a> Extend<&'a u8>,
 {
@@ -290,14 +297,14 @@ where
         buf.as_mut(),
     );
     buf.extend(&tag);
-    tag
+    Tag(tag)
 }
 
 /// Decrypts a segment's `ciphertext` (tag at the end) in place, leaving the plaintext
 /// in `buf[..len - 16]`.
 pub fn open_segment(
     cipher: &dyn SegmentCipher,
-    transfer_id: &[u8; 16],
+    transfer_id: &TransferId,
     index: u64,
     buf: &mut [u8],
 ) -> Result<usize, CryptoError> {
@@ -347,8 +354,8 @@ pub fn open(
 }
 
 /// The metadata AAD: binds it to its transfer.
-pub fn metadata_aad(transfer_id: &[u8; 16]) -> Vec<u8> {
-    [context::METADATA_AAD, transfer_id].concat()
+pub fn metadata_aad(transfer_id: &TransferId) -> Vec<u8> {
+    [context::METADATA_AAD, &transfer_id.0].concat()
 }
 
 /// The chain hash: links every segment in order, so omission, duplication,
@@ -364,27 +371,27 @@ pub struct Chain {
 
 impl Chain {
     /// The initial value for a transfer.
-    pub fn new(transfer_id: &[u8; 16], batch_id: &[u8]) -> Self {
+    pub fn new(transfer_id: &TransferId, batch_id: &[u8]) -> Self {
         Chain {
-            state: sha512(&[context::CHAIN, transfer_id, batch_id]),
+            state: sha512(&[context::CHAIN, &transfer_id.0, batch_id]),
             next: 0,
         }
     }
 
     /// Adds the next segment (by index order).
-    pub fn push(&mut self, len: u32, tag: &[u8; 16]) {
+    pub fn push(&mut self, len: u32, tag: &Tag) {
         self.state = sha512(&[
             &self.state,
             &self.next.to_be_bytes(),
             &len.to_be_bytes(),
-            tag,
+            &tag.0,
         ]);
         self.next += 1;
     }
 
     /// The value after the segments pushed so far.
-    pub fn value(&self) -> [u8; 64] {
-        self.state
+    pub fn value(&self) -> ChainHash {
+        ChainHash(self.state)
     }
 }
 
@@ -432,10 +439,10 @@ mod tests {
     #[test]
     fn segments_round_trip_and_are_bound_to_their_place() {
         let cipher = AesGcm::new(&[7; 32]);
-        let transfer = [1; 16];
+        let transfer = TransferId([1; 16]);
         let mut buf = b"hello segment".to_vec();
         let tag = seal_segment(&cipher, &transfer, 3, &mut buf);
-        assert_eq!(&buf[buf.len() - 16..], &tag);
+        assert_eq!(&buf[buf.len() - 16..], &tag.0);
 
         let mut ok = buf.clone();
         let n = open_segment(&cipher, &transfer, 3, &mut ok).unwrap();
@@ -448,7 +455,7 @@ mod tests {
         );
         let mut other_transfer = buf.clone();
         assert_eq!(
-            open_segment(&cipher, &[2; 16], 3, &mut other_transfer),
+            open_segment(&cipher, &TransferId([2; 16]), 3, &mut other_transfer),
             Err(CryptoError::Unauthentic)
         );
         let mut tampered = buf.clone();
@@ -555,17 +562,17 @@ mod tests {
 
     #[test]
     fn chain_detects_order_and_substitution() {
-        let t = [9; 16];
+        let t = TransferId([9; 16]);
         let mut a = Chain::new(&t, b"batch");
-        a.push(10, &[1; 16]);
-        a.push(10, &[2; 16]);
+        a.push(10, &Tag([1; 16]));
+        a.push(10, &Tag([2; 16]));
         let mut swapped = Chain::new(&t, b"batch");
-        swapped.push(10, &[2; 16]);
-        swapped.push(10, &[1; 16]);
+        swapped.push(10, &Tag([2; 16]));
+        swapped.push(10, &Tag([1; 16]));
         assert_ne!(a.value(), swapped.value());
         let mut other_batch = Chain::new(&t, b"batcH");
-        other_batch.push(10, &[1; 16]);
-        other_batch.push(10, &[2; 16]);
+        other_batch.push(10, &Tag([1; 16]));
+        other_batch.push(10, &Tag([2; 16]));
         assert_ne!(a.value(), other_batch.value());
     }
 

@@ -142,10 +142,6 @@ impl From<EncodeError> for Error {
                 field,
                 problem: format!("{len} exceeds the protocol's limit of {max}"),
             },
-            other => Error::Config {
-                field: "message",
-                problem: other.to_string(),
-            },
         }
     }
 }

@@ -16,8 +16,8 @@ use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    Codec, Complete, List, Listing, ListingEntry, Message, PullSegment, Receipt, Refuse,
-    RefuseCode, Resume, Segment, SegmentAck, Signed, Stored,
+    BatchId, Codec, Complete, DataKey, List, Listing, ListingEntry, Message, PullSegment, Receipt,
+    Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -51,13 +51,14 @@ fn vectors() -> Vectors {
     let mut v = Vectors(Vec::new());
     let sender = identity(1);
     let server = identity(2);
-    let batch_id = b"reports/2026-12.csv";
+    let batch_id: &[u8] = b"reports/2026-12.csv";
+    let batch = BatchId::new(batch_id).expect("a batch id");
     let chunk_size = 4096;
 
     // The push handshake.
     let (client, hello) = ClientHandshake::push_with(
         &sender,
-        batch_id,
+        &batch,
         chunk_size,
         b"voucher",
         Ephemeral::from_secret([3; 32]),
@@ -70,9 +71,9 @@ fn vectors() -> Vectors {
             .expect("a vector encodes"),
     );
     let push = PushSecret {
-        transfer_id: [0x11; 16],
+        transfer_id: TransferId([0x11; 16]),
         completion_id: [0x22; 32],
-        data_key: [0x33; 32],
+        data_key: DataKey::from_bytes([0x33; 32]),
         chunk_size,
         max_metadata: 64 << 10,
         new_transfer: true,
@@ -102,7 +103,7 @@ fn vectors() -> Vectors {
     );
 
     // Two segments: a full chunk and a short last one.
-    let cipher = Cipher::new(&push.data_key);
+    let cipher = Cipher::new(push.data_key.expose());
     let mut chain = Chain::new(&push.transfer_id, batch_id);
     let mut size = 0u64;
     for (index, len) in [(0u64, chunk_size as usize), (1, 10)] {
@@ -160,7 +161,7 @@ fn vectors() -> Vectors {
         completion_id: push.completion_id,
         chain: chain.value(),
         sealed_metadata: Bytes::from(sealed_metadata.clone()),
-        signature: [0; 64],
+        signature: Signature([0; 64]),
     };
     complete.sign(&sender).expect("the completion encodes");
     v.add(
@@ -170,7 +171,7 @@ fn vectors() -> Vectors {
             .expect("a vector encodes"),
     );
     let mut receipt = Receipt {
-        batch_id: Bytes::from_static(batch_id),
+        batch_id: batch.clone(),
         transfer_id: push.transfer_id,
         sender: *sender.public_key().as_bytes(),
         segment_count: 2,
@@ -178,7 +179,7 @@ fn vectors() -> Vectors {
         chain: chain.value(),
         completed_unix: 1_796_083_200,
         server: *server.public_key().as_bytes(),
-        signature: [0; 64],
+        signature: Signature([0; 64]),
     };
     receipt.sign(&server).expect("the receipt encodes");
     let receipt_bytes = Message::Receipt(receipt)
@@ -189,7 +190,7 @@ fn vectors() -> Vectors {
     // The pull handshake and a pulled segment.
     let retriever = identity(5);
     let (client, pull_hello) =
-        ClientHandshake::pull_with(&retriever, batch_id, b"", Ephemeral::from_secret([6; 32]))
+        ClientHandshake::pull_with(&retriever, &batch, b"", Ephemeral::from_secret([6; 32]))
             .expect("the pull hello encodes");
     v.add(
         "pull-hello",
@@ -199,7 +200,7 @@ fn vectors() -> Vectors {
     );
     let pull = PullSecret {
         transfer_id: push.transfer_id,
-        data_key: push.data_key,
+        data_key: push.data_key.clone(),
         chunk_size,
         segment_count: 2,
         size,
@@ -254,7 +255,7 @@ fn vectors() -> Vectors {
         "listing",
         Message::Listing(Listing {
             entries: vec![ListingEntry {
-                batch_id: Bytes::from_static(batch_id),
+                batch_id: batch.clone(),
                 size,
                 segment_count: 2,
                 sender: *sender.public_key().as_bytes(),
@@ -278,7 +279,7 @@ fn vectors() -> Vectors {
     );
 
     // What the store keeps.
-    let transfer = TransferId(push.transfer_id);
+    let transfer = push.transfer_id;
     v.add(
         "secret-at-rest",
         crate::server::seal_secret_at_rest(

@@ -6,27 +6,31 @@
 //! transcript, seal the secret under it and sign the whole transcript. Client: check
 //! the server's signature and key, derive the same key, open the secret.
 
+use std::fmt;
+
 use bytes::Bytes;
 use flow::{Identity, PeerKey};
 
 use crate::crypto::{self, Cipher, Ephemeral, context};
 use crate::error::{Error, Result};
 use crate::wire::{
-    self, Accept, Codec, DecodeError, EncodeError, Hello, PullHello, Reader, Signed, Writer,
+    self, Accept, BatchId, ChainHash, Codec, DataKey, DecodeError, EncodeError, Hello, PullHello,
+    Reader, Signature, Signed, TransferId, Writer,
 };
 
 /// The nonce of the sealed handshake secret: the handshake key is used once.
 const SECRET_NONCE: [u8; 12] = [0; 12];
 
-/// What the server gives a sender in an [`Accept`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the server gives a sender in an [`Accept`]. Its `Debug` leaves out the
+/// data key and the completion id.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PushSecret {
     /// The transfer's opaque id.
-    pub transfer_id: [u8; 16],
+    pub transfer_id: TransferId,
     /// The secret that must accompany the completion.
     pub completion_id: [u8; 32],
     /// The AES-256 key of this transfer's segments and metadata.
-    pub data_key: [u8; 32],
+    pub data_key: DataKey,
     /// The negotiated chunk size.
     pub chunk_size: u32,
     /// The largest metadata (plaintext bytes) the server accepts.
@@ -55,11 +59,22 @@ impl PushSecret {
     }
 }
 
+impl fmt::Debug for PushSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushSecret")
+            .field("transfer_id", &self.transfer_id)
+            .field("chunk_size", &self.chunk_size)
+            .field("max_metadata", &self.max_metadata)
+            .field("new_transfer", &self.new_transfer)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Codec for PushSecret {
     fn write_to(&self, w: &mut Writer) -> std::result::Result<(), EncodeError> {
-        w.put(&self.transfer_id)
+        w.put(&self.transfer_id.0)
             .put(&self.completion_id)
-            .put(&self.data_key)
+            .put(self.data_key.expose())
             .u32(self.chunk_size)
             .u32(self.max_metadata)
             .u8(u8::from(self.new_transfer));
@@ -68,9 +83,9 @@ impl Codec for PushSecret {
 
     fn read_from(r: &mut Reader) -> std::result::Result<Self, DecodeError> {
         Ok(PushSecret {
-            transfer_id: r.array("transfer id")?,
+            transfer_id: TransferId(r.array("transfer id")?),
             completion_id: r.array("completion id")?,
-            data_key: r.array("data key")?,
+            data_key: DataKey::from_bytes(r.array("data key")?),
             chunk_size: r.u32("chunk size")?,
             max_metadata: r.u32("metadata limit")?,
             new_transfer: r.bool("new-transfer flag")?,
@@ -78,13 +93,14 @@ impl Codec for PushSecret {
     }
 }
 
-/// What the server gives a retriever in a pull [`Accept`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the server gives a retriever in a pull [`Accept`]. Its `Debug` leaves out
+/// the data key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PullSecret {
     /// The transfer that delivered the batch.
-    pub transfer_id: [u8; 16],
+    pub transfer_id: TransferId,
     /// The batch's data key.
-    pub data_key: [u8; 32],
+    pub data_key: DataKey,
     /// Plaintext bytes per segment.
     pub chunk_size: u32,
     /// Number of segments.
@@ -92,7 +108,7 @@ pub struct PullSecret {
     /// Plaintext size.
     pub size: u64,
     /// The chain hash the segments must reproduce.
-    pub chain: [u8; 64],
+    pub chain: ChainHash,
     /// Who sent the batch.
     pub sender: [u8; 32],
     /// The metadata, sealed under the data key.
@@ -106,14 +122,26 @@ impl PullSecret {
     }
 }
 
+impl fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PullSecret")
+            .field("transfer_id", &self.transfer_id)
+            .field("chunk_size", &self.chunk_size)
+            .field("segment_count", &self.segment_count)
+            .field("size", &self.size)
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Codec for PullSecret {
     fn write_to(&self, w: &mut Writer) -> std::result::Result<(), EncodeError> {
-        w.put(&self.transfer_id)
-            .put(&self.data_key)
+        w.put(&self.transfer_id.0)
+            .put(self.data_key.expose())
             .u32(self.chunk_size)
             .u64(self.segment_count)
             .u64(self.size)
-            .put(&self.chain)
+            .put(&self.chain.0)
             .put(&self.sender)
             .rest(
                 "sealed metadata",
@@ -125,12 +153,12 @@ impl Codec for PullSecret {
 
     fn read_from(r: &mut Reader) -> std::result::Result<Self, DecodeError> {
         Ok(PullSecret {
-            transfer_id: r.array("transfer id")?,
-            data_key: r.array("data key")?,
+            transfer_id: TransferId(r.array("transfer id")?),
+            data_key: DataKey::from_bytes(r.array("data key")?),
             chunk_size: r.u32("chunk size")?,
             segment_count: r.u64("segment count")?,
             size: r.u64("size")?,
-            chain: r.array("chain hash")?,
+            chain: ChainHash(r.array("chain hash")?),
             sender: r.array("sender key")?,
             sealed_metadata: r
                 .rest("sealed metadata", wire::MAX_METADATA + wire::TAG_LEN)?
@@ -175,7 +203,7 @@ impl ClientHandshake {
     /// Starts a push: the signed [`Hello`] to send.
     pub fn push(
         identity: &Identity,
-        batch_id: &[u8],
+        batch_id: &BatchId,
         chunk_size: u32,
         voucher: &[u8],
     ) -> Result<(Self, Hello)> {
@@ -191,21 +219,21 @@ impl ClientHandshake {
     /// [`ClientHandshake::push`] with a given one-time key (fixed in test vectors).
     pub(crate) fn push_with(
         identity: &Identity,
-        batch_id: &[u8],
+        batch_id: &BatchId,
         chunk_size: u32,
         voucher: &[u8],
         ephemeral: Ephemeral,
     ) -> Result<(Self, Hello)> {
         let mut hello = Hello {
-            batch_id: Bytes::copy_from_slice(batch_id),
+            batch_id: batch_id.clone(),
             client_ephemeral: ephemeral.public(),
             sender: *identity.public_key().as_bytes(),
             chunk_size,
             voucher: Bytes::copy_from_slice(voucher),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         hello.sign(identity)?;
-        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature]);
+        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature.0]);
         Ok((
             ClientHandshake {
                 kind: Kind::Push,
@@ -217,26 +245,30 @@ impl ClientHandshake {
     }
 
     /// Starts a pull: the signed [`PullHello`] to send.
-    pub fn pull(identity: &Identity, batch_id: &[u8], voucher: &[u8]) -> Result<(Self, PullHello)> {
+    pub fn pull(
+        identity: &Identity,
+        batch_id: &BatchId,
+        voucher: &[u8],
+    ) -> Result<(Self, PullHello)> {
         Self::pull_with(identity, batch_id, voucher, Ephemeral::generate())
     }
 
     /// [`ClientHandshake::pull`] with a given one-time key (fixed in test vectors).
     pub(crate) fn pull_with(
         identity: &Identity,
-        batch_id: &[u8],
+        batch_id: &BatchId,
         voucher: &[u8],
         ephemeral: Ephemeral,
     ) -> Result<(Self, PullHello)> {
         let mut hello = PullHello {
-            batch_id: Bytes::copy_from_slice(batch_id),
+            batch_id: batch_id.clone(),
             client_ephemeral: ephemeral.public(),
             retriever: *identity.public_key().as_bytes(),
             voucher: Bytes::copy_from_slice(voucher),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         hello.sign(identity)?;
-        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature]);
+        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature.0]);
         Ok((
             ClientHandshake {
                 kind: Kind::Pull,
@@ -263,7 +295,7 @@ impl ClientHandshake {
             &accept.server,
             self.kind.accept_context(),
             &[&self.hello_hash, &body],
-            &accept.signature,
+            &accept.signature.0,
         ) {
             return Err(Error::ServerAuth(
                 "the server's handshake signature does not verify".into(),
@@ -320,7 +352,7 @@ pub fn check_hello(hello: &Hello, peer: &PeerKey) -> Result<[u8; 64], HelloProbl
     if !hello.verify(&hello.sender) {
         return Err(HelloProblem::BadSignature);
     }
-    Ok(crypto::sha512(&[&signed, &hello.signature]))
+    Ok(crypto::sha512(&[&signed, &hello.signature.0]))
 }
 
 /// Server: checks a pull hello's signature and that it comes from `peer`.
@@ -334,7 +366,7 @@ pub fn check_pull_hello(hello: &PullHello, peer: &PeerKey) -> Result<[u8; 64], H
     if !hello.verify(&hello.retriever) {
         return Err(HelloProblem::BadSignature);
     }
-    Ok(crypto::sha512(&[&signed, &hello.signature]))
+    Ok(crypto::sha512(&[&signed, &hello.signature.0]))
 }
 
 /// Server: the signed accept carrying `secret`, for a checked hello.
@@ -367,10 +399,14 @@ fn accept(
         server_ephemeral: ephemeral.public(),
         server,
         sealed: Bytes::from(sealed),
-        signature: [0; 64],
+        signature: Signature([0; 64]),
     };
     let body = accept.signed_bytes(wire::accept_type(kind == Kind::Pull))?;
-    accept.signature = crypto::sign(identity, kind.accept_context(), &[hello_hash, &body]);
+    accept.signature = Signature(crypto::sign(
+        identity,
+        kind.accept_context(),
+        &[hello_hash, &body],
+    ));
     Ok(accept)
 }
 
@@ -434,11 +470,15 @@ pub(crate) fn accept_pull_with(
 mod tests {
     use super::*;
 
+    fn batch() -> BatchId {
+        BatchId::new(&b"batch"[..]).unwrap()
+    }
+
     fn secret() -> PushSecret {
         PushSecret {
-            transfer_id: [1; 16],
+            transfer_id: TransferId([1; 16]),
             completion_id: [2; 32],
-            data_key: [3; 32],
+            data_key: DataKey::from_bytes([3; 32]),
             chunk_size: 1 << 20,
             max_metadata: 4096,
             new_transfer: true,
@@ -464,7 +504,7 @@ mod tests {
     fn push_handshake_agrees() {
         let client = Identity::generate();
         let server = Identity::generate();
-        let (hs, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"token").unwrap();
+        let (hs, hello) = ClientHandshake::push(&client, &batch(), 1 << 20, b"token").unwrap();
         let hash = check_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_push(&server, &hello, &hash, &secret()).unwrap();
         assert_eq!(
@@ -476,7 +516,7 @@ mod tests {
     #[test]
     fn hello_from_another_identity_or_tampered_is_refused() {
         let client = Identity::generate();
-        let (_, mut hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
+        let (_, mut hello) = ClientHandshake::push(&client, &batch(), 1 << 20, b"").unwrap();
         assert_eq!(
             check_hello(&hello, &Identity::generate().public_key()),
             Err(HelloProblem::IdentityMismatch)
@@ -492,9 +532,9 @@ mod tests {
     fn accept_for_another_hello_or_server_is_refused() {
         let client = Identity::generate();
         let server = Identity::generate();
-        let (hs, _hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
+        let (hs, _hello) = ClientHandshake::push(&client, &batch(), 1 << 20, b"").unwrap();
         // An accept made for a different hello (another handshake) cannot be replayed.
-        let (_, other_hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
+        let (_, other_hello) = ClientHandshake::push(&client, &batch(), 1 << 20, b"").unwrap();
         let other_hash = check_hello(&other_hello, &client.public_key()).unwrap();
         let replayed = accept_push(&server, &other_hello, &other_hash, &secret()).unwrap();
         assert!(matches!(
@@ -502,7 +542,7 @@ mod tests {
             Err(Error::ServerAuth(_))
         ));
 
-        let (hs, hello) = ClientHandshake::push(&client, b"batch", 1 << 20, b"").unwrap();
+        let (hs, hello) = ClientHandshake::push(&client, &batch(), 1 << 20, b"").unwrap();
         let hash = check_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_push(&server, &hello, &hash, &secret()).unwrap();
         let stranger = Identity::generate().public_key();
@@ -517,16 +557,16 @@ mod tests {
         let client = Identity::generate();
         let server = Identity::generate();
         let pull_secret = PullSecret {
-            transfer_id: [4; 16],
-            data_key: [5; 32],
+            transfer_id: TransferId([4; 16]),
+            data_key: DataKey::from_bytes([5; 32]),
             chunk_size: 65536,
             segment_count: 3,
             size: 150_000,
-            chain: [6; 64],
+            chain: ChainHash([6; 64]),
             sender: [7; 32],
             sealed_metadata: vec![8; 40],
         };
-        let (hs, hello) = ClientHandshake::pull(&client, b"batch", b"").unwrap();
+        let (hs, hello) = ClientHandshake::pull(&client, &batch(), b"").unwrap();
         let hash = check_pull_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_pull(&server, &hello, &hash, &pull_secret).unwrap();
         assert_eq!(

@@ -17,7 +17,7 @@ use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PullSecret;
 use crate::proto::layout::BatchLayout;
-use crate::wire;
+use crate::wire::{self, Tag};
 
 /// Plaintext segments buffered between the verifier and the reader.
 const BUFFERED_SEGMENTS: usize = 4;
@@ -86,7 +86,7 @@ pub(crate) fn open_batch(
     secret: PullSecret,
     source: impl SegmentSource,
 ) -> Result<(BatchReader, BatchInfo)> {
-    let cipher = Cipher::new(&secret.data_key);
+    let cipher = Cipher::new(secret.data_key.expose());
     let metadata = crypto::open(
         &cipher,
         &crypto::METADATA_NONCE,
@@ -151,7 +151,7 @@ async fn verify_segments(
             .map_err(|e| Error::Integrity(e.message()))?;
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&ciphertext[len - wire::TAG_LEN..]);
-        chain.push(len as u32, &tag);
+        chain.push(len as u32, &Tag(tag));
         let cipher = cipher.clone();
         let transfer_id = secret.transfer_id;
         let plaintext = tokio::task::spawn_blocking(move || {
@@ -179,7 +179,7 @@ async fn verify_segments(
             secret.size
         )));
     }
-    if !crypto::secrets_equal(&chain.value(), &secret.chain) {
+    if !chain.value().matches(&secret.chain) {
         return Err(Error::Integrity("the chain hash does not match".into()));
     }
     if source.next_segment().await?.is_some() {

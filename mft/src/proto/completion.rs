@@ -12,10 +12,10 @@ use crate::wire::Complete;
 /// another batch under a taken id, never an answer with the stored receipt.
 pub(crate) fn repeats(batch: &BatchRecord, completion_id: &[u8; 32], claim: &Complete) -> bool {
     crypto::secrets_equal(completion_id, &claim.completion_id)
-        && claim.transfer_id == batch.transfer.0
+        && claim.transfer_id == batch.transfer
         && claim.segment_count == batch.segment_count
         && claim.size == batch.size
-        && claim.chain == batch.chain
+        && claim.chain.matches(&batch.chain)
         && claim.sealed_metadata[..] == batch.sealed_metadata[..]
 }
 
@@ -24,7 +24,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::store::TransferId;
+    use crate::wire::{ChainHash, Signature, TransferId};
 
     fn stored() -> BatchRecord {
         BatchRecord {
@@ -35,7 +35,7 @@ mod tests {
             segment_count: 3,
             size: 9000,
             sealed_metadata: vec![7; 20],
-            chain: [3; 64],
+            chain: ChainHash([3; 64]),
             completed_unix: 5,
             receipt: vec![],
         }
@@ -43,13 +43,13 @@ mod tests {
 
     fn claim() -> Complete {
         Complete {
-            transfer_id: [1; 16],
+            transfer_id: TransferId([1; 16]),
             segment_count: 3,
             size: 9000,
             completion_id: [4; 32],
-            chain: [3; 64],
+            chain: ChainHash([3; 64]),
             sealed_metadata: Bytes::from(vec![7; 20]),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         }
     }
 
@@ -58,10 +58,10 @@ mod tests {
         assert!(repeats(&stored(), &[4; 32], &claim()));
         assert!(!repeats(&stored(), &[5; 32], &claim()), "wrong secret");
         let changes: [fn(&mut Complete); 5] = [
-            |c| c.transfer_id = [9; 16],
+            |c| c.transfer_id = TransferId([9; 16]),
             |c| c.segment_count += 1,
             |c| c.size -= 1,
-            |c| c.chain[0] ^= 1,
+            |c| c.chain.0[0] ^= 1,
             |c| c.sealed_metadata = Bytes::from_static(b"other"),
         ];
         for change in changes {

@@ -5,7 +5,7 @@
 
 use crate::crypto::Chain;
 use crate::store::SegmentInfo;
-use crate::wire::TAG_LEN;
+use crate::wire::{ChainHash, TAG_LEN, TransferId};
 
 /// The segment layout of one transfer: every segment but the last is one full chunk
 /// sealed (chunk size plus the tag); the last holds the rest, at least its tag.
@@ -80,7 +80,7 @@ pub(crate) struct Tally {
     /// Plaintext bytes.
     pub(crate) size: u64,
     /// The chain hash over them in order.
-    pub(crate) chain: [u8; 64],
+    pub(crate) chain: ChainHash,
 }
 
 impl BatchLayout {
@@ -140,7 +140,7 @@ impl BatchLayout {
     /// over them, for the caller to compare with the claimed one.
     pub(crate) fn tally(
         &self,
-        transfer_id: &[u8; 16],
+        transfer_id: &TransferId,
         batch_id: &[u8],
         segments: &[SegmentInfo],
         claimed_count: u64,
@@ -189,7 +189,7 @@ mod tests {
         SegmentInfo {
             index,
             len,
-            tag: [index as u8; 16],
+            tag: crate::wire::Tag([index as u8; 16]),
         }
     }
 
@@ -236,19 +236,23 @@ mod tests {
     fn a_tally_matches_the_claim_or_says_what_is_held() {
         let held = [segment(0, FULL), segment(1, FULL), segment(2, 116)];
         let size = 2 * u64::from(CHUNK) + 100;
-        let tally = layout().tally(&[1; 16], b"b", &held, 3, size).unwrap();
+        let tally = layout()
+            .tally(&TransferId([1; 16]), b"b", &held, 3, size)
+            .unwrap();
         assert_eq!((tally.count, tally.size), (3, size));
-        let mut chain = Chain::new(&[1; 16], b"b");
+        let mut chain = Chain::new(&TransferId([1; 16]), b"b");
         for s in &held {
             chain.push(s.len, &s.tag);
         }
         assert_eq!(tally.chain, chain.value());
         // Another batch id or transfer makes another chain.
-        let other = layout().tally(&[1; 16], b"c", &held, 3, size).unwrap();
+        let other = layout()
+            .tally(&TransferId([1; 16]), b"c", &held, 3, size)
+            .unwrap();
         assert_ne!(other.chain, tally.chain);
 
         assert_eq!(
-            layout().tally(&[1; 16], b"b", &held, 4, size),
+            layout().tally(&TransferId([1; 16]), b"b", &held, 4, size),
             Err(LayoutError::Mismatch {
                 claimed_count: 4,
                 claimed_size: size,
@@ -257,19 +261,29 @@ mod tests {
                 size
             })
         );
-        assert!(layout().tally(&[1; 16], b"b", &held, 3, size + 1).is_err());
+        assert!(
+            layout()
+                .tally(&TransferId([1; 16]), b"b", &held, 3, size + 1)
+                .is_err()
+        );
     }
 
     #[test]
     fn a_gap_or_a_short_middle_segment_is_no_batch() {
         let gap = [segment(0, FULL), segment(2, FULL)];
-        match layout().tally(&[1; 16], b"b", &gap, 2, 2 * u64::from(CHUNK)) {
+        match layout().tally(&TransferId([1; 16]), b"b", &gap, 2, 2 * u64::from(CHUNK)) {
             Err(LayoutError::Mismatch { contiguous: 1, .. }) => {}
             other => panic!("{other:?}"),
         }
         let short = [segment(0, 116), segment(1, FULL)];
         assert_eq!(
-            layout().tally(&[1; 16], b"b", &short, 2, u64::from(CHUNK) + 100),
+            layout().tally(
+                &TransferId([1; 16]),
+                b"b",
+                &short,
+                2,
+                u64::from(CHUNK) + 100
+            ),
             Err(LayoutError::WrongLength { index: 0, len: 116 })
         );
     }

@@ -5,6 +5,7 @@ use crate::crypto::{self, Cipher, context};
 use crate::error::Result;
 use crate::handshake::PushSecret;
 use crate::store::{StoreError, TransferId};
+use crate::wire::DataKey;
 
 impl Server {
     /// The data key and completion id, sealed under the at-rest key: nonce ‖ sealed.
@@ -18,7 +19,7 @@ impl Server {
         &self,
         transfer: &TransferId,
         sealed: &[u8],
-    ) -> Result<([u8; 32], [u8; 32]), StoreError> {
+    ) -> Result<(DataKey, [u8; 32]), StoreError> {
         let corrupt = || StoreError::Corrupt(format!("sealed secret of transfer {transfer}"));
         if sealed.len() < 12 {
             return Err(corrupt());
@@ -31,10 +32,13 @@ impl Server {
         if plain.len() != 64 {
             return Err(corrupt());
         }
+        let mut plain = zeroize::Zeroizing::new(plain);
         let mut key = [0u8; 32];
         let mut completion = [0u8; 32];
         key.copy_from_slice(&plain[..32]);
         completion.copy_from_slice(&plain[32..]);
+        let key = DataKey::from_bytes(key);
+        plain.fill(0);
         Ok((key, completion))
     }
 }
@@ -48,7 +52,9 @@ pub(crate) fn seal_secret_at_rest(
     nonce: &[u8; 12],
 ) -> Vec<u8> {
     let aad = [context::AT_REST_AAD, &transfer.0].concat();
-    let plain = [&secret.data_key[..], &secret.completion_id[..]].concat();
+    let plain = zeroize::Zeroizing::new(
+        [&secret.data_key.expose()[..], &secret.completion_id[..]].concat(),
+    );
     let mut out = nonce.to_vec();
     out.extend(crypto::seal(at_rest, nonce, &aad, &plain));
     out

@@ -311,6 +311,13 @@ impl Server {
     }
 }
 
+/// A batch id read back from the store: stored only after the wire checked it, so
+/// one that is not a batch id is damage.
+fn stored_batch_id(bytes: &[u8]) -> Result<wire::BatchId, StoreError> {
+    wire::BatchId::new(bytes.to_vec())
+        .map_err(|e| StoreError::Corrupt(format!("a stored batch id: {e}")))
+}
+
 /// The bytes of a reply the server built itself. Its fields are within the
 /// protocol's bounds by construction; should one not be, the peer gets an internal
 /// refusal rather than a truncated message.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flow::{FlowWriter, PeerKey};
 
-use super::{Refusal, Server, refusal};
+use super::{Refusal, Server, refusal, stored_batch_id};
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::{self, HelloProblem, PullSecret};
@@ -91,9 +91,9 @@ impl Server {
             }
             let secret = self.pull_secret(&batch).await?;
             let metadata = crypto::open(
-                &Cipher::new(&secret.data_key),
+                &Cipher::new(secret.data_key.expose()),
                 &crypto::METADATA_NONCE,
-                &crypto::metadata_aad(&batch.transfer.0),
+                &crypto::metadata_aad(&batch.transfer),
                 &batch.sealed_metadata,
             )
             .map_err(|_| {
@@ -101,7 +101,7 @@ impl Server {
             })?;
             metadata_bytes += metadata.len();
             listing.entries.push(wire::ListingEntry {
-                batch_id: Bytes::from(batch.batch_id),
+                batch_id: stored_batch_id(&batch.batch_id)?,
                 size: batch.size,
                 segment_count: batch.segment_count,
                 sender: batch.sender,
@@ -136,7 +136,7 @@ impl Server {
             })?;
         let (data_key, _) = self.open_at_rest(&batch.transfer, &sealed)?;
         Ok(PullSecret {
-            transfer_id: batch.transfer.0,
+            transfer_id: batch.transfer,
             data_key,
             chunk_size: batch.chunk_size,
             segment_count: batch.segment_count,

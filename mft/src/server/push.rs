@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
 
-use super::{Refusal, Server, now_unix, refusal, too_large};
+use super::{Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
@@ -15,7 +15,8 @@ use crate::proto::transfer::{Refused, TransferState};
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
 use crate::wire::{
-    self, Codec, Complete, Hello, Message, Receipt, RefuseCode, Segment, SegmentAck, Signed, Stored,
+    self, Codec, Complete, DataKey, Hello, Message, Receipt, RefuseCode, Segment, SegmentAck,
+    Signature, Signed, Stored,
 };
 
 /// An open transfer's keys and state, kept in memory while it is open.
@@ -32,7 +33,7 @@ pub(super) struct OpenTransfer {
 impl OpenTransfer {
     pub(super) fn new(record: TransferRecord, secret: PushSecret, max_segments: u64) -> Self {
         OpenTransfer {
-            cipher: Cipher::new(&secret.data_key),
+            cipher: Cipher::new(secret.data_key.expose()),
             state: tokio::sync::RwLock::new(TransferState::open(
                 record.deadline_unix,
                 max_segments,
@@ -111,7 +112,7 @@ impl Server {
         };
         let accept = handshake::accept_push(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
-        tracing::info!(%peer, transfer = %TransferId(secret.transfer_id), "transfer accepted");
+        tracing::info!(%peer, transfer = %secret.transfer_id, "transfer accepted");
         Ok(Some(Message::Accept(accept)))
     }
 
@@ -141,14 +142,14 @@ impl Server {
             return Err(self.busy("too many open transfers for this key"));
         }
         let secret = PushSecret {
-            transfer_id: TransferId::random().0,
+            transfer_id: TransferId::random(),
             completion_id: crypto::random32(),
-            data_key: crypto::random32(),
+            data_key: DataKey::random(),
             chunk_size: hello.chunk_size.min(self.inner.config.max_chunk_size),
             max_metadata: self.inner.config.max_metadata,
             new_transfer: true,
         };
-        let transfer = TransferId(secret.transfer_id);
+        let transfer = secret.transfer_id;
         let now = now_unix();
         let record = TransferRecord {
             transfer,
@@ -198,7 +199,7 @@ impl Server {
             .ok_or_else(|| StoreError::Corrupt(format!("transfer {transfer} has no secret")))?;
         let (data_key, completion_id) = self.open_at_rest(&transfer, &sealed)?;
         let secret = PushSecret {
-            transfer_id: transfer.0,
+            transfer_id: transfer,
             completion_id,
             data_key,
             chunk_size: record.chunk_size,
@@ -218,9 +219,9 @@ impl Server {
     pub(super) async fn own_transfer(
         &self,
         peer: PeerKey,
-        transfer: [u8; 16],
+        transfer: TransferId,
     ) -> Result<Arc<OpenTransfer>, Refusal> {
-        let open = self.open_transfer(TransferId(transfer)).await?;
+        let open = self.open_transfer(transfer).await?;
         if open.record.sender != *peer.as_bytes() {
             // Not the owner: say nothing about whether it exists.
             return Err(refusal(
@@ -368,7 +369,7 @@ impl Server {
     pub(super) async fn handle_resume(
         &self,
         peer: PeerKey,
-        transfer: [u8; 16],
+        transfer: TransferId,
     ) -> Result<Option<Message>, Refusal> {
         let open = self.own_transfer(peer, transfer).await?;
         open.state.read().await.admit_resume(now_unix())?;
@@ -416,7 +417,7 @@ impl Server {
         otherwise: Refusal,
     ) -> Result<Option<Message>, Refusal> {
         let store = &self.inner.store;
-        let transfer = TransferId(complete.transfer_id);
+        let transfer = complete.transfer_id;
         let batch = match store.batch_of_transfer(transfer).await? {
             Some(batch) if batch.sender == *peer.as_bytes() => batch,
             _ => return Err(otherwise),
@@ -471,14 +472,14 @@ impl Server {
         let segments = self.inner.store.segments(transfer).await?;
         let tally = BatchLayout::new(open.record.chunk_size)
             .tally(
-                &transfer.0,
+                &transfer,
                 &open.record.batch_id,
                 &segments,
                 complete.segment_count,
                 complete.size,
             )
             .map_err(|e| refusal(RefuseCode::WrongSegmentCount, e.message()))?;
-        if !crypto::secrets_equal(&tally.chain, &complete.chain) {
+        if !tally.chain.matches(&complete.chain) {
             return Err(refusal(
                 RefuseCode::ChainMismatch,
                 "the chain hash does not match the stored segments",
@@ -487,7 +488,7 @@ impl Server {
         crypto::open(
             &open.cipher,
             &crypto::METADATA_NONCE,
-            &crypto::metadata_aad(&transfer.0),
+            &crypto::metadata_aad(&transfer),
             &complete.sealed_metadata,
         )
         .map_err(|_| refusal(RefuseCode::BadSegment, "metadata fails authentication"))?;
@@ -525,15 +526,15 @@ impl Server {
     /// The server's signed receipt for the batch `record` becomes.
     fn sign_receipt(&self, record: &TransferRecord, tally: &Tally) -> Result<Receipt, Refusal> {
         let mut receipt = Receipt {
-            batch_id: Bytes::from(record.batch_id.clone()),
-            transfer_id: record.transfer.0,
+            batch_id: stored_batch_id(&record.batch_id)?,
+            transfer_id: record.transfer,
             sender: record.sender,
             segment_count: tally.count,
             size: tally.size,
             chain: tally.chain,
             completed_unix: now_unix(),
             server: *self.inner.identity.public_key().as_bytes(),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         receipt
             .sign(&self.inner.identity)

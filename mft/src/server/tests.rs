@@ -29,7 +29,7 @@ async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
     let info = SegmentInfo {
         index: 0,
         len: 20,
-        tag: [0; 16],
+        tag: crate::wire::Tag([0; 16]),
     };
     let (expired, live, done) = (
         record(1, b"old", 1),
@@ -53,7 +53,7 @@ async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
             segment_count: 1,
             size: 4,
             sealed_metadata: vec![],
-            chain: [0; 64],
+            chain: crate::wire::ChainHash([0; 64]),
             completed_unix: 1,
             receipt: vec![],
         })

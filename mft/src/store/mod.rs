@@ -18,6 +18,8 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::wire::{ChainHash, Tag};
+
 mod commit;
 pub(crate) mod fs;
 mod memory;
@@ -28,36 +30,7 @@ mod tests;
 pub use fs::FsStore;
 pub use memory::MemoryStore;
 
-/// The opaque random identifier the server gives a transfer; it names the transfer in
-/// segments and storage instead of the batch id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TransferId(pub [u8; 16]);
-
-impl TransferId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        let mut id = [0u8; 16];
-        crate::crypto::fill_random(&mut id);
-        TransferId(id)
-    }
-
-    /// Lowercase hex, 32 characters: safe as a file name.
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-impl fmt::Debug for TransferId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TransferId({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for TransferId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+pub use crate::wire::TransferId;
 
 /// What a store records about one stored segment (its data is kept separately).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +40,7 @@ pub struct SegmentInfo {
     /// Ciphertext length in bytes, including the 16-byte AES-GCM tag.
     pub len: u32,
     /// The AES-GCM tag (the last 16 ciphertext bytes), for the chain hash.
-    pub tag: [u8; 16],
+    pub tag: Tag,
 }
 
 /// An open (incomplete) transfer.
@@ -105,7 +78,7 @@ pub struct BatchRecord {
     /// The metadata as sent, still encrypted under the transfer's data key.
     pub sealed_metadata: Vec<u8>,
     /// The final chain hash over all segments.
-    pub chain: [u8; 64],
+    pub chain: ChainHash,
     /// When it completed, seconds since the Unix epoch.
     pub completed_unix: u64,
     /// The server-signed receipt, as returned to the sender.

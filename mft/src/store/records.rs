@@ -11,7 +11,8 @@ use bytes::Bytes;
 use super::memory::printable;
 use super::{BatchRecord, SegmentInfo, StoreError, StoreResult, TransferId, TransferRecord};
 use crate::wire::{
-    Codec, DecodeError, EncodeError, MAX_BATCH_ID, MAX_METADATA, Reader, TAG_LEN, Writer,
+    ChainHash, Codec, DecodeError, EncodeError, MAX_BATCH_ID, MAX_METADATA, Reader, TAG_LEN, Tag,
+    Writer,
 };
 
 /// The first byte of every encoded transfer and batch record.
@@ -72,7 +73,7 @@ impl Codec for BatchRecord {
                 &self.sealed_metadata,
                 MAX_SEALED_METADATA,
             )?
-            .put(&self.chain)
+            .put(&self.chain.0)
             .u64(self.completed_unix)
             .bytes32("receipt", &self.receipt, MAX_RECEIPT)?;
         Ok(())
@@ -88,7 +89,7 @@ impl Codec for BatchRecord {
             segment_count: r.u64("segment count")?,
             size: r.u64("size")?,
             sealed_metadata: r.bytes32("sealed metadata", MAX_SEALED_METADATA)?.to_vec(),
-            chain: r.array("chain hash")?,
+            chain: ChainHash(r.array("chain hash")?),
             completed_unix: r.u64("completion time")?,
             receipt: r.bytes32("receipt", MAX_RECEIPT)?.to_vec(),
         })
@@ -156,7 +157,7 @@ pub(crate) fn segment_key(transfer: TransferId, index: u64) -> [u8; 24] {
 pub(crate) fn encode_segment(info: &SegmentInfo) -> [u8; SEGMENT_VALUE_LEN] {
     let mut value = [0u8; SEGMENT_VALUE_LEN];
     value[..4].copy_from_slice(&info.len.to_be_bytes());
-    value[4..].copy_from_slice(&info.tag);
+    value[4..].copy_from_slice(&info.tag.0);
     value
 }
 
@@ -169,7 +170,7 @@ pub(crate) fn decode_segment(key: &[u8], value: &[u8]) -> StoreResult<SegmentInf
         let index = k.u64("index")?;
         k.finish()?;
         let len = v.u32("length")?;
-        let tag = v.array("tag")?;
+        let tag = Tag(v.array("tag")?);
         v.finish()?;
         Ok(SegmentInfo { index, len, tag })
     })();

@@ -14,6 +14,7 @@ use super::fs::{
     encode_batch, encode_transfer,
 };
 use super::*;
+use crate::wire::{ChainHash, Tag};
 
 // ---- Fixtures ----
 
@@ -44,7 +45,7 @@ fn batch_record(batch_id: &[u8], n: u8) -> BatchRecord {
         segment_count: u64::from(n) + 1,
         size: 4096 * u64::from(n) + 17,
         sealed_metadata: vec![n; usize::from(n) + 3],
-        chain: [n.wrapping_add(1); 64],
+        chain: ChainHash([n.wrapping_add(1); 64]),
         completed_unix: 1_800_000_000 + u64::from(n),
         receipt: vec![0xee, n, 0, 0xff],
     }
@@ -64,7 +65,7 @@ fn segment(index: u64, fill: u8) -> (SegmentInfo, Bytes) {
         SegmentInfo {
             index,
             len: SEG,
-            tag,
+            tag: Tag(tag),
         },
         Bytes::from(data),
     )
@@ -843,7 +844,7 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
                     segment_count,
                     size,
                     sealed_metadata: meta,
-                    chain: c,
+                    chain: ChainHash(c),
                     completed_unix,
                     receipt,
                 }

@@ -96,9 +96,6 @@ pub enum EncodeError {
         /// The bound.
         max: usize,
     },
-    /// A field's value cannot be sent (an empty batch id, say).
-    #[error("cannot encode {0}")]
-    Invalid(&'static str),
 }
 
 /// Checks `len` against `max` before a field is written.

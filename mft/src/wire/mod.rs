@@ -14,6 +14,7 @@ mod refuse;
 mod signed;
 #[cfg(test)]
 mod tests;
+mod values;
 
 pub use codec::{Codec, DecodeError, EncodeError, Reader, Writer};
 pub use pull::{List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, PullHello, PullSegment};
@@ -22,6 +23,7 @@ pub use push::{
 };
 pub use refuse::{Refuse, RefuseCode};
 pub use signed::Signed;
+pub use values::{BadBatchId, BatchId, ChainHash, DataKey, Signature, Tag, TransferId};
 
 /// The protocol version this code speaks; others are refused, never downgraded.
 /// Version 2 added the new-transfer flag to the push secret (`docs/PROTOCOL.md`).

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 
 use super::codec::{Codec, DecodeError, EncodeError, Reader, Writer};
-use super::push::{ciphertext_len, read_version};
+use super::push::{ciphertext_len, read_batch_id, read_version};
+use super::values::{BatchId, Signature};
 use super::{
     MAX_BATCH_ID, MAX_LISTING_ENTRIES, MAX_METADATA, MAX_SEGMENT_WIRE, MAX_VOUCHER, TAG_LEN,
     VERSION, ty,
@@ -13,7 +14,7 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullHello {
     /// The batch wanted.
-    pub batch_id: Bytes,
+    pub batch_id: BatchId,
     /// The retriever's one-time X25519 public key.
     pub client_ephemeral: [u8; 32],
     /// The retriever's Ed25519 key; must equal the flow's TLS peer key.
@@ -21,7 +22,7 @@ pub struct PullHello {
     /// An optional application token, handed to the authoriser.
     pub voucher: Bytes,
     /// Ed25519 by `retriever` over [`PullHello::signed_bytes`].
-    pub signature: [u8; 64],
+    pub signature: Signature,
 }
 
 impl PullHello {
@@ -39,18 +40,18 @@ impl PullHello {
 
 impl Codec for PullHello {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature);
+        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         read_version(r)?;
         Ok(PullHello {
-            batch_id: r.bytes16("batch id", MAX_BATCH_ID)?,
+            batch_id: read_batch_id(r)?,
             client_ephemeral: r.array("client ephemeral key")?,
             retriever: r.array("retriever key")?,
             voucher: r.bytes16("voucher", MAX_VOUCHER)?,
-            signature: r.array("signature")?,
+            signature: Signature(r.array("signature")?),
         })
     }
 }
@@ -130,7 +131,7 @@ impl Codec for List {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListingEntry {
     /// The batch id.
-    pub batch_id: Bytes,
+    pub batch_id: BatchId,
     /// Plaintext size in bytes.
     pub size: u64,
     /// Number of segments.
@@ -156,7 +157,7 @@ impl Codec for ListingEntry {
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(ListingEntry {
-            batch_id: r.bytes16("batch id", MAX_BATCH_ID)?,
+            batch_id: read_batch_id(r)?,
             size: r.u64("size")?,
             segment_count: r.u64("segment count")?,
             sender: r.array("sender key")?,

@@ -3,10 +3,17 @@
 use bytes::Bytes;
 
 use super::codec::{Codec, DecodeError, EncodeError, Reader, Writer};
+use super::values::{BatchId, ChainHash, Signature, Tag, TransferId};
 use super::{
     MAX_BATCH_ID, MAX_METADATA, MAX_SEALED_SECRET, MAX_SEGMENT_WIRE, MAX_STORED_RUNS, MAX_VOUCHER,
     TAG_LEN, VERSION, ty,
 };
+
+/// Reads a batch id: a u16-length byte string of 1 to [`MAX_BATCH_ID`] bytes.
+pub(super) fn read_batch_id(r: &mut Reader) -> Result<BatchId, DecodeError> {
+    BatchId::new(r.bytes16("batch id", MAX_BATCH_ID)?)
+        .map_err(|_| DecodeError::Invalid("batch id (empty)"))
+}
 
 /// Reads the version byte that opens a hello or a list, refusing any other.
 pub(super) fn read_version(r: &mut Reader) -> Result<(), DecodeError> {
@@ -19,8 +26,8 @@ pub(super) fn read_version(r: &mut Reader) -> Result<(), DecodeError> {
 /// Opens a push transfer: client → server, first message of the handshake flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
-    /// The batch this transfer will become (opaque bytes, 1..=256).
-    pub batch_id: Bytes,
+    /// The batch this transfer will become.
+    pub batch_id: BatchId,
     /// The client's one-time X25519 public key.
     pub client_ephemeral: [u8; 32],
     /// The sender's Ed25519 public key; must equal the flow's TLS peer key.
@@ -30,15 +37,12 @@ pub struct Hello {
     /// An optional application token (a JWT, say), handed to the authoriser.
     pub voucher: Bytes,
     /// Ed25519 by `sender` over [`Hello::signed_bytes`].
-    pub signature: [u8; 64],
+    pub signature: Signature,
 }
 
 impl Hello {
     /// Everything the signature covers: the encoding without the signature.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
-        if self.batch_id.is_empty() {
-            return Err(EncodeError::Invalid("an empty batch id"));
-        }
         let mut w = Writer::starting_with(ty::HELLO);
         w.u8(VERSION)
             .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
@@ -52,23 +56,19 @@ impl Hello {
 
 impl Codec for Hello {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature);
+        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         read_version(r)?;
-        let batch_id = r.bytes16("batch id", MAX_BATCH_ID)?;
-        if batch_id.is_empty() {
-            return Err(DecodeError::Invalid("batch id (empty)"));
-        }
         Ok(Hello {
-            batch_id,
+            batch_id: read_batch_id(r)?,
             client_ephemeral: r.array("client ephemeral key")?,
             sender: r.array("sender key")?,
             chunk_size: r.u32("chunk size")?,
             voucher: r.bytes16("voucher", MAX_VOUCHER)?,
-            signature: r.array("signature")?,
+            signature: Signature(r.array("signature")?),
         })
     }
 }
@@ -83,7 +83,7 @@ pub struct Accept {
     /// The handshake secret, AES-256-GCM under the handshake key.
     pub sealed: Bytes,
     /// Ed25519 by `server` over the transcript (see `docs/PROTOCOL.md`).
-    pub signature: [u8; 64],
+    pub signature: Signature,
 }
 
 impl Accept {
@@ -103,7 +103,7 @@ impl Accept {
 impl Codec for Accept {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.put(&self.signed_bytes(ty::ACCEPT)?[1..])
-            .put(&self.signature);
+            .put(&self.signature.0);
         Ok(())
     }
 
@@ -112,7 +112,7 @@ impl Codec for Accept {
             server_ephemeral: r.array("server ephemeral key")?,
             server: r.array("server key")?,
             sealed: r.bytes32("sealed secret", MAX_SEALED_SECRET)?,
-            signature: r.array("signature")?,
+            signature: Signature(r.array("signature")?),
         })
     }
 }
@@ -121,13 +121,13 @@ impl Codec for Accept {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
     /// The transfer it belongs to.
-    pub transfer_id: [u8; 16],
+    pub transfer_id: TransferId,
     /// Its position, from 0.
     pub index: u64,
     /// AES-256-GCM ciphertext with the 16-byte tag at the end.
     pub ciphertext: Bytes,
     /// Ed25519 by the sender over the segment header and tag.
-    pub signature: [u8; 64],
+    pub signature: Signature,
 }
 
 /// Bytes before the ciphertext in an encoded [`Segment`].
@@ -137,26 +137,26 @@ impl Segment {
     /// The header that precedes the ciphertext on the wire; write it, the ciphertext
     /// and the signature as three parts of one flow message to avoid a copy.
     pub fn header(
-        transfer_id: &[u8; 16],
+        transfer_id: &TransferId,
         index: u64,
         ciphertext_len: u32,
     ) -> [u8; SEGMENT_HEADER_LEN] {
         let mut h = [0u8; SEGMENT_HEADER_LEN];
         h[0] = ty::SEGMENT;
-        h[1..17].copy_from_slice(transfer_id);
+        h[1..17].copy_from_slice(&transfer_id.0);
         h[17..25].copy_from_slice(&index.to_be_bytes());
         h[25..29].copy_from_slice(&ciphertext_len.to_be_bytes());
         h
     }
 
     /// The AES-GCM tag at the end of the ciphertext.
-    pub fn tag(&self) -> [u8; 16] {
+    pub fn tag(&self) -> Tag {
         let mut tag = [0u8; 16];
         let ct = &self.ciphertext;
         if ct.len() >= TAG_LEN {
             tag.copy_from_slice(&ct[ct.len() - TAG_LEN..]);
         }
-        tag
+        Tag(tag)
     }
 }
 
@@ -180,12 +180,12 @@ impl Codec for Segment {
         let len = ciphertext_len(&self.ciphertext)?;
         w.put(&Segment::header(&self.transfer_id, self.index, len)[1..])
             .put(&self.ciphertext)
-            .put(&self.signature);
+            .put(&self.signature.0);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
-        let transfer_id = r.array("transfer id")?;
+        let transfer_id = TransferId(r.array("transfer id")?);
         let index = r.u64("index")?;
         let ciphertext = r.bytes32("segment", MAX_SEGMENT_WIRE)?;
         check_ciphertext(&ciphertext)?;
@@ -193,7 +193,7 @@ impl Codec for Segment {
             transfer_id,
             index,
             ciphertext,
-            signature: r.array("signature")?,
+            signature: Signature(r.array("signature")?),
         })
     }
 }
@@ -222,7 +222,7 @@ impl Codec for SegmentAck {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Complete {
     /// The transfer.
-    pub transfer_id: [u8; 16],
+    pub transfer_id: TransferId,
     /// How many segments the batch has.
     pub segment_count: u64,
     /// The plaintext size in bytes.
@@ -230,22 +230,22 @@ pub struct Complete {
     /// The secret completion id from the handshake.
     pub completion_id: [u8; 32],
     /// The chain hash over every segment in order.
-    pub chain: [u8; 64],
+    pub chain: ChainHash,
     /// The metadata, AES-256-GCM under the data key.
     pub sealed_metadata: Bytes,
     /// Ed25519 by the sender over [`Complete::signed_bytes`].
-    pub signature: [u8; 64],
+    pub signature: Signature,
 }
 
 impl Complete {
     /// The encoding without the signature.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty::COMPLETE);
-        w.put(&self.transfer_id)
+        w.put(&self.transfer_id.0)
             .u64(self.segment_count)
             .u64(self.size)
             .put(&self.completion_id)
-            .put(&self.chain)
+            .put(&self.chain.0)
             .bytes32("metadata", &self.sealed_metadata, MAX_METADATA + TAG_LEN)?;
         Ok(w.into_vec())
     }
@@ -253,19 +253,19 @@ impl Complete {
 
 impl Codec for Complete {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature);
+        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(Complete {
-            transfer_id: r.array("transfer id")?,
+            transfer_id: TransferId(r.array("transfer id")?),
             segment_count: r.u64("segment count")?,
             size: r.u64("size")?,
             completion_id: r.array("completion id")?,
-            chain: r.array("chain hash")?,
+            chain: ChainHash(r.array("chain hash")?),
             sealed_metadata: r.bytes32("metadata", MAX_METADATA + TAG_LEN)?,
-            signature: r.array("signature")?,
+            signature: Signature(r.array("signature")?),
         })
     }
 }
@@ -274,9 +274,9 @@ impl Codec for Complete {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// The batch id.
-    pub batch_id: Bytes,
+    pub batch_id: BatchId,
     /// The transfer that delivered it.
-    pub transfer_id: [u8; 16],
+    pub transfer_id: TransferId,
     /// The sender's key.
     pub sender: [u8; 32],
     /// Segments stored.
@@ -284,13 +284,13 @@ pub struct Receipt {
     /// Plaintext size in bytes.
     pub size: u64,
     /// The verified chain hash.
-    pub chain: [u8; 64],
+    pub chain: ChainHash,
     /// When the server completed it, seconds since the Unix epoch.
     pub completed_unix: u64,
     /// The server's key.
     pub server: [u8; 32],
     /// Ed25519 by `server` over [`Receipt::signed_bytes`].
-    pub signature: [u8; 64],
+    pub signature: Signature,
 }
 
 impl Receipt {
@@ -298,11 +298,11 @@ impl Receipt {
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty::RECEIPT);
         w.bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
-            .put(&self.transfer_id)
+            .put(&self.transfer_id.0)
             .put(&self.sender)
             .u64(self.segment_count)
             .u64(self.size)
-            .put(&self.chain)
+            .put(&self.chain.0)
             .u64(self.completed_unix)
             .put(&self.server);
         Ok(w.into_vec())
@@ -311,21 +311,21 @@ impl Receipt {
 
 impl Codec for Receipt {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature);
+        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(Receipt {
-            batch_id: r.bytes16("batch id", MAX_BATCH_ID)?,
-            transfer_id: r.array("transfer id")?,
+            batch_id: read_batch_id(r)?,
+            transfer_id: TransferId(r.array("transfer id")?),
             sender: r.array("sender key")?,
             segment_count: r.u64("segment count")?,
             size: r.u64("size")?,
-            chain: r.array("chain hash")?,
+            chain: ChainHash(r.array("chain hash")?),
             completed_unix: r.u64("completion time")?,
             server: r.array("server key")?,
-            signature: r.array("signature")?,
+            signature: Signature(r.array("signature")?),
         })
     }
 }
@@ -334,18 +334,18 @@ impl Codec for Receipt {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resume {
     /// The transfer, from an earlier [`Accept`].
-    pub transfer_id: [u8; 16],
+    pub transfer_id: TransferId,
 }
 
 impl Codec for Resume {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.transfer_id);
+        w.put(&self.transfer_id.0);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(Resume {
-            transfer_id: r.array("transfer id")?,
+            transfer_id: TransferId(r.array("transfer id")?),
         })
     }
 }

@@ -5,7 +5,7 @@
 use flow::Identity;
 
 use super::codec::EncodeError;
-use super::{Complete, Hello, PullHello, Receipt, Segment};
+use super::{Complete, Hello, PullHello, Receipt, Segment, Signature, Tag, TransferId};
 use crate::crypto::{self, context};
 
 /// A message signed by one party under a context string fixed by its type.
@@ -13,15 +13,15 @@ use crate::crypto::{self, context};
 /// ```
 /// use bytes::Bytes;
 /// use flow::Identity;
-/// use mft::wire::{Hello, Signed};
+/// use mft::wire::{BatchId, Hello, Signature, Signed};
 /// let sender = Identity::generate();
 /// let mut hello = Hello {
-///     batch_id: Bytes::from_static(b"b"),
+///     batch_id: BatchId::new(&b"b"[..]).unwrap(),
 ///     client_ephemeral: [1; 32],
 ///     sender: *sender.public_key().as_bytes(),
 ///     chunk_size: 1 << 20,
 ///     voucher: Bytes::new(),
-///     signature: [0; 64],
+///     signature: Signature([0; 64]),
 /// };
 /// hello.sign(&sender).unwrap();
 /// assert!(hello.verify(sender.public_key().as_bytes()));
@@ -36,22 +36,22 @@ pub trait Signed {
     fn signed_body(&self) -> Result<Vec<u8>, EncodeError>;
 
     /// The signature the message carries.
-    fn signature(&self) -> &[u8; 64];
+    fn signature(&self) -> &Signature;
 
     /// Replaces the signature the message carries.
-    fn set_signature(&mut self, signature: [u8; 64]);
+    fn set_signature(&mut self, signature: Signature);
 
     /// Signs the message as `identity`.
     fn sign(&mut self, identity: &Identity) -> Result<(), EncodeError> {
         let body = self.signed_body()?;
-        self.set_signature(crypto::sign(identity, Self::CONTEXT, &[&body]));
+        self.set_signature(Signature(crypto::sign(identity, Self::CONTEXT, &[&body])));
         Ok(())
     }
 
     /// Whether `key` signed the message as it stands (strict Ed25519).
     fn verify(&self, key: &[u8; 32]) -> bool {
         self.signed_body()
-            .is_ok_and(|body| crypto::verify(key, Self::CONTEXT, &[&body], self.signature()))
+            .is_ok_and(|body| crypto::verify(key, Self::CONTEXT, &[&body], &self.signature().0))
     }
 }
 
@@ -66,11 +66,11 @@ macro_rules! signed_by_its_bytes {
                     self.signed_bytes()
                 }
 
-                fn signature(&self) -> &[u8; 64] {
+                fn signature(&self) -> &Signature {
                     &self.signature
                 }
 
-                fn set_signature(&mut self, signature: [u8; 64]) {
+                fn set_signature(&mut self, signature: Signature) {
                     self.signature = signature;
                 }
             }
@@ -100,11 +100,11 @@ impl Signed for Segment {
         ))
     }
 
-    fn signature(&self) -> &[u8; 64] {
+    fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    fn set_signature(&mut self, signature: [u8; 64]) {
+    fn set_signature(&mut self, signature: Signature) {
         self.signature = signature;
     }
 }
@@ -112,12 +112,12 @@ impl Signed for Segment {
 impl Segment {
     /// What a segment's signature covers, from its parts: transfer id ‖ index ‖
     /// ciphertext length ‖ tag.
-    pub fn signed_parts(transfer_id: &[u8; 16], index: u64, len: u32, tag: &[u8; 16]) -> Vec<u8> {
+    pub fn signed_parts(transfer_id: &TransferId, index: u64, len: u32, tag: &Tag) -> Vec<u8> {
         let mut m = Vec::with_capacity(16 + 8 + 4 + 16);
-        m.extend_from_slice(transfer_id);
+        m.extend_from_slice(&transfer_id.0);
         m.extend_from_slice(&index.to_be_bytes());
         m.extend_from_slice(&len.to_be_bytes());
-        m.extend_from_slice(tag);
+        m.extend_from_slice(&tag.0);
         m
     }
 
@@ -125,13 +125,17 @@ impl Segment {
     /// message: what a sender sealing segments in place uses.
     pub fn sign_parts(
         identity: &Identity,
-        transfer_id: &[u8; 16],
+        transfer_id: &TransferId,
         index: u64,
         len: u32,
-        tag: &[u8; 16],
-    ) -> [u8; 64] {
+        tag: &Tag,
+    ) -> Signature {
         let body = Self::signed_parts(transfer_id, index, len, tag);
-        crypto::sign(identity, <Segment as Signed>::CONTEXT, &[&body])
+        Signature(crypto::sign(
+            identity,
+            <Segment as Signed>::CONTEXT,
+            &[&body],
+        ))
     }
 }
 
@@ -146,13 +150,13 @@ mod tests {
         let id = Identity::generate();
         let key = *id.public_key().as_bytes();
         let mut complete = Complete {
-            transfer_id: [1; 16],
+            transfer_id: TransferId([1; 16]),
             segment_count: 1,
             size: 1,
             completion_id: [2; 32],
-            chain: [3; 64],
+            chain: crate::wire::ChainHash([3; 64]),
             sealed_metadata: Bytes::new(),
-            signature: [0; 64],
+            signature: Signature([0; 64]),
         };
         complete.sign(&id).unwrap();
         assert!(complete.verify(&key));
@@ -162,7 +166,7 @@ mod tests {
             &key,
             context::RECEIPT,
             &[&body],
-            &complete.signature
+            &complete.signature.0
         ));
         assert!(!complete.verify(Identity::generate().public_key().as_bytes()));
     }
@@ -172,9 +176,9 @@ mod tests {
         let id = Identity::generate();
         let mut ciphertext = vec![9u8; 40];
         ciphertext[24..].copy_from_slice(&[7; 16]);
-        let signature = Segment::sign_parts(&id, &[4; 16], 3, 40, &[7; 16]);
+        let signature = Segment::sign_parts(&id, &TransferId([4; 16]), 3, 40, &Tag([7; 16]));
         let segment = Segment {
-            transfer_id: [4; 16],
+            transfer_id: TransferId([4; 16]),
             index: 3,
             ciphertext: Bytes::from(ciphertext),
             signature,

@@ -9,12 +9,38 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..=max).prop_map(Bytes::from)
 }
 
-fn array<const N: usize>() -> impl Strategy<Value = [u8; N]> {
-    proptest::collection::vec(any::<u8>(), N).prop_map(|v| {
-        let mut a = [0u8; N];
-        a.copy_from_slice(&v);
-        a
-    })
+/// A fixed-size value made of random bytes: a key, an id, a signature, a hash.
+trait Fixed: Sized + std::fmt::Debug {
+    const LEN: usize;
+    fn from_slice(bytes: &[u8]) -> Self;
+}
+
+macro_rules! fixed {
+    ($($t:ty = $len:literal, $make:expr;)*) => {
+        $(impl Fixed for $t {
+            const LEN: usize = $len;
+            fn from_slice(bytes: &[u8]) -> Self {
+                let mut a = [0u8; $len];
+                a.copy_from_slice(bytes);
+                ($make)(a)
+            }
+        })*
+    };
+}
+
+fixed! {
+    [u8; 32] = 32, |a| a;
+    TransferId = 16, TransferId;
+    Signature = 64, Signature;
+    ChainHash = 64, ChainHash;
+}
+
+fn array<T: Fixed>() -> impl Strategy<Value = T> {
+    proptest::collection::vec(any::<u8>(), T::LEN).prop_map(|v| T::from_slice(&v))
+}
+
+fn batch_id(max: usize) -> impl Strategy<Value = BatchId> {
+    proptest::collection::vec(any::<u8>(), 1..=max).prop_map(|v| BatchId::new(v).unwrap())
 }
 
 /// Known codes and unknown ones, which must survive a round trip too.
@@ -25,7 +51,7 @@ fn code() -> impl Strategy<Value = RefuseCode> {
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (
-            bytes(MAX_BATCH_ID).prop_filter("non-empty", |b| !b.is_empty()),
+            batch_id(MAX_BATCH_ID),
             array(),
             array(),
             any::<u32>(),
@@ -110,7 +136,7 @@ fn message() -> impl Strategy<Value = Message> {
                 }
             ),
         (
-            bytes(MAX_BATCH_ID),
+            batch_id(MAX_BATCH_ID),
             array(),
             array(),
             any::<u64>(),
@@ -148,7 +174,7 @@ fn message() -> impl Strategy<Value = Message> {
         array().prop_map(|transfer_id| Message::Resume(Resume { transfer_id })),
         proptest::collection::btree_set(0u64..10_000, 0..50)
             .prop_map(|set| Message::Stored(Stored::from_indices(set))),
-        (bytes(MAX_BATCH_ID), array(), array(), bytes(64), array()).prop_map(
+        (batch_id(MAX_BATCH_ID), array(), array(), bytes(64), array()).prop_map(
             |(batch_id, client_ephemeral, retriever, voucher, signature)| {
                 Message::PullHello(PullHello {
                     batch_id,
@@ -179,7 +205,7 @@ fn message() -> impl Strategy<Value = Message> {
         (
             proptest::collection::vec(
                 (
-                    bytes(40),
+                    batch_id(40),
                     any::<u64>(),
                     any::<u64>(),
                     array(),
@@ -266,12 +292,12 @@ fn lengths_are_bounded_before_allocation() {
 #[test]
 fn unknown_versions_are_refused() {
     let hello = Hello {
-        batch_id: Bytes::from_static(b"b"),
+        batch_id: BatchId::new(&b"b"[..]).unwrap(),
         client_ephemeral: [1; 32],
         sender: [2; 32],
         chunk_size: 1 << 20,
         voucher: Bytes::new(),
-        signature: [3; 64],
+        signature: Signature([3; 64]),
     };
     // Version 1 (before the push secret's new-transfer flag) and the next one.
     for version in [1, VERSION + 1] {
@@ -286,33 +312,28 @@ fn unknown_versions_are_refused() {
 
 #[test]
 fn encoders_refuse_fields_over_their_bounds_instead_of_truncating() {
+    // A batch id over its bound cannot even be made (BatchId::new refuses it); a
+    // voucher can, and is refused when encoded.
     let hello = Hello {
-        batch_id: Bytes::from(vec![1; MAX_BATCH_ID + 1]),
+        batch_id: BatchId::new(&b"b"[..]).unwrap(),
         client_ephemeral: [1; 32],
         sender: [2; 32],
         chunk_size: 1 << 20,
-        voucher: Bytes::new(),
-        signature: [3; 64],
-    };
-    assert!(matches!(
-        Message::Hello(hello.clone()).to_bytes(),
-        Err(EncodeError::TooLong {
-            field: "batch id",
-            ..
-        })
-    ));
-    let empty = Hello {
-        batch_id: Bytes::new(),
-        ..hello
+        voucher: Bytes::from(vec![1; MAX_VOUCHER + 1]),
+        signature: Signature([3; 64]),
     };
     assert_eq!(
-        Message::Hello(empty).to_bytes(),
-        Err(EncodeError::Invalid("an empty batch id"))
+        Message::Hello(hello).to_bytes(),
+        Err(EncodeError::TooLong {
+            field: "voucher",
+            len: MAX_VOUCHER + 1,
+            max: MAX_VOUCHER
+        })
     );
     let listing = Listing {
         entries: vec![
             ListingEntry {
-                batch_id: Bytes::from_static(b"b"),
+                batch_id: BatchId::new(&b"b"[..]).unwrap(),
                 size: 0,
                 segment_count: 0,
                 sender: [0; 32],
