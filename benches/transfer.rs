@@ -65,8 +65,9 @@ impl Loopback {
             let serving = manager(identity.clone());
             let mft = (identity.public_key(), listen_all(&serving).await);
             let fs = mft::store::FsStore::open(store.path()).expect("store");
-            let server = mft::Server::new(identity, Arc::new(fs), mft::ServerConfig::default())
-                .authorize_senders(Arc::new(|_, _, _| true));
+            let server = mft::Server::builder(identity, Arc::new(fs))
+                .authorize(|r: &mft::Request<'_>| r.direction == mft::Direction::Send)
+                .build();
             tokio::spawn(async move { server.serve(serving).await });
             (raw, mft)
         });

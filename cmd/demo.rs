@@ -75,13 +75,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let client_identity = Identity::generate();
     let client_key = client_identity.public_key();
     // Only the demo's client may send and retrieve.
-    let server = mft::Server::new(
-        server_identity,
-        Arc::new(store),
-        mft::ServerConfig::default(),
-    )
-    .authorize_senders(Arc::new(move |key, _, _| *key == client_key))
-    .authorize_retrievers(Arc::new(move |key, _, _| *key == client_key));
+    let server = mft::Server::builder(server_identity, Arc::new(store))
+        .authorize(move |request: &mft::Request<'_>| *request.key == client_key)
+        .build();
     tokio::spawn({
         let server = server.clone();
         let manager = server_manager.clone();

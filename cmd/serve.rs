@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flow::{Endpoint, Manager, ManagerConfig, PeerKey};
 
@@ -82,9 +82,13 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         endpoints.push(handle);
     }
 
-    let server = mft::Server::new(identity.clone(), Arc::new(store), config)
-        .authorize_senders(Arc::new(move |key, _, _| senders.contains(key)))
-        .authorize_retrievers(Arc::new(move |key, _, _| retrievers.contains(key)));
+    let server = mft::Server::builder(identity.clone(), Arc::new(store))
+        .config(config)
+        .authorize(move |request: &mft::Request<'_>| match request.direction {
+            mft::Direction::Send => senders.contains(request.key),
+            mft::Direction::Retrieve => retrievers.contains(request.key),
+        })
+        .build();
     let serving = tokio::spawn({
         let server = server.clone();
         let manager = manager.clone();
@@ -102,23 +106,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     );
 
     shutdown_signal().await?;
-    tracing::info!("shutting down: no new connections");
-    manager.stop_listening();
     drop(endpoints);
-    let deadline = Instant::now() + Duration::from_secs(settings.grace);
-    loop {
-        let open: usize = manager.connections().iter().map(|c| c.active_flows()).sum();
-        if open == 0 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(open, "grace period over: closing open flows");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    manager.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+    // The library stops accepting, lets open flows finish within the grace period,
+    // then closes; the extra seconds bound the wait for it to return.
+    let grace = Duration::from_secs(settings.grace);
+    server.shutdown(grace);
+    let _ = tokio::time::timeout(grace + Duration::from_secs(2), serving).await;
     eprintln!("mftq: stopped");
     Ok(())
 }

@@ -192,13 +192,12 @@ async fn blocked_udp_falls_back_to_https_and_is_remembered() {
 async fn a_transfer_to_an_mftq_endpoint_runs_over_the_winner() {
     init_tracing();
     let (server_manager, port) = server(true).await;
-    let server = mft::Server::new(
+    let server = mft::Server::builder(
         server_manager.identity().clone(),
         Arc::new(mft::store::MemoryStore::new()),
-        mft::ServerConfig::default(),
     )
-    .authorize_senders(Arc::new(|_, _, _| true))
-    .authorize_retrievers(Arc::new(|_, _, _| true));
+    .authorize(|_: &mft::Request<'_>| true)
+    .build();
     tokio::spawn({
         let server = server.clone();
         async move { server.serve(server_manager).await }

@@ -28,12 +28,13 @@ async fn busy_server(protocol: &str, retry_after: Duration) -> (mft::Server, flo
     config
         .max_open_transfers_per_peer(0)
         .busy_retry_after(retry_after);
-    let server = mft::Server::new(
+    let server = mft::Server::builder(
         manager.identity().clone(),
         Arc::new(mft::store::MemoryStore::new()),
-        config,
     )
-    .authorize_senders(Arc::new(|_, _, _| true));
+    .config(config)
+    .authorize(|r: &mft::Request<'_>| r.direction == mft::Direction::Send)
+    .build();
     tokio::spawn({
         let server = server.clone();
         async move { server.serve(manager).await }

@@ -17,8 +17,8 @@ async fn listing_shows_only_what_the_key_may_retrieve(t: Transport) {
     let alice_key = alice.identity().public_key();
     let sender_key = sender.identity().public_key();
     // Alice may see batches named "a-…"; the sender sees everything.
-    let retrievers: mft::Authorize = Arc::new(move |key, _voucher, batch| {
-        *key == sender_key || (*key == alice_key && batch.starts_with(b"a-"))
+    let retrievers: common::Policy = Arc::new(move |r: &mft::Request<'_>| {
+        *r.key == sender_key || (*r.key == alice_key && r.batch_id.starts_with(b"a-"))
     });
     let (server, endpoint, _server_manager) = common::mft_server(
         &t,

@@ -15,13 +15,9 @@ async fn push_then_pull_round_trip() {
     let t = Transport::quic();
     let (server_manager, endpoint) = t.server(ManagerConfig::default()).await;
     let store = Arc::new(mft::store::MemoryStore::new());
-    let server = mft::Server::new(
-        server_manager.identity().clone(),
-        store,
-        mft::ServerConfig::default(),
-    )
-    .authorize_senders(Arc::new(|_, _, _| true))
-    .authorize_retrievers(Arc::new(|_, _, _| true));
+    let server = mft::Server::builder(server_manager.identity().clone(), store)
+        .authorize(|_: &mft::Request<'_>| true)
+        .build();
     tokio::spawn({
         let server = server.clone();
         async move { server.serve(server_manager).await }

@@ -66,6 +66,8 @@ on_every_transport!(
     a_repeated_completion_gets_the_stored_receipt,
     a_send_whose_receipt_is_lost_completes_again_and_succeeds,
     two_racing_hellos_open_one_transfer_and_leave_one_secret,
+    a_shutdown_lets_a_flow_in_progress_finish_then_closes,
+    a_shutdown_closes_flows_still_open_when_the_grace_period_ends,
 );
 
 /// Chunk size of the small round trips and of the dishonest clients' transfers.
@@ -237,8 +239,8 @@ impl Harness {
         t: Transport,
         store: Arc<dyn Store>,
         config: ServerConfig,
-        senders: mft::Authorize,
-        retrievers: mft::Authorize,
+        senders: common::Policy,
+        retrievers: common::Policy,
     ) -> Self {
         let (server, endpoint, server_manager) = mft_server(
             &t,
@@ -1272,6 +1274,196 @@ impl Store for RacingOpens {
 }
 
 delegate_store!(RacingOpens, inner);
+
+/// A server whose segment writes wait until the test lets them through, serving on
+/// `t` in a task the test holds: what a shutdown test needs to have a flow in
+/// progress at the moment it stops the server.
+struct Stoppable {
+    /// Kept, as a program that serves keeps its manager: only the server's own
+    /// close may end the connections.
+    _manager: Manager,
+    server: mft::Server,
+    serving: tokio::task::JoinHandle<()>,
+    store: Arc<HeldSegments>,
+    raw: Raw,
+}
+
+impl Stoppable {
+    async fn start(t: &Transport) -> Self {
+        let identity = Identity::generate();
+        let store = Arc::new(HeldSegments::default());
+        let manager = t.manager_as(identity.clone(), ManagerConfig::default());
+        let endpoint = manager
+            .listen(t.name(), &t.listen_address())
+            .await
+            .unwrap()
+            .endpoint()
+            .clone();
+        let server = mft::Server::builder(identity, store.clone())
+            .authorize(|_: &mft::Request<'_>| true)
+            .build();
+        let serving = tokio::spawn({
+            let server = server.clone();
+            let manager = manager.clone();
+            async move { server.serve(manager).await }
+        });
+        let raw = Raw {
+            manager: t.manager(ManagerConfig::default()),
+            endpoint,
+            server_key: server.identity().public_key(),
+        };
+        Stoppable {
+            _manager: manager,
+            server,
+            serving,
+            store,
+            raw,
+        }
+    }
+
+    /// Opens a transfer and sends its first segment on a flow of its own, returning
+    /// once the server is storing it (held by the store): the flow's halves.
+    async fn segment_in_progress(&self) -> (FlowReader, FlowWriter) {
+        let tr = self.raw.open(b"stopping", CHUNK).await;
+        let segment = tr.segments(&raw_data(46)).remove(0);
+        let (reader, mut writer) = self.raw.flow().await;
+        let header = Segment::header(
+            &segment.transfer_id,
+            segment.index,
+            segment.ciphertext.len() as u32,
+        );
+        writer
+            .write_msg(&[&header, &segment.ciphertext, &segment.signature.0])
+            .await
+            .unwrap();
+        bounded(
+            "the segment reaching the store",
+            self.store.entered.notified(),
+        )
+        .await;
+        (reader, writer)
+    }
+
+    /// Whether the server still answers a request on a new flow.
+    async fn answers(&self) -> bool {
+        let ask = async {
+            let flow = self
+                .raw
+                .manager
+                .dial(&self.raw.endpoint, Authorizer::any(), Duration::from_secs(2))
+                .await?;
+            let (mut reader, mut writer) = flow.into_split();
+            let resume = Message::Resume(mft::wire::Resume {
+                transfer_id: TransferId([0; 16]),
+            });
+            writer.write_msg(&[&resume.to_bytes().unwrap()]).await?;
+            Ok::<_, flow::Error>(reader.read_msg().await?.is_some())
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), ask).await,
+            Ok(Ok(true))
+        )
+    }
+}
+
+/// Graceful shutdown (issue 9: it lives in the library): a flow being served when
+/// the server stops finishes and is answered; then the server closes and `serve`
+/// returns.
+async fn a_shutdown_lets_a_flow_in_progress_finish_then_closes(t: Transport) {
+    let mut s = Stoppable::start(&t).await;
+    assert!(s.answers().await, "the running server answers");
+    let (mut reader, mut writer) = s.segment_in_progress().await;
+    s.server.shutdown(Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !s.serving.is_finished(),
+        "serve waits for the flow in progress"
+    );
+    s.store.release.add_permits(1);
+    assert!(
+        matches!(recv(&mut reader).await, Some(Message::SegmentAck(_))),
+        "the flow in progress is answered"
+    );
+    // The sender has nothing more: its flow ends, and with it the last one served.
+    writer.shutdown().await.unwrap();
+    drop(reader);
+    bounded("serve returning", &mut s.serving).await.unwrap();
+    assert!(!s.answers().await, "a stopped server takes no new flows");
+}
+
+/// A flow that does not finish within the grace period is closed, and `serve`
+/// returns soon after the period, not when the flow would have ended.
+async fn a_shutdown_closes_flows_still_open_when_the_grace_period_ends(t: Transport) {
+    let mut s = Stoppable::start(&t).await;
+    let (mut reader, _writer) = s.segment_in_progress().await;
+    let stopped = std::time::Instant::now();
+    s.server.shutdown(Duration::from_millis(300));
+    bounded("serve returning", &mut s.serving).await.unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "{took:?}: before the grace period"
+    );
+    let answer = bounded("the cut flow", reader.read_msg()).await;
+    assert!(
+        !matches!(answer, Ok(Some(_))),
+        "no answer on a closed flow: {answer:?}"
+    );
+    s.store.release.add_permits(1);
+}
+
+/// A memory store whose segment writes wait for a permit, telling the test when
+/// one arrives.
+#[derive(Debug)]
+struct HeldSegments {
+    inner: MemoryStore,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for HeldSegments {
+    fn default() -> Self {
+        HeldSegments {
+            inner: MemoryStore::new(),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for HeldSegments {}
+
+delegate_store!(HeldSegments, inner, without);
+
+#[async_trait::async_trait]
+impl mft::store::SegmentStore for HeldSegments {
+    async fn put_segment(
+        &self,
+        t: TransferId,
+        info: mft::store::SegmentInfo,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), StoreError> {
+        self.entered.notify_one();
+        let _permit = self.release.acquire().await;
+        self.inner.put_segment(t, info, offset, data).await
+    }
+    async fn segments(&self, t: TransferId) -> Result<Vec<mft::store::SegmentInfo>, StoreError> {
+        self.inner.segments(t).await
+    }
+    async fn read_segment(
+        &self,
+        t: TransferId,
+        offset: u64,
+        len: u32,
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.inner.read_segment(t, offset, len).await
+    }
+    async fn delete_segments(&self, t: TransferId) -> Result<(), StoreError> {
+        self.inner.delete_segments(t).await
+    }
+}
 
 async fn missing_segment_fails_the_completion(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;

@@ -184,10 +184,10 @@ async fn server(args: ServerArgs) -> Result<(), CliError> {
                 .map_err(|e| failed("opening the store", e))?;
             let mut config = mft::ServerConfig::default();
             config.max_open_transfers_per_peer(args.max_open);
-            let allowed = move |key: &PeerKey, _: &[u8], _: &[u8]| *key == client_key;
-            let server = mft::Server::new(identity, Arc::new(store), config)
-                .authorize_senders(Arc::new(allowed))
-                .authorize_retrievers(Arc::new(allowed));
+            let server = mft::Server::builder(identity, Arc::new(store))
+                .config(config)
+                .authorize(move |request: &mft::Request<'_>| *request.key == client_key)
+                .build();
             let manager = manager.clone();
             tokio::spawn(async move { server.serve(manager).await })
         }

@@ -27,13 +27,13 @@
 //! let endpoint = server_manager.listen("mem", "server").await?.endpoint().clone();
 //! let client_manager = Manager::new(Identity::generate(), registry, ManagerConfig::default())?;
 //!
-//! let server = mft::Server::new(
+//! let client_key = client_manager.identity().public_key();
+//! let server = mft::Server::builder(
 //!     server_manager.identity().clone(),
 //!     Arc::new(mft::store::MemoryStore::new()),
-//!     mft::ServerConfig::default(),
 //! )
-//! .authorize_senders(Arc::new(|_key, _voucher, _batch| true))
-//! .authorize_retrievers(Arc::new(|_key, _voucher, _batch| true));
+//! .authorize(move |request: &mft::Request<'_>| *request.key == client_key)
+//! .build();
 //! tokio::spawn({
 //!     let server = server.clone();
 //!     async move { server.serve(server_manager).await }
@@ -72,5 +72,7 @@ pub use crate::client::{
     MAX_SEGMENTS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT, Receipt, Retriever, Sender,
 };
 pub use crate::error::{Error, ErrorKind, Result};
-pub use crate::server::{Authorize, Server, ServerConfig};
+pub use crate::server::{
+    Authorize, DenyAll, Direction, Request, Server, ServerBuilder, ServerConfig,
+};
 pub use crate::stream::{BatchInfo, BatchReader, SegmentSource};

@@ -40,10 +40,21 @@ macro_rules! on_every_transport {
 
 /// Implements the four storage traits of `$ty` by handing every call to its field
 /// `$field`, so a test store overrides only the step it is about (in its own
-/// `impl Store`). Needs `async_trait` and the `mft::store` types in scope.
+/// `impl Store`); with `without`, all but `SegmentStore`, which the test store then
+/// writes itself.
 #[allow(unused_macros)]
 macro_rules! delegate_store {
     ($ty:ty, $field:ident) => {
+        delegate_store!($ty, $field, without);
+        delegate_store!(@segment $ty, $field);
+    };
+    // Every trait but SegmentStore, which the test store writes itself.
+    ($ty:ty, $field:ident, without) => {
+        delegate_store!(@secret $ty, $field);
+        delegate_store!(@transfer $ty, $field);
+        delegate_store!(@batch $ty, $field);
+    };
+    (@secret $ty:ty, $field:ident) => {
         #[async_trait::async_trait]
         impl mft::store::SecretStore for $ty {
             async fn put_secret(
@@ -66,7 +77,8 @@ macro_rules! delegate_store {
                 self.$field.delete_secret(t).await
             }
         }
-
+    };
+    (@segment $ty:ty, $field:ident) => {
         #[async_trait::async_trait]
         impl mft::store::SegmentStore for $ty {
             async fn put_segment(
@@ -99,7 +111,8 @@ macro_rules! delegate_store {
                 self.$field.delete_segments(t).await
             }
         }
-
+    };
+    (@transfer $ty:ty, $field:ident) => {
         #[async_trait::async_trait]
         impl mft::store::TransferStore for $ty {
             async fn put_transfer(
@@ -134,7 +147,8 @@ macro_rules! delegate_store {
                 self.$field.delete_transfer(t).await
             }
         }
-
+    };
+    (@batch $ty:ty, $field:ident) => {
         #[async_trait::async_trait]
         impl mft::store::BatchStore for $ty {
             async fn put_batch(&self, r: mft::store::BatchRecord) -> mft::store::StoreResult<()> {
@@ -296,19 +310,30 @@ pub async fn bounded_for<T>(
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
 }
 
-/// An mft authoriser that lets every key through.
-pub fn allow_all() -> mft::Authorize {
-    Arc::new(|_, _, _| true)
+/// One direction's policy of a test server: sending or retrieving.
+pub type Policy = Arc<dyn Fn(&mft::Request<'_>) -> bool + Send + Sync>;
+
+/// A policy that lets every key through.
+pub fn allow_all() -> Policy {
+    Arc::new(|_| true)
 }
 
-/// An mft authoriser that refuses every key.
-pub fn deny_all() -> mft::Authorize {
-    Arc::new(|_, _, _| false)
+/// A policy that refuses every key.
+pub fn deny_all() -> Policy {
+    Arc::new(|_| false)
 }
 
-/// An mft authoriser that lets only `key` through.
-pub fn allow_only(key: flow::PeerKey) -> mft::Authorize {
-    Arc::new(move |peer, _, _| *peer == key)
+/// A policy that lets only `key` through.
+pub fn allow_only(key: flow::PeerKey) -> Policy {
+    Arc::new(move |request| *request.key == key)
+}
+
+/// The server's authoriser: `senders` for sending, `retrievers` for retrieving.
+pub fn by_direction(senders: Policy, retrievers: Policy) -> impl mft::Authorize {
+    move |request: &mft::Request<'_>| match request.direction {
+        mft::Direction::Send => senders(request),
+        mft::Direction::Retrieve => retrievers(request),
+    }
 }
 
 /// Starts an mft server as `identity` over `store` on transport `t`, serving until
@@ -318,8 +343,8 @@ pub async fn mft_server(
     identity: Identity,
     store: Arc<dyn mft::store::Store>,
     config: mft::ServerConfig,
-    senders: mft::Authorize,
-    retrievers: mft::Authorize,
+    senders: Policy,
+    retrievers: Policy,
 ) -> (mft::Server, Endpoint, Manager) {
     let manager = t.manager_as(identity.clone(), ManagerConfig::default());
     let endpoint = manager
@@ -328,9 +353,10 @@ pub async fn mft_server(
         .unwrap()
         .endpoint()
         .clone();
-    let server = mft::Server::new(identity, store, config)
-        .authorize_senders(senders)
-        .authorize_retrievers(retrievers);
+    let server = mft::Server::builder(identity, store)
+        .config(config)
+        .authorize(by_direction(senders, retrievers))
+        .build();
     tokio::spawn({
         let server = server.clone();
         let manager = manager.clone();

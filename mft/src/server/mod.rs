@@ -15,6 +15,7 @@ use crate::store::{Store, StoreError, TransferId};
 use crate::wire::{self, Codec, Message, Refuse, RefuseCode};
 
 mod at_rest;
+mod authorize;
 mod config;
 mod pull;
 mod push;
@@ -23,21 +24,30 @@ mod tests;
 
 #[cfg(test)]
 pub(crate) use at_rest::seal_secret_at_rest;
+pub use authorize::{Authorize, DenyAll, Direction, Request};
 pub use config::ServerConfig;
 use push::OpenTransfer;
 
-/// Decides whether `key`, presenting `voucher`, may send (or retrieve) `batch_id`.
-pub type Authorize = Arc<dyn Fn(&PeerKey, &[u8], &[u8]) -> bool + Send + Sync>;
-
-/// The mft server. Cheap to clone.
+/// The mft server. Cheap to clone: every clone is the same server, with the same
+/// state (open transfers, per-key flow counts, memory bound).
 ///
 /// ```no_run
-/// # async fn demo(manager: flow::Manager) -> mft::Result<()> {
+/// # async fn demo(manager: flow::Manager, alice: flow::PeerKey) -> mft::Result<()> {
 /// use std::sync::Arc;
+/// use std::time::Duration;
+/// use mft::{Direction, Request};
 /// let store = Arc::new(mft::store::FsStore::open("./data")?);
-/// let server = mft::Server::new(manager.identity().clone(), store, mft::ServerConfig::default())
-///     .authorize_senders(Arc::new(|_key, _voucher, _batch| true));
-/// server.serve(manager).await;
+/// let server = mft::Server::builder(manager.identity().clone(), store)
+///     .config(mft::ServerConfig::default())
+///     .authorize(move |r: &Request<'_>| *r.key == alice || r.direction == Direction::Retrieve)
+///     .build();
+/// let serving = tokio::spawn({
+///     let server = server.clone();
+///     async move { server.serve(manager).await }
+/// });
+/// // Later: stop accepting, let open flows finish for up to 30 s, then close.
+/// server.shutdown(Duration::from_secs(30));
+/// serving.await.ok();
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -49,9 +59,13 @@ struct Inner {
     identity: Identity,
     store: Arc<dyn Store>,
     config: ServerConfig,
-    senders: Authorize,
-    retrievers: Authorize,
+    authorize: Box<dyn Authorize>,
     at_rest: Cipher,
+    /// Set by [`Server::shutdown`]: the grace period for open flows.
+    stopping: tokio::sync::watch::Sender<Option<Duration>>,
+    /// Flows being handled, and a wake-up when the count drops to zero.
+    handling: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
     pending: Arc<Semaphore>,
     flows_per_peer: Mutex<HashMap<PeerKey, usize>>,
     open: Mutex<HashMap<TransferId, Arc<OpenTransfer>>>,
@@ -88,55 +102,80 @@ fn refusal(code: RefuseCode, message: impl Into<String>) -> Refusal {
     Refusal(Refuse::new(code, message))
 }
 
-impl Server {
-    /// A server acting as `identity` over `store`. Nobody may send or retrieve until
-    /// [`Server::authorize_senders`] / [`Server::authorize_retrievers`] say so.
-    pub fn new(identity: Identity, store: Arc<dyn Store>, config: ServerConfig) -> Self {
-        let at_rest = Cipher::new(&crypto::at_rest_key(&identity));
+/// Builds a [`Server`]: identity and store first, then limits and who may do what.
+pub struct ServerBuilder {
+    identity: Identity,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    authorize: Box<dyn Authorize>,
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("identity", &self.identity.public_key())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// The server's limits (default [`ServerConfig::default`]).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Who may send and retrieve what (default [`DenyAll`]: nobody).
+    pub fn authorize(mut self, authorize: impl Authorize) -> Self {
+        self.authorize = Box::new(authorize);
+        self
+    }
+
+    /// The server, ready to [`serve`](Server::serve).
+    pub fn build(self) -> Server {
+        let at_rest = Cipher::new(&crypto::at_rest_key(&self.identity));
         Server {
             inner: Arc::new(Inner {
-                pending: Arc::new(Semaphore::new(config.max_pending_bytes)),
-                identity,
-                store,
-                config,
-                senders: Arc::new(|_, _, _| false),
-                retrievers: Arc::new(|_, _, _| false),
+                pending: Arc::new(Semaphore::new(self.config.max_pending_bytes)),
+                identity: self.identity,
+                store: self.store,
+                config: self.config,
+                authorize: self.authorize,
                 at_rest,
+                stopping: tokio::sync::watch::channel(None).0,
+                handling: std::sync::atomic::AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
                 flows_per_peer: Mutex::new(HashMap::new()),
                 open: Mutex::new(HashMap::new()),
             }),
         }
     }
+}
 
-    fn rebuild(self, f: impl FnOnce(&mut Inner)) -> Self {
-        let mut inner = match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner,
-            Err(shared) => Inner {
-                identity: shared.identity.clone(),
-                store: shared.store.clone(),
-                config: shared.config.clone(),
-                senders: shared.senders.clone(),
-                retrievers: shared.retrievers.clone(),
-                at_rest: shared.at_rest.clone(),
-                pending: shared.pending.clone(),
-                flows_per_peer: Mutex::new(HashMap::new()),
-                open: Mutex::new(HashMap::new()),
-            },
-        };
-        f(&mut inner);
-        Server {
-            inner: Arc::new(inner),
+impl Server {
+    /// Starts building a server acting as `identity` over `store`. Nobody may send
+    /// or retrieve until [`ServerBuilder::authorize`] says who.
+    pub fn builder(identity: Identity, store: Arc<dyn Store>) -> ServerBuilder {
+        ServerBuilder {
+            identity,
+            store,
+            config: ServerConfig::default(),
+            authorize: Box::new(DenyAll),
         }
     }
 
-    /// Who may send: called with the sender's key, its voucher and the batch id.
-    pub fn authorize_senders(self, authorize: Authorize) -> Self {
-        self.rebuild(|inner| inner.senders = authorize)
-    }
-
-    /// Who may retrieve: called with the retriever's key, its voucher and the batch id.
-    pub fn authorize_retrievers(self, authorize: Authorize) -> Self {
-        self.rebuild(|inner| inner.retrievers = authorize)
+    /// Whether the authoriser admits `key` with `voucher` for `batch_id` in
+    /// `direction`.
+    fn allowed(
+        &self,
+        key: &PeerKey,
+        voucher: &[u8],
+        batch_id: &[u8],
+        direction: Direction,
+    ) -> bool {
+        let request = Request::new(key, voucher, batch_id, direction);
+        self.inner.authorize.authorize(&request)
     }
 
     /// The server's identity.
@@ -144,8 +183,10 @@ impl Server {
         &self.inner.identity
     }
 
-    /// Serves every flow `manager` accepts until the manager closes, reclaiming
-    /// expired transfers every minute meanwhile.
+    /// Serves every flow `manager` accepts, reclaiming expired transfers every
+    /// minute meanwhile, until the manager closes or [`Server::shutdown`] is
+    /// called; then it stops listening, lets the flows being served finish for the
+    /// grace period, closes the manager (ending what is left) and returns.
     pub async fn serve(&self, manager: Manager) {
         let reclaimer = tokio::spawn({
             let server = self.clone();
@@ -159,11 +200,60 @@ impl Server {
                 }
             }
         });
-        while let Ok(flow) = manager.accept().await {
-            let server = self.clone();
-            tokio::spawn(async move { server.handle_flow(flow).await });
-        }
+        let mut stopping = self.inner.stopping.subscribe();
+        let grace = loop {
+            tokio::select! {
+                biased;
+                changed = stopping.wait_for(Option::is_some) => {
+                    break changed.ok().and_then(|grace| *grace);
+                }
+                accepted = manager.accept() => match accepted {
+                    Ok(flow) => {
+                        let server = self.clone();
+                        let handling = Handling::start(self.inner.clone());
+                        tokio::spawn(async move {
+                            server.handle_flow(flow).await;
+                            drop(handling);
+                        });
+                    }
+                    Err(_) => break None,
+                },
+            }
+        };
         reclaimer.abort();
+        if let Some(grace) = grace {
+            self.drain(&manager, grace).await;
+        }
+    }
+
+    /// Stops the server: [`Server::serve`] accepts no new flow, gives the flows
+    /// being served up to `grace` to finish, then closes its manager and returns.
+    /// Senders cut off by the close resume later from what was stored.
+    pub fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.send_replace(Some(grace));
+    }
+
+    /// Stops listening and waits up to `grace` for the flows being handled, then
+    /// closes the manager.
+    async fn drain(&self, manager: &Manager, grace: Duration) {
+        use std::sync::atomic::Ordering;
+        manager.stop_listening();
+        let open = self.inner.handling.load(Ordering::SeqCst);
+        tracing::info!(open, ?grace, "shutting down: no new flows");
+        let idle = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.inner.handling.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, idle).await.is_err() {
+            let open = self.inner.handling.load(Ordering::SeqCst);
+            tracing::warn!(open, "grace period over: closing the flows still open");
+        }
+        manager.close();
     }
 
     /// Deletes open transfers past their deadline, with their segments and secrets,
@@ -341,6 +431,31 @@ fn too_large(e: &flow::Error) -> Option<Refusal> {
             format!("message of {len} bytes exceeds this server's limit of {max}"),
         )),
         _ => None,
+    }
+}
+
+/// A flow being handled by [`Server::serve`], counted until it ends, so a
+/// shutdown can wait for the server to go idle.
+struct Handling(Arc<Inner>);
+
+impl Handling {
+    fn start(inner: Arc<Inner>) -> Self {
+        inner
+            .handling
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Handling(inner)
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        let before = self
+            .0
+            .handling
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if before == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

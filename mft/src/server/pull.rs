@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flow::{FlowWriter, PeerKey};
 
-use super::{Refusal, Server, refusal, stored_batch_id};
+use super::{Direction, Refusal, Server, refusal, stored_batch_id};
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::{self, HelloProblem, PullSecret};
@@ -32,7 +32,7 @@ impl Server {
         // Unauthorised and missing look the same, so keys learn nothing about
         // batches they may not see.
         let not_found = || refusal(RefuseCode::NotFound, "no such batch for this key");
-        if !(self.inner.retrievers)(&peer, &hello.voucher, &hello.batch_id) {
+        if !self.allowed(&peer, &hello.voucher, &hello.batch_id, Direction::Retrieve) {
             return Err(not_found());
         }
         let batch = self
@@ -81,7 +81,7 @@ impl Server {
         let mut metadata_bytes = 0;
         for batch in self.inner.store.batches().await? {
             if batch.batch_id.as_slice() <= list.after.as_ref()
-                || !(self.inner.retrievers)(&peer, &list.voucher, &batch.batch_id)
+                || !self.allowed(&peer, &list.voucher, &batch.batch_id, Direction::Retrieve)
             {
                 continue;
             }
@@ -160,7 +160,7 @@ impl Server {
             message: "no such batch for this key".into(),
             retry_after: None,
         };
-        if !(self.inner.retrievers)(requester, &[], batch_id) {
+        if !self.allowed(requester, &[], batch_id, Direction::Retrieve) {
             return Err(not_found());
         }
         let batch = self

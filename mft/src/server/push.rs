@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
 
-use super::{Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
+use super::{Direction, Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
@@ -69,7 +69,7 @@ impl Server {
             ),
             HelloProblem::BadSignature => refusal(RefuseCode::BadSignature, "hello signature"),
         })?;
-        if !(self.inner.senders)(&peer, &hello.voucher, &hello.batch_id) {
+        if !self.allowed(&peer, &hello.voucher, &hello.batch_id, Direction::Send) {
             return Err(refusal(
                 RefuseCode::NotAuthorized,
                 format!("key {peer} may not send this batch"),

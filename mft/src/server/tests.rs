@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flow::Identity;
 
-use super::{Server, ServerConfig};
+use super::Server;
 use crate::store::{
     BatchRecord, BatchStore, MemoryStore, SecretStore, SegmentInfo, SegmentStore, TransferId,
     TransferRecord, TransferStore,
@@ -25,7 +25,7 @@ fn record(id: u8, batch: &[u8], deadline_unix: u64) -> TransferRecord {
 #[tokio::test]
 async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
     let store = Arc::new(MemoryStore::new());
-    let server = Server::new(Identity::generate(), store.clone(), ServerConfig::default());
+    let server = Server::builder(Identity::generate(), store.clone()).build();
     let info = SegmentInfo {
         index: 0,
         len: 20,
