@@ -1350,7 +1350,11 @@ impl Stoppable {
             let flow = self
                 .raw
                 .manager
-                .dial(&self.raw.endpoint, Authorizer::any(), Duration::from_secs(2))
+                .dial(
+                    &self.raw.endpoint,
+                    Authorizer::any(),
+                    Duration::from_secs(2),
+                )
                 .await?;
             let (mut reader, mut writer) = flow.into_split();
             let resume = Message::Resume(mft::wire::Resume {

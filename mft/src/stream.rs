@@ -17,7 +17,7 @@ use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PullSecret;
 use crate::proto::layout::BatchLayout;
-use crate::wire::{self, Tag};
+use crate::wire::{self, Tag, TransferId};
 
 /// Plaintext segments buffered between the verifier and the reader.
 const BUFFERED_SEGMENTS: usize = 4;
@@ -152,18 +152,7 @@ async fn verify_segments(
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&ciphertext[len - wire::TAG_LEN..]);
         chain.push(len as u32, &Tag(tag));
-        let cipher = cipher.clone();
-        let transfer_id = secret.transfer_id;
-        let plaintext = tokio::task::spawn_blocking(move || {
-            let mut buf = ciphertext.to_vec();
-            crypto::open_segment(&cipher, &transfer_id, index, &mut buf).map(|n| {
-                buf.truncate(n);
-                Bytes::from(buf)
-            })
-        })
-        .await
-        .map_err(|e| Error::Io(io::Error::other(e)))?
-        .map_err(|_| Error::Integrity(format!("segment {index} fails authentication")))?;
+        let plaintext = open_segment(cipher, secret.transfer_id, index, ciphertext).await?;
         total += plaintext.len() as u64;
         if last {
             // Held until the whole batch checks out, so a reader never sees a clean
@@ -189,4 +178,24 @@ async fn verify_segments(
         let _ = tx.send(Ok(last)).await;
     }
     Ok(())
+}
+
+/// The plaintext of segment `index`, authenticated off the I/O tasks.
+async fn open_segment(
+    cipher: &Cipher,
+    transfer_id: TransferId,
+    index: u64,
+    ciphertext: Bytes,
+) -> Result<Bytes> {
+    let cipher = cipher.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = ciphertext.to_vec();
+        crypto::open_segment(&cipher, &transfer_id, index, &mut buf).map(|n| {
+            buf.truncate(n);
+            Bytes::from(buf)
+        })
+    })
+    .await
+    .map_err(|e| Error::Io(io::Error::other(e)))?
+    .map_err(|_| Error::Integrity(format!("segment {index} fails authentication")))
 }

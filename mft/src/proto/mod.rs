@@ -6,4 +6,6 @@
 
 pub(crate) mod completion;
 pub(crate) mod layout;
+pub(crate) mod retry;
+pub(crate) mod send_plan;
 pub(crate) mod transfer;

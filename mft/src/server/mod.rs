@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flow::{Flow, Identity, Manager, PeerKey};
+use bytes::Bytes;
+use flow::{Flow, FlowReader, FlowWriter, Identity, Manager, PeerKey};
 use tokio::sync::Semaphore;
 
 use crate::crypto::{self, Cipher};
@@ -300,46 +301,78 @@ impl Server {
     pub async fn handle_flow(&self, mut flow: Flow) {
         let peer = flow.remote_identity();
         flow.set_max_msg_size(self.inner.config.max_segment_message());
-        let Some(_slot) = self.flow_slot(peer) else {
-            let (mut reader, mut writer) = flow.into_split();
+        let slot = self.flow_slot(peer);
+        let (mut reader, mut writer) = flow.into_split();
+        if slot.is_none() {
             // Take the first message before answering, so the client's write
             // completes and it reads the refusal rather than a broken pipe.
-            let _ =
-                tokio::time::timeout(self.inner.config.first_message_timeout, reader.read_msg())
-                    .await;
+            let _ = self.first_message(peer, &mut reader, &mut writer).await;
             let Refusal(busy) = self.busy("too many flows from this key");
-            let busy = encode_reply(&Message::Refuse(busy));
-            let _ = writer.write_msg_and_close(&[&busy]).await;
+            let _ = writer
+                .write_msg_and_close(&[&encode_reply(&Message::Refuse(busy))])
+                .await;
+            return;
+        }
+        let Some(first) = self.first_message(peer, &mut reader, &mut writer).await else {
             return;
         };
-        let (mut reader, mut writer) = flow.into_split();
-        let first =
-            tokio::time::timeout(self.inner.config.first_message_timeout, reader.read_msg()).await;
-        let first = match first {
-            Ok(Ok(Some(bytes))) => bytes,
-            Ok(Ok(None)) => return,
+        let last = match self.dispatch(peer, first, &mut reader, &mut writer).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return,
+            Err(Refusal(refuse)) => {
+                tracing::info!(%peer, code = %refuse.code, reason = %refuse.message, "refused");
+                Message::Refuse(refuse)
+            }
+        };
+        if let Err(e) = writer.write_msg_and_close(&[&encode_reply(&last)]).await {
+            tracing::debug!(%peer, error = %e, "could not answer");
+        }
+    }
+
+    /// A flow's first message, within the first-message timeout; `None` if the
+    /// flow ended, failed or stayed silent (a message over the size limit is
+    /// refused from its length prefix).
+    async fn first_message(
+        &self,
+        peer: PeerKey,
+        reader: &mut FlowReader,
+        writer: &mut FlowWriter,
+    ) -> Option<Bytes> {
+        let timeout = self.inner.config.first_message_timeout;
+        match tokio::time::timeout(timeout, reader.read_msg()).await {
+            Ok(Ok(first)) => first,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "flow failed before its first message");
                 if let Some(Refusal(too_large)) = too_large(&e) {
                     let too_large = encode_reply(&Message::Refuse(too_large));
                     let _ = writer.write_msg_and_close(&[&too_large]).await;
                 }
-                return;
+                None
             }
             Err(_) => {
                 tracing::debug!(%peer, "no first message in time");
-                return;
+                None
             }
-        };
-        let outcome = match Message::from_bytes(first) {
+        }
+    }
+
+    /// Hands a flow to the handler its first message names: what to answer last,
+    /// if anything.
+    async fn dispatch(
+        &self,
+        peer: PeerKey,
+        first: Bytes,
+        reader: &mut FlowReader,
+        writer: &mut FlowWriter,
+    ) -> Result<Option<Message>, Refusal> {
+        match Message::from_bytes(first) {
             Ok(Message::Hello(hello)) => self.handle_hello(peer, &hello).await,
             Ok(Message::Segment(segment)) => {
-                self.handle_segments(peer, segment, &mut reader, &mut writer)
-                    .await
+                self.handle_segments(peer, segment, reader, writer).await
             }
             Ok(Message::Complete(complete)) => self.handle_complete(peer, &complete).await,
             Ok(Message::Resume(resume)) => self.handle_resume(peer, resume.transfer_id).await,
-            Ok(Message::PullHello(hello)) => self.handle_pull(peer, &hello, &mut writer).await,
+            Ok(Message::PullHello(hello)) => self.handle_pull(peer, &hello, writer).await,
             Ok(Message::List(list)) => self.handle_list(peer, &list).await,
             Ok(other) => Err(refusal(
                 RefuseCode::BadMessage,
@@ -353,17 +386,6 @@ impl Server {
                 ),
             )),
             Err(e) => Err(refusal(RefuseCode::BadMessage, e.to_string())),
-        };
-        let last = match outcome {
-            Ok(Some(reply)) => reply,
-            Ok(None) => return,
-            Err(Refusal(refuse)) => {
-                tracing::info!(%peer, code = %refuse.code, reason = %refuse.message, "refused");
-                Message::Refuse(refuse)
-            }
-        };
-        if let Err(e) = writer.write_msg_and_close(&[&encode_reply(&last)]).await {
-            tracing::debug!(%peer, error = %e, "could not answer");
         }
     }
 

@@ -314,31 +314,7 @@ impl Server {
                 format!("segment {index} signature"),
             ));
         }
-        // Authenticate the ciphertext (one AES-GCM pass) off the I/O tasks, unless
-        // it is small enough that the hop would cost more; what is stored is the
-        // ciphertext itself, so data stays encrypted at rest. The plaintext goes to
-        // a scratch buffer that the flow reuses for every segment, so checking
-        // costs no allocation.
-        let authenticate = move |cipher: &crypto::Cipher, ciphertext: &[u8], buf: &mut Vec<u8>| {
-            buf.clear();
-            buf.extend_from_slice(ciphertext);
-            crypto::open_segment(cipher, &transfer_id, index, buf).is_ok()
-        };
-        let authentic = if len <= crypto::INLINE_CRYPTO_MAX + wire::TAG_LEN {
-            authenticate(&open.cipher, &segment.ciphertext, scratch)
-        } else {
-            let cipher = open.cipher.clone();
-            let ciphertext = segment.ciphertext.clone();
-            let mut buf = std::mem::take(scratch);
-            let (authentic, buf) = tokio::task::spawn_blocking(move || {
-                let ok = authenticate(&cipher, &ciphertext, &mut buf);
-                (ok, buf)
-            })
-            .await
-            .unwrap_or((false, Vec::new()));
-            *scratch = buf;
-            authentic
-        };
+        let authentic = authenticate(&open.cipher, transfer_id, &segment, scratch).await;
         if !authentic {
             return Err(refusal(
                 RefuseCode::BadSegment,
@@ -450,50 +426,9 @@ impl Server {
         open: &OpenTransfer,
         complete: &Complete,
     ) -> Result<Option<Message>, Refusal> {
-        check_completion_signature(&open.record.sender, complete)?;
-        if !crypto::secrets_equal(&complete.completion_id, &open.secret.completion_id) {
-            return Err(refusal(
-                RefuseCode::WrongCompletionId,
-                "wrong completion id",
-            ));
-        }
-        let max_sealed = self.inner.config.max_metadata as usize + wire::TAG_LEN;
-        if complete.sealed_metadata.len() > max_sealed {
-            return Err(refusal(
-                RefuseCode::MetadataTooLarge,
-                format!(
-                    "metadata of {} bytes exceeds the limit of {}",
-                    complete.sealed_metadata.len().saturating_sub(wire::TAG_LEN),
-                    self.inner.config.max_metadata
-                ),
-            ));
-        }
-        let transfer = open.record.transfer;
-        let segments = self.inner.store.segments(transfer).await?;
-        let tally = BatchLayout::new(open.record.chunk_size)
-            .tally(
-                &transfer,
-                &open.record.batch_id,
-                &segments,
-                complete.segment_count,
-                complete.size,
-            )
-            .map_err(|e| refusal(RefuseCode::WrongSegmentCount, e.message()))?;
-        if !tally.chain.matches(&complete.chain) {
-            return Err(refusal(
-                RefuseCode::ChainMismatch,
-                "the chain hash does not match the stored segments",
-            ));
-        }
-        crypto::open(
-            &open.cipher,
-            &crypto::METADATA_NONCE,
-            &crypto::metadata_aad(&transfer),
-            &complete.sealed_metadata,
-        )
-        .map_err(|_| refusal(RefuseCode::BadSegment, "metadata fails authentication"))?;
-
+        let tally = self.check_completion(open, complete).await?;
         let receipt = self.sign_receipt(&open.record, &tally)?;
+        let transfer = open.record.transfer;
         let record = BatchRecord {
             batch_id: open.record.batch_id.clone(),
             transfer,
@@ -523,6 +458,57 @@ impl Server {
         Ok(Some(Message::Receipt(receipt)))
     }
 
+    /// Every check of a completion (PROTOCOL.md §11): the sender's signature, the
+    /// secret completion id, the metadata's size, the stored segments against the
+    /// claim (`BatchLayout::tally`), the chain, and the metadata's authenticity.
+    /// Returns what the stored segments add up to.
+    async fn check_completion(
+        &self,
+        open: &OpenTransfer,
+        complete: &Complete,
+    ) -> Result<Tally, Refusal> {
+        check_completion_signature(&open.record.sender, complete)?;
+        if !crypto::secrets_equal(&complete.completion_id, &open.secret.completion_id) {
+            return Err(refusal(
+                RefuseCode::WrongCompletionId,
+                "wrong completion id",
+            ));
+        }
+        let max = self.inner.config.max_metadata;
+        if complete.sealed_metadata.len() > max as usize + wire::TAG_LEN {
+            let len = complete.sealed_metadata.len().saturating_sub(wire::TAG_LEN);
+            return Err(refusal(
+                RefuseCode::MetadataTooLarge,
+                format!("metadata of {len} bytes exceeds the limit of {max}"),
+            ));
+        }
+        let transfer = open.record.transfer;
+        let segments = self.inner.store.segments(transfer).await?;
+        let tally = BatchLayout::new(open.record.chunk_size)
+            .tally(
+                &transfer,
+                &open.record.batch_id,
+                &segments,
+                complete.segment_count,
+                complete.size,
+            )
+            .map_err(|e| refusal(RefuseCode::WrongSegmentCount, e.message()))?;
+        if !tally.chain.matches(&complete.chain) {
+            return Err(refusal(
+                RefuseCode::ChainMismatch,
+                "the chain hash does not match the stored segments",
+            ));
+        }
+        crypto::open(
+            &open.cipher,
+            &crypto::METADATA_NONCE,
+            &crypto::metadata_aad(&transfer),
+            &complete.sealed_metadata,
+        )
+        .map_err(|_| refusal(RefuseCode::BadSegment, "metadata fails authentication"))?;
+        Ok(tally)
+    }
+
     /// The server's signed receipt for the batch `record` becomes.
     fn sign_receipt(&self, record: &TransferRecord, tally: &Tally) -> Result<Receipt, Refusal> {
         let mut receipt = Receipt {
@@ -550,4 +536,37 @@ fn check_completion_signature(sender: &[u8; 32], complete: &Complete) -> Result<
     } else {
         Err(refusal(RefuseCode::BadSignature, "completion signature"))
     }
+}
+
+/// Whether `segment`'s ciphertext authenticates under the transfer's key at its
+/// place: one AES-GCM pass, off the I/O tasks unless the segment is small enough
+/// that the hop would cost more. What is stored is the ciphertext itself, so data
+/// stays encrypted at rest; the plaintext goes to `scratch`, a buffer the flow
+/// reuses for every segment, so checking costs no allocation.
+async fn authenticate(
+    cipher: &Cipher,
+    transfer_id: TransferId,
+    segment: &Segment,
+    scratch: &mut Vec<u8>,
+) -> bool {
+    let index = segment.index;
+    let open = move |cipher: &Cipher, ciphertext: &[u8], buf: &mut Vec<u8>| {
+        buf.clear();
+        buf.extend_from_slice(ciphertext);
+        crypto::open_segment(cipher, &transfer_id, index, buf).is_ok()
+    };
+    if segment.ciphertext.len() <= crypto::INLINE_CRYPTO_MAX + wire::TAG_LEN {
+        return open(cipher, &segment.ciphertext, scratch);
+    }
+    let cipher = cipher.clone();
+    let ciphertext = segment.ciphertext.clone();
+    let mut buf = std::mem::take(scratch);
+    let (authentic, buf) = tokio::task::spawn_blocking(move || {
+        let ok = open(&cipher, &ciphertext, &mut buf);
+        (ok, buf)
+    })
+    .await
+    .unwrap_or((false, Vec::new()));
+    *scratch = buf;
+    authentic
 }

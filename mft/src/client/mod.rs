@@ -1,0 +1,483 @@
+//! The client side: [`Sender`] pushes a batch, [`Retriever`] pulls one back.
+//!
+//! A send is a handshake flow, then `streams` segment flows working through the
+//! chunks of the input in parallel (one segment in flight per flow, each
+//! acknowledged once the server stored it durably), then a completion flow. All flows
+//! share the one connection the flow manager caches for the server. When flows fail
+//! on the network, the sender waits (with backoff, or as long as a busy server asks),
+//! asks the server which segments it holds, and sends only the rest, within its retry
+//! budget.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flow::{FlowReader, FlowWriter, Manager};
+use tokio::io::AsyncRead;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::crypto::{self, Cipher};
+use crate::error::{Error, Result};
+use crate::handshake::{ClientHandshake, PushSecret};
+use crate::proto::retry::{Attempts, Verdict};
+use crate::session;
+use crate::wire::{
+    self, BatchId, Complete, Message, Resume, Signature, Signed, Stored, TransferId, kind,
+};
+
+mod config;
+mod events;
+mod produce;
+mod retriever;
+mod retry;
+mod segments;
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    ClientConfig, DEFAULT_TARGET_RATE, InFlight, MAX_BYTES_IN_FLIGHT, MAX_SEGMENTS_IN_FLIGHT,
+    MIN_BYTES_IN_FLIGHT,
+};
+pub use events::{Content, Event};
+use produce::{BufferPool, Outlet, Produced, produce};
+pub use retriever::{BatchSummary, Retriever};
+use retry::{exhausted, judge, retrying};
+use segments::{Shared, send_segments};
+
+pub use crate::wire::Receipt;
+
+fn check_batch_id(batch_id: &[u8]) -> Result<BatchId> {
+    BatchId::new(batch_id.to_vec()).map_err(|e| Error::config("batch id", e.to_string()))
+}
+
+/// Makes a send's metadata from its [`Content`], once the data has streamed.
+type MakeMetadata = Box<dyn FnOnce(&Content) -> Result<Vec<u8>> + Send>;
+
+/// A send's metadata: known up front, or made from the [`Content`] at the end.
+enum Metadata {
+    Fixed(Vec<u8>),
+    Deferred(MakeMetadata),
+}
+
+impl Metadata {
+    fn is_deferred(&self) -> bool {
+        matches!(self, Metadata::Deferred(_))
+    }
+
+    /// Checks metadata known up front against `limit`.
+    fn check_fixed(&self, limit: u32, whose: &str) -> Result<()> {
+        match self {
+            Metadata::Fixed(metadata) => check_metadata(metadata, limit, whose),
+            Metadata::Deferred(_) => Ok(()),
+        }
+    }
+
+    /// The metadata to seal, made now if it was deferred, within the server's
+    /// `limit`.
+    fn finish(self, content: &Content, limit: u32) -> Result<Vec<u8>> {
+        match self {
+            Metadata::Fixed(bytes) => Ok(bytes),
+            Metadata::Deferred(make) => {
+                let bytes = make(content)?;
+                check_metadata(&bytes, limit, "server's")?;
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+/// What the handshake settled for a send.
+struct Opened {
+    secret: PushSecret,
+    in_flight: InFlight,
+    /// Segments the server held when the transfer opened.
+    held: Stored,
+}
+
+/// A task aborted if its handle is dropped before it is awaited: the producer of a
+/// send that failed stops reading its input.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn finish(mut self) -> Result<T> {
+        (&mut self.0).await.map_err(join_error)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A task that panicked or was cancelled, as an error.
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::Io(std::io::Error::other(e))
+}
+
+/// The workers that failed in the same incident as the one just handled (they
+/// have finished already): restarted without costing another retry. A failure
+/// among them that cannot be retried ends the send.
+fn failed_in_the_same_incident(workers: &mut JoinSet<Result<()>>) -> Result<usize> {
+    let mut failed = 0;
+    while let Some(joined) = workers.try_join_next() {
+        match joined.map_err(join_error)? {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => failed += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(failed)
+}
+
+fn check_metadata(metadata: &[u8], limit: u32, whose: &str) -> Result<()> {
+    if metadata.len() > limit as usize {
+        return Err(Error::config(
+            "metadata",
+            format!(
+                "{} bytes exceeds the {whose} limit of {limit}",
+                metadata.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Pushes batches to one server.
+///
+/// ```no_run
+/// # async fn demo(manager: flow::Manager, config: mft::ClientConfig) -> mft::Result<()> {
+/// let sender = mft::Sender::new(manager, config)?;
+/// let file = tokio::fs::File::open("report.pdf").await?;
+/// let receipt = sender.send(file, b"report-2026-11", br#"{"name":"report.pdf"}"#).await?;
+/// println!("stored {} bytes", receipt.size);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sender {
+    manager: Manager,
+    config: ClientConfig,
+    events: broadcast::Sender<Event>,
+}
+
+impl Sender {
+    /// A sender using `manager`'s identity and connections.
+    pub fn new(manager: Manager, config: ClientConfig) -> Result<Self> {
+        config.validate()?;
+        if !manager.registry().can_dial(&config.endpoint) {
+            return Err(Error::config(
+                "endpoint",
+                format!("no protocol {:?} is registered", config.endpoint.protocol()),
+            ));
+        }
+        let (events, _) = broadcast::channel(256);
+        Ok(Sender {
+            manager,
+            config,
+            events,
+        })
+    }
+
+    /// Events of this sender's transfers.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sends everything `reader` yields as batch `batch_id` with `metadata`, and
+    /// returns the server's verified receipt.
+    pub async fn send(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: &[u8],
+    ) -> Result<Receipt> {
+        self.report(
+            self.send_inner(reader, batch_id, Metadata::Fixed(metadata.to_vec()))
+                .await,
+        )
+    }
+
+    /// Sends everything `reader` yields as batch `batch_id`, with metadata made once
+    /// the data has streamed: `metadata` receives the [`Content`] (size, segment
+    /// count and the SHA-256 of the plaintext, computed while the segments were
+    /// sealed, so the input is read once) and returns the metadata to seal into the
+    /// completion, or an error to abandon the batch before it completes (say, the
+    /// file changed while it was read).
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
+    /// let file = tokio::fs::File::open("big.iso").await?;
+    /// let receipt = sender
+    ///     .send_with(file, b"big.iso", |content| {
+    ///         let hex: String = content.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    ///         Ok(format!(r#"{{"name":"big.iso","sha256":"{hex}"}}"#).into_bytes())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_with<F>(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: F,
+    ) -> Result<Receipt>
+    where
+        F: FnOnce(&Content) -> Result<Vec<u8>> + Send + 'static,
+    {
+        self.report(
+            self.send_inner(reader, batch_id, Metadata::Deferred(Box::new(metadata)))
+                .await,
+        )
+    }
+
+    /// Emits the final event of a send.
+    fn report(&self, result: Result<Receipt>) -> Result<Receipt> {
+        match &result {
+            Ok(receipt) => {
+                let _ = self.events.send(Event::Completed {
+                    size: receipt.size,
+                    segments: receipt.segment_count,
+                });
+            }
+            Err(e) => {
+                let _ = self.events.send(Event::Failed {
+                    error: e.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    async fn send_inner(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: Metadata,
+    ) -> Result<Receipt> {
+        let batch_id = check_batch_id(batch_id)?;
+        metadata.check_fixed(wire::MAX_METADATA as u32, "protocol")?;
+        let _ = self.events.send(Event::Opened {
+            batch_id: batch_id.to_vec(),
+        });
+        let mut attempts = Attempts::new(self.config.retries);
+        let opened = self.open(&batch_id, &mut attempts).await?;
+        metadata.check_fixed(opened.secret.max_metadata, "server's")?;
+        let pool = Arc::new(BufferPool::default());
+        // The producer stays a few sealed segments ahead of the flows.
+        let (tx, queue) = mpsc::channel(4);
+        let (first_is_last, single) = oneshot::channel();
+        let producer = AbortOnDrop(tokio::spawn(produce(
+            reader,
+            self.manager.identity().clone(),
+            opened.secret.clone(),
+            batch_id.to_vec(),
+            Outlet { tx, first_is_last },
+            metadata.is_deferred(),
+            pool.clone(),
+        )));
+        let transfer_id = opened.secret.transfer_id;
+        let shared = Shared::new(
+            self,
+            transfer_id,
+            queue,
+            opened.held,
+            opened.in_flight,
+            pool,
+        );
+        let shared = Arc::new(shared);
+        // A batch of one segment (or none) needs one flow, not `streams` of them:
+        // small batches would pay for workers with nothing to send.
+        let streams = match single.await {
+            Ok(false) => self.config.streams,
+            Ok(true) | Err(_) => 1,
+        };
+        self.deliver(&shared, streams, &mut attempts).await?;
+        let produced = producer.finish().await??;
+        shared.ready_to_complete(produced.content.segments)?;
+        let metadata = metadata.finish(&produced.content, opened.secret.max_metadata)?;
+        let complete = self.completion(&opened.secret, &produced, &metadata)?;
+        let progress = shared.stored_count();
+        let receipt = retrying(&mut attempts, Some(&self.events), progress, || {
+            self.complete(&complete)
+        })
+        .await?;
+        self.check_receipt(&receipt, &batch_id, &complete)?;
+        Ok(receipt)
+    }
+
+    /// The handshake, and what it settles: the secret, the data in flight for the
+    /// path measured, and the segments a reopened transfer holds already.
+    async fn open(&self, batch_id: &BatchId, attempts: &mut Attempts) -> Result<Opened> {
+        let events = Some(&self.events);
+        let (secret, protocol, rtt) =
+            retrying(attempts, events, 0, || self.handshake(batch_id)).await?;
+        let in_flight = self.config.in_flight(rtt, secret.chunk_size);
+        tracing::debug!(?rtt, ?in_flight, "segments in flight");
+        let _ = self.events.send(Event::Accepted {
+            transfer_id: secret.transfer_id,
+            chunk_size: secret.chunk_size,
+            protocol,
+        });
+        // A transfer reopened by a new process (same sender, same batch id) may have
+        // segments stored already; ask once, and send only the rest. A new one has
+        // none, and the server says so in its accept.
+        let held = if secret.new_transfer {
+            Stored::default()
+        } else {
+            retrying(attempts, events, 0, || self.stored(secret.transfer_id)).await?
+        };
+        if held.count() > 0 {
+            let _ = self.events.send(Event::Resumed {
+                stored: held.count(),
+            });
+        }
+        Ok(Opened {
+            secret,
+            in_flight,
+            held,
+        })
+    }
+
+    /// Runs `streams` segment workers until every segment is delivered. One
+    /// incident (a lost connection fails every worker on it) costs one retry and
+    /// one wait; then the server says what it holds and the workers start again.
+    async fn deliver(
+        &self,
+        shared: &Arc<Shared>,
+        streams: usize,
+        attempts: &mut Attempts,
+    ) -> Result<()> {
+        // Dropping the set (on an error) aborts the workers.
+        let mut workers = JoinSet::new();
+        for _ in 0..streams {
+            workers.spawn(send_segments(shared.clone()));
+        }
+        while let Some(joined) = workers.join_next().await {
+            let Err(error) = joined.map_err(join_error)? else {
+                continue;
+            };
+            let events = Some(&self.events);
+            match judge(attempts, &error, shared.stored_count(), events) {
+                Verdict::Retry { delay, .. } => tokio::time::sleep(delay).await,
+                Verdict::GiveUp { attempts } => return Err(exhausted(attempts, error)),
+            }
+            let restart = 1 + failed_in_the_same_incident(&mut workers)?;
+            self.resync(shared).await;
+            for _ in 0..restart {
+                workers.spawn(send_segments(shared.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the server which segments it holds and drops those from the resend
+    /// queue: a segment may have been stored with its acknowledgement lost.
+    async fn resync(&self, shared: &Shared) {
+        if let Ok(stored) = self.stored(shared.transfer_id).await {
+            let _ = self.events.send(Event::Resumed {
+                stored: stored.count(),
+            });
+            shared.server_holds(&stored);
+        }
+    }
+
+    async fn flow(&self) -> Result<(FlowReader, FlowWriter)> {
+        open_flow(&self.manager, &self.config).await
+    }
+
+    async fn handshake(&self, batch_id: &BatchId) -> Result<(PushSecret, String, Duration)> {
+        let (handshake, hello) = ClientHandshake::push(
+            self.manager.identity(),
+            batch_id,
+            self.config.chunk_size,
+            &self.config.voucher,
+        )?;
+        let (mut reader, mut writer) = self.flow().await?;
+        let protocol = reader.conn().protocol().to_string();
+        let asked = std::time::Instant::now();
+        let hello = Message::Hello(hello);
+        let accept = session::request(&mut reader, &mut writer, &hello, kind::Accept).await?;
+        // Protocols that do not measure the round trip (HTTPS) get the time this
+        // exchange took, an overestimate by the server's handshake work.
+        let rtt = reader.conn().rtt().unwrap_or_else(|| asked.elapsed());
+        let secret = handshake.finish_push(&accept, &self.config.server_key)?;
+        Ok((secret, protocol, rtt))
+    }
+
+    async fn stored(&self, transfer_id: TransferId) -> Result<Stored> {
+        let (mut reader, mut writer) = self.flow().await?;
+        let resume = Message::Resume(Resume { transfer_id });
+        session::request(&mut reader, &mut writer, &resume, kind::Stored).await
+    }
+
+    /// The signed completion of what the producer made, with `metadata` sealed.
+    fn completion(
+        &self,
+        secret: &PushSecret,
+        produced: &Produced,
+        metadata: &[u8],
+    ) -> Result<Complete> {
+        let sealed_metadata = crypto::seal(
+            &Cipher::new(secret.data_key.expose()),
+            &crypto::METADATA_NONCE,
+            &crypto::metadata_aad(&secret.transfer_id),
+            metadata,
+        );
+        let mut complete = Complete {
+            transfer_id: secret.transfer_id,
+            segment_count: produced.content.segments,
+            size: produced.content.size,
+            completion_id: secret.completion_id,
+            chain: produced.chain,
+            sealed_metadata: Bytes::from(sealed_metadata),
+            signature: Signature([0; 64]),
+        };
+        complete.sign(self.manager.identity())?;
+        Ok(complete)
+    }
+
+    async fn complete(&self, complete: &Complete) -> Result<Receipt> {
+        let (mut reader, mut writer) = self.flow().await?;
+        let message = Message::Complete(complete.clone());
+        session::request(&mut reader, &mut writer, &message, kind::Receipt).await
+    }
+
+    fn check_receipt(
+        &self,
+        receipt: &Receipt,
+        batch_id: &BatchId,
+        complete: &Complete,
+    ) -> Result<()> {
+        let server = self.config.server_key.as_bytes();
+        if receipt.server != *server || !receipt.verify(server) {
+            return Err(Error::ServerAuth(
+                "the receipt's signature does not verify".into(),
+            ));
+        }
+        let ours = *self.manager.identity().public_key().as_bytes();
+        if receipt.batch_id != *batch_id
+            || receipt.transfer_id != complete.transfer_id
+            || receipt.sender != ours
+            || receipt.segment_count != complete.segment_count
+            || receipt.size != complete.size
+            || receipt.chain != complete.chain
+        {
+            return Err(Error::ServerAuth(
+                "the receipt does not describe the batch sent".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowReader, FlowWriter)> {
+    let flow = manager
+        .dial(
+            &config.endpoint,
+            flow::Authorizer::pinned(config.server_key),
+            config.dial_timeout,
+        )
+        .await?;
+    Ok(flow.into_split())
+}

@@ -1,0 +1,146 @@
+//! [`Retriever`]: pulling a batch back, and listing what a key may retrieve.
+
+use bytes::Bytes;
+use flow::{FlowReader, FlowWriter, Manager, PeerKey};
+
+use super::retry::retrying;
+use super::{ClientConfig, check_batch_id, open_flow};
+use crate::error::{Error, Result};
+use crate::handshake::ClientHandshake;
+use crate::proto::layout::BatchLayout;
+use crate::proto::retry::Attempts;
+use crate::session;
+use crate::stream::{BatchInfo, BatchReader, SegmentSource};
+use crate::wire::{self, BatchId, Codec, Message, kind};
+
+/// Pulls batches from one server.
+///
+/// ```no_run
+/// # async fn demo(manager: flow::Manager, config: mft::ClientConfig) -> mft::Result<()> {
+/// use tokio::io::AsyncReadExt;
+/// let retriever = mft::Retriever::new(manager, config)?;
+/// let (mut data, info) = retriever.get(b"report-2026-11").await?;
+/// let mut bytes = Vec::new();
+/// data.read_to_end(&mut bytes).await?;
+/// assert_eq!(bytes.len() as u64, info.size);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Retriever {
+    manager: Manager,
+    config: ClientConfig,
+}
+
+impl Retriever {
+    /// A retriever using `manager`'s identity and connections.
+    pub fn new(manager: Manager, config: ClientConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Retriever { manager, config })
+    }
+
+    /// Starts retrieving `batch_id`: its description now, its verified plaintext as
+    /// the reader is read (bounded memory, however large the batch).
+    pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
+        let batch_id = &check_batch_id(batch_id)?;
+        let mut attempts = Attempts::new(self.config.retries);
+        retrying(&mut attempts, None, 0, || self.try_get(batch_id)).await
+    }
+
+    /// Every batch this key may retrieve, with its metadata, in batch-id order.
+    pub async fn list(&self) -> Result<Vec<BatchSummary>> {
+        let mut all = Vec::new();
+        let mut after = Bytes::new();
+        loop {
+            let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
+            let request = Message::List(wire::List {
+                after: after.clone(),
+                limit: wire::MAX_LISTING_ENTRIES as u32,
+                voucher: Bytes::copy_from_slice(&self.config.voucher),
+            });
+            let listing =
+                session::request(&mut reader, &mut writer, &request, kind::Listing).await?;
+            let Some(last) = listing
+                .entries
+                .last()
+                .map(|e| e.batch_id.as_bytes().clone())
+            else {
+                return Ok(all);
+            };
+            if last <= after {
+                return Err(Error::Protocol("the listing went backwards".into()));
+            }
+            for e in listing.entries {
+                all.push(BatchSummary {
+                    batch_id: e.batch_id.to_vec(),
+                    size: e.size,
+                    segment_count: e.segment_count,
+                    sender: PeerKey::from_bytes(e.sender)
+                        .map_err(|_| Error::Protocol("a listed sender key is invalid".into()))?,
+                    completed_unix: e.completed_unix,
+                    metadata: e.metadata,
+                });
+            }
+            if !listing.more {
+                return Ok(all);
+            }
+            after = last;
+        }
+    }
+
+    async fn try_get(&self, batch_id: &BatchId) -> Result<(BatchReader, BatchInfo)> {
+        let (handshake, hello) =
+            ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher)?;
+        let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
+        let hello = Message::PullHello(hello);
+        let accept = session::request(&mut reader, &mut writer, &hello, kind::PullAccept).await?;
+        let secret = handshake.finish_pull(&accept, &self.config.server_key)?;
+        let layout = BatchLayout::new(secret.chunk_size);
+        reader.set_max_msg_size(wire::PULL_SEGMENT_HEADER_LEN + layout.segment_wire() as usize);
+        crate::stream::open_batch(
+            batch_id,
+            secret,
+            FlowSource {
+                reader,
+                _writer: writer,
+            },
+        )
+    }
+}
+
+/// A batch as [`Retriever::list`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// The batch id.
+    pub batch_id: Vec<u8>,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// Who sent it.
+    pub sender: PeerKey,
+    /// When it completed, seconds since the Unix epoch.
+    pub completed_unix: u64,
+    /// The metadata the sender attached.
+    pub metadata: Bytes,
+}
+
+/// Pull segments arriving on a flow.
+struct FlowSource {
+    reader: FlowReader,
+    /// Kept so the flow stays open while we read.
+    _writer: FlowWriter,
+}
+
+#[async_trait::async_trait]
+impl SegmentSource for FlowSource {
+    async fn next_segment(&mut self) -> Result<Option<(u64, Bytes)>> {
+        match self.reader.read_msg().await? {
+            None => Ok(None),
+            Some(bytes) => match Message::from_bytes(bytes)? {
+                Message::PullSegment(s) => Ok(Some((s.index, s.ciphertext))),
+                Message::Refuse(r) => Err(session::refused(r)),
+                other => Err(session::unexpected("PullSegment", &other)),
+            },
+        }
+    }
+}
