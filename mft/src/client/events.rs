@@ -60,7 +60,7 @@ pub enum Event {
 }
 
 /// What a send learned while streaming its input, for metadata made at the end
-/// ([`Sender::send_with`]).
+/// ([`Sender::send_with`](super::Sender::send_with)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Content {
