@@ -66,6 +66,7 @@ on_every_transport!(
     a_repeated_completion_gets_the_stored_receipt,
     a_send_whose_receipt_is_lost_completes_again_and_succeeds,
     two_racing_hellos_open_one_transfer_and_leave_one_secret,
+    a_reclaim_during_a_completion_keeps_the_batch_it_completes,
     a_shutdown_lets_a_flow_in_progress_finish_then_closes,
     a_shutdown_closes_flows_still_open_when_the_grace_period_ends,
 );
@@ -1063,11 +1064,18 @@ async fn a_transfer_past_its_deadline_takes_no_segment_and_no_completion(t: Tran
     let plain = raw_data(42);
     let segments = tr.segments(&plain);
     raw.send_ok(&segments[..1]).await;
+    // A flow that resolved the transfer before its deadline, and stays open.
+    let (mut held_reader, mut held_writer) = raw.flow().await;
+    send_segment(&mut held_writer, &segments[1]).await;
+    assert!(matches!(
+        recv(&mut held_reader).await,
+        Some(Message::SegmentAck(_))
+    ));
 
     // Deadlines count whole seconds: past a 1 s deadline in at most 2 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let refuse = raw
-        .send_refused(&segments[1..], RefuseCode::UnknownTransfer)
+        .send_refused(&segments[2..], RefuseCode::UnknownTransfer)
         .await;
     assert!(refuse.message.contains("expired"), "{refuse:?}");
     raw.complete_refused(
@@ -1076,8 +1084,108 @@ async fn a_transfer_past_its_deadline_takes_no_segment_and_no_completion(t: Tran
     )
     .await;
     h.assert_no_batch(b"overdue").await;
-    assert_eq!(h.store.segments(tr.id()).await.unwrap().len(), 1);
+    assert_eq!(h.store.segments(tr.id()).await.unwrap().len(), 2);
+
+    // Reclaimed, the transfer leaves nothing behind, and the held flow cannot put
+    // a segment back (before, it stored one that stayed on disk forever).
+    assert_eq!(h.server.reclaim_expired().await.unwrap(), 1);
+    send_segment(&mut held_writer, &segments[2]).await;
+    match recv(&mut held_reader).await {
+        Some(Message::Refuse(refuse)) => assert_eq!(refuse.code, RefuseCode::UnknownTransfer),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(h.store.segments(tr.id()).await.unwrap().is_empty());
+    assert!(h.store.secret(tr.id()).await.unwrap().is_none());
 }
+
+/// Writes `segment` on a flow as one message (the answer is the caller's to read).
+async fn send_segment(writer: &mut FlowWriter, segment: &Segment) {
+    let header = Segment::header(
+        &segment.transfer_id,
+        segment.index,
+        segment.ciphertext.len() as u32,
+    );
+    // A refused flow may be reset under a write; the answer tells.
+    let _ = writer
+        .write_msg(&[&header, &segment.ciphertext, &segment.signature.0])
+        .await;
+}
+
+/// Regression (issue 9): a reclaim that ran while a completion was being checked
+/// could delete the data of the batch whose signed receipt the completion then
+/// returned. The reclaim now waits for the completion, and keeps what it stored.
+async fn a_reclaim_during_a_completion_keeps_the_batch_it_completes(t: Transport) {
+    let store = Arc::new(HeldCompletions::default());
+    let mut config = ServerConfig::default();
+    config.transfer_deadline(Duration::from_secs(1));
+    let h = Harness::with(t, store.clone(), config, allow_all(), allow_all()).await;
+    let raw = h.raw();
+    let tr = raw.open(b"racing the reaper", CHUNK).await;
+    let plain = raw_data(47);
+    let segments = tr.segments(&plain);
+    raw.send_ok(&segments).await;
+    let complete = tr.honest_completion(&segments, plain.len(), b"");
+    let completing = tokio::spawn(async move { raw.complete(&complete).await });
+    bounded(
+        "the completion reaching the store",
+        store.entered.notified(),
+    )
+    .await;
+
+    // Past the deadline while the completion is held inside the store.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reclaiming = tokio::spawn({
+        let server = h.server.clone();
+        async move { server.reclaim_expired().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !reclaiming.is_finished(),
+        "the reclaim waits for the completion"
+    );
+    store.release.add_permits(1);
+    let receipt = bounded("the completion", completing)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.segment_count, 3);
+    bounded("the reclaim", reclaiming).await.unwrap().unwrap();
+    assert_eq!(
+        retrieve_all(&h.server, &h.client_key(), b"racing the reaper").await,
+        plain,
+        "the receipted batch keeps its data"
+    );
+}
+
+/// A memory store whose completions wait for a permit, telling the test when one
+/// arrives.
+#[derive(Debug)]
+struct HeldCompletions {
+    inner: MemoryStore,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for HeldCompletions {
+    fn default() -> Self {
+        HeldCompletions {
+            inner: MemoryStore::new(),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for HeldCompletions {
+    async fn complete_transfer(&self, batch: BatchRecord) -> Result<(), StoreError> {
+        self.entered.notify_one();
+        let _permit = self.release.acquire().await;
+        self.inner.complete_transfer(batch).await
+    }
+}
+
+delegate_store!(HeldCompletions, inner);
 
 /// Regression (issue 9): a completion repeated after its receipt was lost got
 /// `UnknownTransfer`, although the server held the batch and its receipt, so the

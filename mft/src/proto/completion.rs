@@ -4,7 +4,16 @@
 
 use crate::crypto;
 use crate::store::BatchRecord;
-use crate::wire::Complete;
+use crate::wire::{Complete, TAG_LEN};
+
+/// Whether a completion's sealed metadata (plaintext and tag) is within the
+/// server's limit of `max` plaintext bytes; the error is its plaintext length.
+pub(crate) fn check_metadata_size(sealed_len: usize, max: u32) -> Result<(), usize> {
+    if sealed_len > max as usize + TAG_LEN {
+        return Err(sealed_len.saturating_sub(TAG_LEN));
+    }
+    Ok(())
+}
 
 /// Whether `claim` repeats the completion that stored `batch`: the same secret
 /// completion id (`completion_id`, which only the transfer's sender learned), and
@@ -51,6 +60,13 @@ mod tests {
             sealed_metadata: Bytes::from(vec![7; 20]),
             signature: Signature([0; 64]),
         }
+    }
+
+    #[test]
+    fn metadata_is_measured_without_its_tag() {
+        assert_eq!(check_metadata_size(100 + TAG_LEN, 100), Ok(()));
+        assert_eq!(check_metadata_size(101 + TAG_LEN, 100), Err(101));
+        assert_eq!(check_metadata_size(0, 0), Ok(()));
     }
 
     #[test]

@@ -53,6 +53,21 @@ impl Refused {
     }
 }
 
+/// The chunk size of a new transfer: the sender's proposal, lowered to the
+/// server's maximum. A proposal below the protocol's minimum is refused (the
+/// error carries the minimum).
+pub(crate) fn negotiate_chunk_size(proposed: u32, server_max: u32) -> Result<u32, u32> {
+    if proposed < crate::wire::MIN_CHUNK_SIZE {
+        return Err(crate::wire::MIN_CHUNK_SIZE);
+    }
+    Ok(proposed.min(server_max))
+}
+
+/// Whether a sender with `open` transfers open may open another, under `max`.
+pub(crate) fn may_open_another(open: u64, max: usize) -> bool {
+    open < max as u64
+}
+
 /// An open transfer's state: its phase, its deadline and its limits.
 #[derive(Clone, Debug)]
 pub(crate) struct TransferState {
@@ -157,6 +172,22 @@ mod tests {
 
     fn open() -> TransferState {
         TransferState::open(DEADLINE, 8)
+    }
+
+    #[test]
+    fn a_chunk_size_is_lowered_to_the_servers_maximum_and_never_below_the_minimum() {
+        let min = crate::wire::MIN_CHUNK_SIZE;
+        assert_eq!(negotiate_chunk_size(1 << 20, 4 << 20), Ok(1 << 20));
+        assert_eq!(negotiate_chunk_size(16 << 20, 4 << 20), Ok(4 << 20));
+        assert_eq!(negotiate_chunk_size(min, 4 << 20), Ok(min));
+        assert_eq!(negotiate_chunk_size(min - 1, 4 << 20), Err(min));
+    }
+
+    #[test]
+    fn a_sender_opens_transfers_up_to_its_limit() {
+        assert!(may_open_another(15, 16));
+        assert!(!may_open_another(16, 16));
+        assert!(!may_open_another(0, 0));
     }
 
     #[test]

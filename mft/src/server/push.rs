@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
 use crate::proto::completion;
 use crate::proto::layout::{BatchLayout, Tally};
-use crate::proto::transfer::{Refused, TransferState};
+use crate::proto::transfer::{Refused, TransferState, may_open_another, negotiate_chunk_size};
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
 use crate::wire::{
@@ -75,16 +75,14 @@ impl Server {
                 format!("key {peer} may not send this batch"),
             ));
         }
-        if hello.chunk_size < wire::MIN_CHUNK_SIZE {
-            return Err(refusal(
+        let chunk_size = negotiate_chunk_size(hello.chunk_size, self.inner.config.max_chunk_size)
+            .map_err(|min| {
+            let proposed = hello.chunk_size;
+            refusal(
                 RefuseCode::BadMessage,
-                format!(
-                    "chunk size {} is below {}",
-                    hello.chunk_size,
-                    wire::MIN_CHUNK_SIZE
-                ),
-            ));
-        }
+                format!("chunk size {proposed} is below {min}"),
+            )
+        })?;
         let store = &self.inner.store;
         if store.batch(&hello.batch_id).await?.is_some() {
             return Err(refusal(
@@ -97,7 +95,7 @@ impl Server {
         let sender = *peer.as_bytes();
         let secret = match store.find_transfer(sender, &hello.batch_id).await? {
             Some(record) => self.resume_transfer(record.transfer).await?,
-            None => match self.new_transfer(peer, hello).await? {
+            None => match self.new_transfer(peer, hello, chunk_size).await? {
                 Some(secret) => secret,
                 // Another hello of this sender opened it meanwhile (the store lets
                 // only one): resume that one.
@@ -135,17 +133,18 @@ impl Server {
         &self,
         peer: PeerKey,
         hello: &Hello,
+        chunk_size: u32,
     ) -> Result<Option<PushSecret>, Refusal> {
         let store = &self.inner.store;
         let open = store.open_transfer_count(*peer.as_bytes()).await?;
-        if open >= self.inner.config.max_open_transfers_per_peer as u64 {
+        if !may_open_another(open, self.inner.config.max_open_transfers_per_peer) {
             return Err(self.busy("too many open transfers for this key"));
         }
         let secret = PushSecret {
             transfer_id: TransferId::random(),
             completion_id: crypto::random32(),
             data_key: DataKey::random(),
-            chunk_size: hello.chunk_size.min(self.inner.config.max_chunk_size),
+            chunk_size,
             max_metadata: self.inner.config.max_metadata,
             new_transfer: true,
         };
@@ -475,13 +474,12 @@ impl Server {
             ));
         }
         let max = self.inner.config.max_metadata;
-        if complete.sealed_metadata.len() > max as usize + wire::TAG_LEN {
-            let len = complete.sealed_metadata.len().saturating_sub(wire::TAG_LEN);
-            return Err(refusal(
+        completion::check_metadata_size(complete.sealed_metadata.len(), max).map_err(|len| {
+            refusal(
                 RefuseCode::MetadataTooLarge,
                 format!("metadata of {len} bytes exceeds the limit of {max}"),
-            ));
-        }
+            )
+        })?;
         let transfer = open.record.transfer;
         let segments = self.inner.store.segments(transfer).await?;
         let tally = BatchLayout::new(open.record.chunk_size)
