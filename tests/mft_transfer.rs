@@ -236,6 +236,11 @@ impl Harness {
         .await
     }
 
+    /// A harness over `store`, with default limits and every key allowed.
+    async fn over(t: Transport, store: Arc<dyn Store>) -> Self {
+        Self::with(t, store, ServerConfig::default(), allow_all(), allow_all()).await
+    }
+
     async fn with(
         t: Transport,
         store: Arc<dyn Store>,
@@ -422,11 +427,7 @@ impl Raw {
         let (mut reader, mut writer) = self.flow().await;
         let mut acked = Vec::new();
         for s in segments {
-            let header = Segment::header(&s.transfer_id, s.index, s.ciphertext.len() as u32);
-            // A refused flow may be reset under a write; the answer tells.
-            let _ = writer
-                .write_msg(&[&header, &s.ciphertext, &s.signature.0])
-                .await;
+            send_segment(&mut writer, s).await;
             match recv(&mut reader).await {
                 Some(Message::SegmentAck(ack)) => {
                     assert_eq!(ack.index, s.index);
@@ -921,14 +922,7 @@ async fn duplicate_segment_is_refused_and_the_first_copy_kept(t: Transport) {
     ];
     for (name, store) in stores {
         tracing::info!(store = name, "duplicate segments");
-        let h = Harness::with(
-            t.clone(),
-            store,
-            ServerConfig::default(),
-            allow_all(),
-            allow_all(),
-        )
-        .await;
+        let h = Harness::over(t.clone(), store).await;
         let raw = h.raw();
         let tr = raw.open(b"dup", CHUNK).await;
         let plain = raw_data(12);
@@ -1126,11 +1120,7 @@ async fn a_reclaim_during_a_completion_keeps_the_batch_it_completes(t: Transport
     raw.send_ok(&segments).await;
     let complete = tr.honest_completion(&segments, plain.len(), b"");
     let completing = tokio::spawn(async move { raw.complete(&complete).await });
-    bounded(
-        "the completion reaching the store",
-        store.entered.notified(),
-    )
-    .await;
+    bounded("the completion reaching the store", store.gate.reached()).await;
 
     // Past the deadline while the completion is held inside the store.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -1143,7 +1133,7 @@ async fn a_reclaim_during_a_completion_keeps_the_batch_it_completes(t: Transport
         !reclaiming.is_finished(),
         "the reclaim waits for the completion"
     );
-    store.release.add_permits(1);
+    store.gate.open_once();
     let receipt = bounded("the completion", completing)
         .await
         .unwrap()
@@ -1159,28 +1149,16 @@ async fn a_reclaim_during_a_completion_keeps_the_batch_it_completes(t: Transport
 
 /// A memory store whose completions wait for a permit, telling the test when one
 /// arrives.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HeldCompletions {
     inner: MemoryStore,
-    entered: tokio::sync::Notify,
-    release: tokio::sync::Semaphore,
-}
-
-impl Default for HeldCompletions {
-    fn default() -> Self {
-        HeldCompletions {
-            inner: MemoryStore::new(),
-            entered: tokio::sync::Notify::new(),
-            release: tokio::sync::Semaphore::new(0),
-        }
-    }
+    gate: common::Gate,
 }
 
 #[async_trait::async_trait]
 impl Store for HeldCompletions {
     async fn complete_transfer(&self, batch: BatchRecord) -> Result<(), StoreError> {
-        self.entered.notify_one();
-        let _permit = self.release.acquire().await;
+        self.gate.pass().await;
         self.inner.complete_transfer(batch).await
     }
 }
@@ -1237,14 +1215,7 @@ async fn a_repeated_completion_gets_the_stored_receipt(t: Transport) {
 /// stored receipt: the send succeeds instead of failing on a batch it delivered.
 async fn a_send_whose_receipt_is_lost_completes_again_and_succeeds(t: Transport) {
     let store = Arc::new(LosesFirstReceipt::default());
-    let h = Harness::with(
-        t,
-        store.clone(),
-        ServerConfig::default(),
-        allow_all(),
-        allow_all(),
-    )
-    .await;
+    let h = Harness::over(t, store.clone()).await;
     store.client.set(h.client.clone()).unwrap();
     let size = 3 * u64::from(CHUNK) + 5;
     let sender = h.sender();
@@ -1304,14 +1275,7 @@ delegate_store!(LosesFirstReceipt, inner);
 /// the transfer, so they race there every time.
 async fn two_racing_hellos_open_one_transfer_and_leave_one_secret(t: Transport) {
     let store = Arc::new(RacingOpens::default());
-    let h = Harness::with(
-        t,
-        store.clone(),
-        ServerConfig::default(),
-        allow_all(),
-        allow_all(),
-    )
-    .await;
+    let h = Harness::over(t, store.clone()).await;
     let raw = h.raw();
     let (a, b) = tokio::join!(raw.open(b"race", CHUNK), raw.open(b"race", CHUNK));
     assert_eq!(a.id(), b.id(), "both hellos got the one transfer");
@@ -1398,23 +1362,15 @@ struct Stoppable {
 
 impl Stoppable {
     async fn start(t: &Transport) -> Self {
-        let identity = Identity::generate();
         let store = Arc::new(HeldSegments::default());
-        let manager = t.manager_as(identity.clone(), ManagerConfig::default());
-        let endpoint = manager
-            .listen(t.name(), &t.listen_address())
-            .await
-            .unwrap()
-            .endpoint()
-            .clone();
-        let server = mft::Server::builder(identity, store.clone())
-            .authorize(|_: &mft::Request<'_>| true)
-            .build();
-        let serving = tokio::spawn({
-            let server = server.clone();
-            let manager = manager.clone();
-            async move { server.serve(manager).await }
-        });
+        let (server, endpoint, manager, serving) = common::serving_mft_server(
+            t,
+            Identity::generate(),
+            store.clone(),
+            ServerConfig::default(),
+            |_: &mft::Request<'_>| true,
+        )
+        .await;
         let raw = Raw {
             manager: t.manager(ManagerConfig::default()),
             endpoint,
@@ -1435,20 +1391,8 @@ impl Stoppable {
         let tr = self.raw.open(b"stopping", CHUNK).await;
         let segment = tr.segments(&raw_data(46)).remove(0);
         let (reader, mut writer) = self.raw.flow().await;
-        let header = Segment::header(
-            &segment.transfer_id,
-            segment.index,
-            segment.ciphertext.len() as u32,
-        );
-        writer
-            .write_msg(&[&header, &segment.ciphertext, &segment.signature.0])
-            .await
-            .unwrap();
-        bounded(
-            "the segment reaching the store",
-            self.store.entered.notified(),
-        )
-        .await;
+        send_segment(&mut writer, &segment).await;
+        bounded("the segment reaching the store", self.store.gate.reached()).await;
         (reader, writer)
     }
 
@@ -1491,7 +1435,7 @@ async fn a_shutdown_lets_a_flow_in_progress_finish_then_closes(t: Transport) {
         !s.serving.is_finished(),
         "serve waits for the flow in progress"
     );
-    s.store.release.add_permits(1);
+    s.store.gate.open_once();
     assert!(
         matches!(recv(&mut reader).await, Some(Message::SegmentAck(_))),
         "the flow in progress is answered"
@@ -1521,26 +1465,15 @@ async fn a_shutdown_closes_flows_still_open_when_the_grace_period_ends(t: Transp
         !matches!(answer, Ok(Some(_))),
         "no answer on a closed flow: {answer:?}"
     );
-    s.store.release.add_permits(1);
+    s.store.gate.open_once();
 }
 
 /// A memory store whose segment writes wait for a permit, telling the test when
 /// one arrives.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HeldSegments {
     inner: MemoryStore,
-    entered: tokio::sync::Notify,
-    release: tokio::sync::Semaphore,
-}
-
-impl Default for HeldSegments {
-    fn default() -> Self {
-        HeldSegments {
-            inner: MemoryStore::new(),
-            entered: tokio::sync::Notify::new(),
-            release: tokio::sync::Semaphore::new(0),
-        }
-    }
+    gate: common::Gate,
 }
 
 #[async_trait::async_trait]
@@ -1557,8 +1490,7 @@ impl mft::store::SegmentStore for HeldSegments {
         offset: u64,
         data: bytes::Bytes,
     ) -> Result<(), StoreError> {
-        self.entered.notify_one();
-        let _permit = self.release.acquire().await;
+        self.gate.pass().await;
         self.inner.put_segment(t, info, offset, data).await
     }
     async fn segments(&self, t: TransferId) -> Result<Vec<mft::store::SegmentInfo>, StoreError> {
@@ -1798,10 +1730,7 @@ async fn segment_over_the_limit_is_refused(t: Transport) {
         resign(&mut big, &tr.identity, tag);
         // The body may never be read: write it from a task, and read the answer here.
         let writing = tokio::spawn(async move {
-            let header = Segment::header(&big.transfer_id, big.index, big.ciphertext.len() as u32);
-            let _ = writer
-                .write_msg(&[&header, &big.ciphertext, &big.signature.0])
-                .await;
+            send_segment(&mut writer, &big).await;
             writer
         });
         match recv(&mut reader).await {
@@ -1999,14 +1928,7 @@ async fn hold_the_only_flow(raw: &Raw, batch_id: &[u8]) -> (RawTransfer, FlowRea
     let (reader, writer) = bounded("a segment flow", async {
         loop {
             let (mut reader, mut writer) = raw.flow().await;
-            let header = Segment::header(
-                &segment.transfer_id,
-                segment.index,
-                segment.ciphertext.len() as u32,
-            );
-            let _ = writer
-                .write_msg(&[&header, &segment.ciphertext, &segment.signature.0])
-                .await;
+            send_segment(&mut writer, &segment).await;
             match recv(&mut reader).await {
                 Some(Message::SegmentAck(_)) => break (reader, writer),
                 Some(Message::Refuse(r)) if r.code == RefuseCode::Busy => {

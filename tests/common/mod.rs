@@ -346,6 +346,20 @@ pub async fn mft_server(
     senders: Policy,
     retrievers: Policy,
 ) -> (mft::Server, Endpoint, Manager) {
+    let authorize = by_direction(senders, retrievers);
+    let (server, endpoint, manager, _serving) =
+        serving_mft_server(t, identity, store, config, authorize).await;
+    (server, endpoint, manager)
+}
+
+/// [`mft_server`] with one authoriser, also returning the task running `serve`.
+pub async fn serving_mft_server(
+    t: &Transport,
+    identity: Identity,
+    store: Arc<dyn mft::store::Store>,
+    config: mft::ServerConfig,
+    authorize: impl mft::Authorize,
+) -> (mft::Server, Endpoint, Manager, tokio::task::JoinHandle<()>) {
     let manager = t.manager_as(identity.clone(), ManagerConfig::default());
     let endpoint = manager
         .listen(t.name(), &t.listen_address())
@@ -355,14 +369,49 @@ pub async fn mft_server(
         .clone();
     let server = mft::Server::builder(identity, store)
         .config(config)
-        .authorize(by_direction(senders, retrievers))
+        .authorize(authorize)
         .build();
-    tokio::spawn({
+    let serving = tokio::spawn({
         let server = server.clone();
         let manager = manager.clone();
         async move { server.serve(manager).await }
     });
-    (server, endpoint, manager)
+    (server, endpoint, manager, serving)
+}
+
+/// A door a test store holds a step at: the store says when a call arrives and
+/// waits there until the test lets one through.
+#[derive(Debug)]
+pub struct Gate {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Called by the store: announces the call, then waits to be let through.
+    pub async fn pass(&self) {
+        self.entered.notify_one();
+        let _permit = self.release.acquire().await;
+    }
+
+    /// Resolves once a call has arrived at the gate.
+    pub async fn reached(&self) {
+        self.entered.notified().await;
+    }
+
+    /// Lets one held call through.
+    pub fn open_once(&self) {
+        self.release.add_permits(1);
+    }
 }
 
 /// A fresh private directory under the system's temporary directory, removed (with
