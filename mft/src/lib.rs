@@ -7,10 +7,15 @@
 //! substitution; the server answers with a signed [`Receipt`]. A [`Retriever`] pulls
 //! a batch back, verified segment by segment.
 //!
-//! The parts, sans-IO first as in quinn: [`wire`] (messages and their bytes),
-//! [`crypto`] (key schedule, sealing, signatures, chain), [`handshake`]; then
-//! [`Server`], [`Sender`], [`Retriever`], and the four storage traits in [`store`]
-//! with [`store::MemoryStore`] and the embedded default [`store::FsStore`].
+//! The parts, sans-IO first as in quinn: [`wire`] (messages, their one bounded
+//! [`wire::Codec`], the [`wire::Signed`] contexts and the typed values),
+//! [`crypto`] (key schedule, sealing, signatures, chain), [`handshake`], and the
+//! protocol's rules as pure functions of their inputs and the time (the transfer
+//! state machine, the batch layout, the sender's plan, the retry policy); then the
+//! shells around them, [`Server`] (built with [`Server::builder`], asking an
+//! [`Authorize`]), [`Sender`] and [`Retriever`], and the four storage traits in
+//! [`store`] with [`store::MemoryStore`] and the embedded default
+//! [`store::FsStore`].
 //! `docs/PROTOCOL.md` is the normative description.
 //!
 //! ```
