@@ -6,6 +6,7 @@
 //! (see [`error::Exit`]): 0 success, 2 usage or bad input, 3 authentication or trust
 //! refused, 4 network unreachable, 5 integrity failure, 1 anything else.
 
+mod access;
 mod args;
 mod bench;
 mod client;

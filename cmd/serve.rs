@@ -1,33 +1,22 @@
 //! `mftq serve`: listen, store batches from authorised senders in the embedded
 //! store, serve them back to authorised retrievers, stop gracefully on a signal.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flow::{Endpoint, Manager, ManagerConfig, PeerKey};
+use flow::{Authorizer, Endpoint, Manager, ManagerConfig};
 
+use crate::access::Access;
 use crate::args::ServeArgs;
 use crate::client::load_identity;
-use crate::config::{read_allow_list, serve_settings};
+use crate::config::serve_settings;
 use crate::error::{CliError, Exit};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let settings = serve_settings(args)?;
     let identity = load_identity(&settings.key)?;
-    let allow =
-        |flag: &str, path: &Option<std::path::PathBuf>| -> Result<HashSet<PeerKey>, CliError> {
-            match path {
-                Some(p) => read_allow_list(flag, p),
-                None => {
-                    tracing::warn!("no {flag} file: no key is authorised for it");
-                    Ok(HashSet::new())
-                }
-            }
-        };
-    let senders = Arc::new(allow("--senders", &settings.senders)?);
-    let retrievers = Arc::new(allow("--retrievers", &settings.retrievers)?);
+    let access = Access::load(settings.senders.clone(), settings.retrievers.clone())?;
 
     let mut config = mft::ServerConfig::default();
     if let Some(n) = settings.max_chunk {
@@ -59,12 +48,14 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
             )
         })?;
 
-    let manager = Manager::new(
-        identity.clone(),
-        settings.tuning.registry(),
-        ManagerConfig::default(),
-    )
-    .map_err(|e| CliError::flow("starting the server", e))?;
+    // Trust at the door: the TLS handshake refuses every key on neither list.
+    let mut manager_config = ManagerConfig::default();
+    manager_config.accept_authorizer(Authorizer::from_fn({
+        let access = access.clone();
+        move |key| access.admits(key)
+    }));
+    let manager = Manager::new(identity.clone(), settings.tuning.registry(), manager_config)
+        .map_err(|e| CliError::flow("starting the server", e))?;
     let mut endpoints = Vec::new();
     for spec in &settings.listen {
         let endpoint: Endpoint = spec.parse().map_err(|e: flow::Error| {
@@ -84,9 +75,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 
     let server = mft::Server::builder(identity.clone(), Arc::new(store))
         .config(config)
-        .authorize(move |request: &mft::Request<'_>| match request.direction {
-            mft::Direction::Send => senders.contains(request.key),
-            mft::Direction::Retrieve => retrievers.contains(request.key),
+        .authorize({
+            let access = access.clone();
+            move |request: &mft::Request<'_>| access.allows(request.key, request.direction)
         })
         .build();
     let serving = tokio::spawn({
@@ -105,7 +96,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         "serving"
     );
 
-    shutdown_signal().await?;
+    serve_until_stopped(&access, &server, &manager).await?;
     drop(endpoints);
     // The library stops accepting, lets open flows finish within the grace period,
     // then closes; the extra seconds bound the wait for it to return.
@@ -114,6 +105,59 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let _ = tokio::time::timeout(grace + Duration::from_secs(2), serving).await;
     eprintln!("mftq: stopped");
     Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM; on SIGHUP (Unix) reloads the allow-lists and
+/// shuts out the keys they no longer name.
+async fn serve_until_stopped(
+    access: &Access,
+    server: &mft::Server,
+    manager: &Manager,
+) -> Result<(), CliError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|e| CliError::other(format!("installing the SIGHUP handler: {e}")))?;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                stopped = &mut stop => return stopped,
+                _ = hup.recv() => reload(access, server, manager).await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (access, server, manager);
+        shutdown_signal().await
+    }
+}
+
+/// Re-reads the allow-lists. Keys no longer on either list lose their
+/// connections and their open transfers at once; a list that does not parse
+/// changes nothing and is reported.
+async fn reload(access: &Access, server: &mft::Server, manager: &Manager) {
+    let removed = match access.reload() {
+        Ok(removed) => removed,
+        Err(e) => {
+            tracing::error!(error = %e.message, "allow-lists not reloaded; the old ones stay");
+            return;
+        }
+    };
+    tracing::info!(removed = removed.len(), "allow-lists reloaded");
+    for conn in manager.connections() {
+        if removed.contains(&conn.remote_identity()) {
+            conn.close();
+        }
+    }
+    for key in &removed {
+        match server.abort_transfers_of(key).await {
+            Ok(n) => tracing::info!(%key, aborted = n, "key removed"),
+            Err(e) => tracing::error!(%key, error = %e, "aborting the removed key's transfers"),
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

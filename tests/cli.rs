@@ -308,12 +308,52 @@ fn serve_send_get_list_over_quic_and_https() {
         ],
         SHORT,
     );
+    // Trust at the door (issue 10): refused in the TLS handshake, before any
+    // protocol state, and `list` by that key is refused too, not "no batches".
     assert_eq!(refused.code(), Some(3), "{}", refused.explain());
     assert!(
-        refused.stderr.contains("NotAuthorized"),
+        refused.stderr.contains("does not trust our key"),
         "{}",
         refused.explain()
     );
+    let outsider_list = |dir: &Path| {
+        mftq_in(
+            dir,
+            &[
+                "list",
+                "--from",
+                &server.https,
+                "--server-key",
+                &server.key,
+                "--key",
+                "outsider.key",
+            ],
+            SHORT,
+        )
+    };
+    let listed = outsider_list(dir);
+    assert_eq!(listed.code(), Some(3), "{}", listed.explain());
+
+    // SIGHUP reloads the lists: once named, the outsider gets in, with no restart.
+    std::fs::write(
+        dir.join("allowed.txt"),
+        format!("{client_pub}  the test client\n{outsider_pub}  now allowed\n"),
+    )
+    .expect("rewrites allow-list");
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let deadline = Instant::now() + SHORT;
+    let listed = loop {
+        let listed = outsider_list(dir);
+        if listed.code() == Some(0) || Instant::now() > deadline {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(listed.code(), Some(0), "after SIGHUP: {}", listed.explain());
 
     // The wrong server key: exit 3.
     let pinned = mftq_in(

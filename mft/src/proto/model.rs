@@ -128,6 +128,7 @@ impl Model {
     fn refused(r: Refused) -> Outcome {
         Outcome::Refused(match r {
             Refused::Expired => "expired",
+            Refused::Aborted => "aborted",
             Refused::Complete => "complete",
             Refused::Completing => "completing",
             Refused::TooManySegments { .. } => "too many segments",

@@ -19,6 +19,9 @@ pub(crate) enum Phase {
     Complete,
     /// Past its deadline: reclaimed or about to be. Final.
     Expired,
+    /// Ended by the server before completion (its sender lost its access).
+    /// Final.
+    Aborted,
 }
 
 /// Why the state refused an event.
@@ -26,6 +29,8 @@ pub(crate) enum Phase {
 pub(crate) enum Refused {
     /// The deadline has passed.
     Expired,
+    /// The server ended the transfer.
+    Aborted,
     /// The batch is complete; nothing more may be added.
     Complete,
     /// A completion is in progress.
@@ -42,6 +47,7 @@ impl Refused {
     pub(crate) fn message(self) -> String {
         match self {
             Refused::Expired => "the transfer expired".into(),
+            Refused::Aborted => "the transfer was aborted".into(),
             Refused::Complete => {
                 "the transfer is complete; its batch takes no more segments".into()
             }
@@ -107,6 +113,7 @@ impl TransferState {
             Phase::Completing => Some(Refused::Completing),
             Phase::Complete => Some(Refused::Complete),
             Phase::Expired => Some(Refused::Expired),
+            Phase::Aborted => Some(Refused::Aborted),
         }
     }
 
@@ -147,6 +154,19 @@ impl TransferState {
     pub(crate) fn end_completion(&mut self, stored: bool) {
         if self.phase == Phase::Completing {
             self.phase = if stored { Phase::Complete } else { Phase::Open };
+        }
+    }
+
+    /// Ends an open transfer now, whatever its deadline, and says whether it may be
+    /// deleted: true unless its batch is complete (a completion in progress is
+    /// waited for by the caller, which holds the state exclusively).
+    pub(crate) fn abort(&mut self) -> bool {
+        match self.phase {
+            Phase::Complete => false,
+            _ => {
+                self.phase = Phase::Aborted;
+                true
+            }
         }
     }
 
@@ -232,6 +252,20 @@ mod tests {
         state.end_completion(false);
         assert_eq!(state.phase(), Phase::Open);
         assert_eq!(state.admit_segment(3, 10), Ok(()));
+    }
+
+    #[test]
+    fn an_aborted_transfer_takes_nothing_and_a_complete_one_is_not_aborted() {
+        let mut state = open();
+        assert!(state.abort());
+        assert_eq!(state.admit_segment(0, 10), Err(Refused::Aborted));
+        assert_eq!(state.admit_resume(10), Err(Refused::Aborted));
+        assert_eq!(state.begin_completion(10), Err(Refused::Aborted));
+        let mut done = open();
+        done.begin_completion(10).unwrap();
+        done.end_completion(true);
+        assert!(!done.abort(), "a complete batch stays");
+        assert_eq!(done.phase(), Phase::Complete);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
-use crate::store::{Store, StoreError, TransferId};
+use crate::proto::transfer::TransferState;
+use crate::store::{Store, StoreError, TransferId, TransferRecord};
 use crate::wire::{self, Codec, Message, Refuse, RefuseCode};
 
 mod at_rest;
@@ -261,40 +262,64 @@ impl Server {
     /// and returns how many. A transfer whose batch was completed (a crash between
     /// storing the batch and closing the transfer) only loses its open record.
     pub async fn reclaim_expired(&self) -> Result<usize> {
-        let store = &self.inner.store;
         let now = now_unix();
         let mut reclaimed = 0;
-        for record in store.transfers().await? {
+        for record in self.inner.store.transfers().await? {
             if record.deadline_unix >= now {
                 continue;
             }
-            // A transfer in memory is reclaimed only through its state: that waits
-            // for segments being stored and for a completion in progress, and a
-            // completed one is kept.
-            let open = self.lock_open().get(&record.transfer).cloned();
-            let mut state = match &open {
-                Some(open) => Some(open.state.write().await),
-                None => None,
-            };
-            if let Some(state) = state.as_mut()
-                && !state.expire(now)
-            {
-                continue;
+            if self.forget(&record, |state| state.expire(now)).await? {
+                tracing::info!(transfer = %record.transfer, "reclaimed expired transfer");
+                reclaimed += 1;
             }
-            let completed = store
-                .batch(&record.batch_id)
-                .await?
-                .is_some_and(|b| b.transfer == record.transfer);
-            if !completed {
-                store.delete_segments(record.transfer).await?;
-                store.delete_secret(record.transfer).await?;
-            }
-            store.delete_transfer(record.transfer).await?;
-            self.lock_open().remove(&record.transfer);
-            tracing::info!(transfer = %record.transfer, completed, "reclaimed expired transfer");
-            reclaimed += 1;
         }
         Ok(reclaimed)
+    }
+
+    /// Aborts every open transfer `sender` has, deleting its segments and secret,
+    /// and returns how many: for a key that lost its access. Flows carrying them
+    /// find them aborted; completed batches are kept.
+    pub async fn abort_transfers_of(&self, sender: &PeerKey) -> Result<usize> {
+        let mut aborted = 0;
+        for record in self.inner.store.transfers().await? {
+            if record.sender != *sender.as_bytes() {
+                continue;
+            }
+            if self.forget(&record, TransferState::abort).await? {
+                tracing::info!(%sender, transfer = %record.transfer, "aborted open transfer");
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// Deletes an open transfer if `end` (an expiry or an abort) says its state
+    /// allows it; true if it was deleted. A transfer in memory is ended only through
+    /// its state, which waits for segments being stored and for a completion in
+    /// progress. A transfer whose batch is stored only loses its open record.
+    async fn forget(
+        &self,
+        record: &TransferRecord,
+        end: impl FnOnce(&mut TransferState) -> bool,
+    ) -> Result<bool> {
+        let store = &self.inner.store;
+        let open = self.lock_open().get(&record.transfer).cloned();
+        if let Some(open) = &open
+            && !end(&mut *open.state.write().await)
+        {
+            return Ok(false);
+        }
+        let completed = store
+            .batch(&record.batch_id)
+            .await?
+            .is_some_and(|b| b.transfer == record.transfer);
+        if !completed {
+            store.delete_segments(record.transfer).await?;
+            store.delete_secret(record.transfer).await?;
+        }
+        store.delete_transfer(record.transfer).await?;
+        self.lock_open().remove(&record.transfer);
+        Ok(true)
     }
 
     /// Serves one flow to its end.

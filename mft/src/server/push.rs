@@ -48,7 +48,7 @@ impl OpenTransfer {
 impl From<Refused> for Refusal {
     fn from(refused: Refused) -> Self {
         let code = match refused {
-            Refused::Expired | Refused::Complete => RefuseCode::UnknownTransfer,
+            Refused::Expired | Refused::Aborted | Refused::Complete => RefuseCode::UnknownTransfer,
             Refused::Completing => RefuseCode::Busy,
             Refused::TooManySegments { .. } => RefuseCode::SegmentTooLarge,
         };

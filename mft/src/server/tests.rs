@@ -71,3 +71,35 @@ async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
     assert_eq!(store.segments(done.transfer).await.unwrap().len(), 1);
     assert!(store.secret(done.transfer).await.unwrap().is_some());
 }
+
+/// A key that lost its access loses its open transfers at once, deadline or not;
+/// other keys' transfers stay.
+#[tokio::test]
+async fn aborting_a_keys_transfers_deletes_them_and_only_them() {
+    let store = Arc::new(MemoryStore::new());
+    let server = Server::builder(Identity::generate(), store.clone()).build();
+    let gone = Identity::generate().public_key();
+    let mut theirs = record(1, b"theirs", u64::MAX);
+    theirs.sender = *gone.as_bytes();
+    let ours = record(2, b"ours", u64::MAX);
+    let info = SegmentInfo {
+        index: 0,
+        len: 20,
+        tag: crate::wire::Tag([0; 16]),
+    };
+    for r in [&theirs, &ours] {
+        store.put_transfer(r.clone()).await.unwrap();
+        store.put_secret(r.transfer, vec![1]).await.unwrap();
+        store
+            .put_segment(r.transfer, info, 0, Bytes::from(vec![0; 20]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.abort_transfers_of(&gone).await.unwrap(), 1);
+    assert!(store.transfer(theirs.transfer).await.unwrap().is_none());
+    assert!(store.segments(theirs.transfer).await.unwrap().is_empty());
+    assert!(store.secret(theirs.transfer).await.unwrap().is_none());
+    assert!(store.transfer(ours.transfer).await.unwrap().is_some());
+    assert_eq!(store.segments(ours.transfer).await.unwrap().len(), 1);
+    assert_eq!(server.abort_transfers_of(&gone).await.unwrap(), 0);
+}

@@ -1,0 +1,133 @@
+//! Who `mftq serve` admits: the senders' and retrievers' allow-lists, checked at
+//! the door (the TLS handshake refuses every key on neither list) and again by
+//! direction for each request, and reloaded on SIGHUP without a restart.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use flow::PeerKey;
+
+use crate::config::read_allow_list;
+use crate::error::CliError;
+
+/// The two allow-lists, where they are read from, and what they say now.
+#[derive(Debug)]
+pub struct Access {
+    senders_file: Option<PathBuf>,
+    retrievers_file: Option<PathBuf>,
+    lists: RwLock<Lists>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Lists {
+    senders: HashSet<PeerKey>,
+    retrievers: HashSet<PeerKey>,
+}
+
+impl Lists {
+    fn admits(&self, key: &PeerKey) -> bool {
+        self.senders.contains(key) || self.retrievers.contains(key)
+    }
+}
+
+fn read(flag: &str, path: &Option<PathBuf>) -> Result<HashSet<PeerKey>, CliError> {
+    match path {
+        Some(p) => read_allow_list(flag, p),
+        None => {
+            tracing::warn!("no {flag} file: no key is authorised for it");
+            Ok(HashSet::new())
+        }
+    }
+}
+
+impl Access {
+    /// Reads both lists; a missing file (none given) admits nobody for its
+    /// direction.
+    pub fn load(
+        senders_file: Option<PathBuf>,
+        retrievers_file: Option<PathBuf>,
+    ) -> Result<Arc<Self>, CliError> {
+        let lists = Lists {
+            senders: read("--senders", &senders_file)?,
+            retrievers: read("--retrievers", &retrievers_file)?,
+        };
+        Ok(Arc::new(Access {
+            senders_file,
+            retrievers_file,
+            lists: RwLock::new(lists),
+        }))
+    }
+
+    fn lists(&self) -> Lists {
+        self.lists.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `key` is on either list: the only keys the TLS handshake accepts.
+    pub fn admits(&self, key: &PeerKey) -> bool {
+        self.lists
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .admits(key)
+    }
+
+    /// Whether `key` may act in `direction`.
+    pub fn allows(&self, key: &PeerKey, direction: mft::Direction) -> bool {
+        let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
+        match direction {
+            mft::Direction::Send => lists.senders.contains(key),
+            mft::Direction::Retrieve => lists.retrievers.contains(key),
+        }
+    }
+
+    /// Reads both files again and switches to them, returning the keys admitted
+    /// before and not now. A file that fails to read or parse changes nothing,
+    /// and the error says which line.
+    pub fn reload(&self) -> Result<Vec<PeerKey>, CliError> {
+        let new = Lists {
+            senders: read("--senders", &self.senders_file)?,
+            retrievers: read("--retrievers", &self.retrievers_file)?,
+        };
+        let old = self.lists();
+        let removed = old
+            .senders
+            .union(&old.retrievers)
+            .filter(|k| !new.admits(k))
+            .copied()
+            .collect();
+        *self.lists.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_switches_lists_and_names_the_keys_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, b) = (
+            flow::Identity::generate().public_key(),
+            flow::Identity::generate().public_key(),
+        );
+        let senders = dir.path().join("senders.txt");
+        let retrievers = dir.path().join("retrievers.txt");
+        std::fs::write(&senders, format!("{a}\n")).expect("write");
+        std::fs::write(&retrievers, format!("{b}\n")).expect("write");
+        let access = Access::load(Some(senders.clone()), Some(retrievers.clone())).expect("load");
+        assert!(access.admits(&a) && access.admits(&b));
+        assert!(access.allows(&a, mft::Direction::Send));
+        assert!(!access.allows(&a, mft::Direction::Retrieve));
+
+        std::fs::write(&senders, format!("{b}\n")).expect("write");
+        assert_eq!(access.reload().expect("reload"), vec![a]);
+        assert!(!access.admits(&a));
+        assert!(access.allows(&b, mft::Direction::Send));
+
+        // A broken file keeps the lists as they were.
+        std::fs::write(&retrievers, "not a key\n").expect("write");
+        assert!(access.reload().is_err());
+        assert!(access.allows(&b, mft::Direction::Retrieve));
+    }
+}
