@@ -232,8 +232,8 @@ impl ClientHandshake {
             voucher: Bytes::copy_from_slice(voucher),
             signature: Signature([0; 64]),
         };
-        hello.sign(identity)?;
-        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature.0]);
+        let signed = hello.sign(identity)?;
+        let hello_hash = crypto::sha512(&[&signed, &hello.signature.0]);
         Ok((
             ClientHandshake {
                 kind: Kind::Push,
@@ -267,8 +267,8 @@ impl ClientHandshake {
             voucher: Bytes::copy_from_slice(voucher),
             signature: Signature([0; 64]),
         };
-        hello.sign(identity)?;
-        let hello_hash = crypto::sha512(&[&hello.signed_bytes()?, &hello.signature.0]);
+        let signed = hello.sign(identity)?;
+        let hello_hash = crypto::sha512(&[&signed, &hello.signature.0]);
         Ok((
             ClientHandshake {
                 kind: Kind::Pull,
@@ -349,7 +349,7 @@ pub fn check_hello(hello: &Hello, peer: &PeerKey) -> Result<[u8; 64], HelloProbl
     let signed = hello
         .signed_bytes()
         .map_err(|_| HelloProblem::BadSignature)?;
-    if !hello.verify(&hello.sender) {
+    if !hello.verify_body(&hello.sender, &signed) {
         return Err(HelloProblem::BadSignature);
     }
     Ok(crypto::sha512(&[&signed, &hello.signature.0]))
@@ -363,7 +363,7 @@ pub fn check_pull_hello(hello: &PullHello, peer: &PeerKey) -> Result<[u8; 64], H
     let signed = hello
         .signed_bytes()
         .map_err(|_| HelloProblem::BadSignature)?;
-    if !hello.verify(&hello.retriever) {
+    if !hello.verify_body(&hello.retriever, &signed) {
         return Err(HelloProblem::BadSignature);
     }
     Ok(crypto::sha512(&[&signed, &hello.signature.0]))

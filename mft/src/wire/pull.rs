@@ -29,18 +29,25 @@ impl PullHello {
     /// The encoding without the signature.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty::PULL_HELLO);
+        self.write_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// The fields before the signature, after the type byte.
+    fn write_unsigned(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.u8(VERSION)
             .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
             .put(&self.client_ephemeral)
             .put(&self.retriever)
             .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
-        Ok(w.into_vec())
+        Ok(())
     }
 }
 
 impl Codec for PullHello {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
+        self.write_unsigned(w)?;
+        w.put(&self.signature.0);
         Ok(())
     }
 

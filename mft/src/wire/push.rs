@@ -44,19 +44,26 @@ impl Hello {
     /// Everything the signature covers: the encoding without the signature.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty::HELLO);
+        self.write_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// The fields before the signature, after the type byte.
+    fn write_unsigned(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.u8(VERSION)
             .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
             .put(&self.client_ephemeral)
             .put(&self.sender)
             .u32(self.chunk_size)
             .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
-        Ok(w.into_vec())
+        Ok(())
     }
 }
 
 impl Codec for Hello {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
+        self.write_unsigned(w)?;
+        w.put(&self.signature.0);
         Ok(())
     }
 
@@ -91,19 +98,25 @@ impl Accept {
     /// [`accept_type`](super::accept_type)): part of what the signature covers.
     pub fn signed_bytes(&self, ty: u8) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty);
+        self.write_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// The fields before the signature, after the type byte.
+    fn write_unsigned(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.put(&self.server_ephemeral).put(&self.server).bytes32(
             "sealed secret",
             &self.sealed,
             MAX_SEALED_SECRET,
         )?;
-        Ok(w.into_vec())
+        Ok(())
     }
 }
 
 impl Codec for Accept {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes(ty::ACCEPT)?[1..])
-            .put(&self.signature.0);
+        self.write_unsigned(w)?;
+        w.put(&self.signature.0);
         Ok(())
     }
 
@@ -241,19 +254,26 @@ impl Complete {
     /// The encoding without the signature.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty::COMPLETE);
+        self.write_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// The fields before the signature, after the type byte.
+    fn write_unsigned(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.put(&self.transfer_id.0)
             .u64(self.segment_count)
             .u64(self.size)
             .put(&self.completion_id)
             .put(&self.chain.0)
             .bytes32("metadata", &self.sealed_metadata, MAX_METADATA + TAG_LEN)?;
-        Ok(w.into_vec())
+        Ok(())
     }
 }
 
 impl Codec for Complete {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
+        self.write_unsigned(w)?;
+        w.put(&self.signature.0);
         Ok(())
     }
 
@@ -297,6 +317,12 @@ impl Receipt {
     /// The encoding without the signature.
     pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::starting_with(ty::RECEIPT);
+        self.write_unsigned(&mut w)?;
+        Ok(w.into_vec())
+    }
+
+    /// The fields before the signature, after the type byte.
+    fn write_unsigned(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
             .put(&self.transfer_id.0)
             .put(&self.sender)
@@ -305,13 +331,14 @@ impl Receipt {
             .put(&self.chain.0)
             .u64(self.completed_unix)
             .put(&self.server);
-        Ok(w.into_vec())
+        Ok(())
     }
 }
 
 impl Codec for Receipt {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put(&self.signed_bytes()?[1..]).put(&self.signature.0);
+        self.write_unsigned(w)?;
+        w.put(&self.signature.0);
         Ok(())
     }
 

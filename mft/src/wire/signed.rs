@@ -41,17 +41,24 @@ pub trait Signed {
     /// Replaces the signature the message carries.
     fn set_signature(&mut self, signature: Signature);
 
-    /// Signs the message as `identity`.
-    fn sign(&mut self, identity: &Identity) -> Result<(), EncodeError> {
+    /// Signs the message as `identity`, returning the bytes signed (what
+    /// [`Signed::signed_body`] gives), for callers that hash them too.
+    fn sign(&mut self, identity: &Identity) -> Result<Vec<u8>, EncodeError> {
         let body = self.signed_body()?;
         self.set_signature(Signature(crypto::sign(identity, Self::CONTEXT, &[&body])));
-        Ok(())
+        Ok(body)
     }
 
     /// Whether `key` signed the message as it stands (strict Ed25519).
     fn verify(&self, key: &[u8; 32]) -> bool {
         self.signed_body()
-            .is_ok_and(|body| crypto::verify(key, Self::CONTEXT, &[&body], &self.signature().0))
+            .is_ok_and(|body| self.verify_body(key, &body))
+    }
+
+    /// [`Signed::verify`] for a caller that has `body`, the message's
+    /// [`Signed::signed_body`], already.
+    fn verify_body(&self, key: &[u8; 32], body: &[u8]) -> bool {
+        crypto::verify(key, Self::CONTEXT, &[body], &self.signature().0)
     }
 }
 
