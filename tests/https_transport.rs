@@ -7,14 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bounded, init_tracing};
+use common::{anonymous_tls, bounded, init_tracing};
 use flow::{
     Authorizer, ErrorKind, HttpsConfig, HttpsProtocol, Identity, Manager, ManagerConfig, Reason,
     Registry,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,62 +38,10 @@ fn port(endpoint: &flow::Endpoint) -> u16 {
         .unwrap()
 }
 
-/// Accepts any server certificate: for a test client playing a load balancer.
-#[derive(Debug)]
-struct AnyServer;
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-}
-
 /// Sends one HTTP/1.1 request over TLS without a client certificate and returns the
 /// status line and body.
 async fn anonymous_http1(port: u16, request: &str) -> String {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut tls = connector
-        .connect(ServerName::try_from("lb.invalid").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = anonymous_tls(port, &[b"http/1.1"]).await;
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     let _ = bounded("http/1.1 response", tls.read_to_end(&mut response)).await;

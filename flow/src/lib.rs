@@ -57,6 +57,7 @@ pub use crate::flow::{DEFAULT_MAX_MSG_SIZE, Flow, FlowReader, FlowWriter};
 pub use crate::identity::{Authorizer, Identity, PeerAuthorizer, PeerKey};
 pub use crate::manager::{ListenHandle, Manager, ManagerConfig, Status};
 pub use crate::protocol::abort::AbortOnClose;
+pub use crate::protocol::admission::ListenLimits;
 pub use crate::protocol::https::{HttpsConfig, HttpsProtocol};
 pub use crate::protocol::mem::MemProtocol;
 pub use crate::protocol::quic::{CongestionControl, QuicConfig, QuicProtocol};

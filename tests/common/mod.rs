@@ -2,6 +2,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod anonymous;
+#[allow(unused_imports)]
+pub use anonymous::anonymous_tls;
+
 /// Generates one `#[tokio::test]` per transport (QUIC, HTTPS, mem) for each scenario
 /// `async fn(Transport)` named; the test file must have `init_tracing` and
 /// `Transport` in scope.

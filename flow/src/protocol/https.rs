@@ -36,13 +36,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::{CancellationToken, PollSender};
 
 use crate::error::{Error, ErrorKind, Reason, Result};
 use crate::identity::{PeerKey, TLS_SERVER_NAME, key_from_certificates};
 use crate::protocol::abort::AbortOnClose;
+use crate::protocol::admission::{Admission, Admitted, ListenLimits};
 use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
     resolve_socket_addr,
@@ -83,8 +84,7 @@ pub struct HttpsConfig {
     max_frame_size: u32,
     keep_alive_interval: Option<Duration>,
     keep_alive_timeout: Duration,
-    handshake_timeout: Duration,
-    max_concurrent_handshakes: usize,
+    listen: ListenLimits,
     accept_backlog: usize,
     busy_retry_after: Duration,
 }
@@ -98,8 +98,7 @@ impl Default for HttpsConfig {
             max_frame_size: 256 << 10,
             keep_alive_interval: Some(Duration::from_secs(10)),
             keep_alive_timeout: Duration::from_secs(20),
-            handshake_timeout: Duration::from_secs(10),
-            max_concurrent_handshakes: 256,
+            listen: ListenLimits::default(),
             accept_backlog: 256,
             busy_retry_after: Duration::from_secs(1),
         }
@@ -144,16 +143,24 @@ impl HttpsConfig {
         self
     }
 
-    /// How long a listener gives an incoming TLS handshake (default 10 s).
+    /// How long a listener gives an incoming handshake (default 10 s); see
+    /// [`ListenLimits::handshake_timeout`].
     pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.handshake_timeout = timeout;
+        self.listen.handshake_timeout(timeout);
         self
     }
 
     /// Incoming handshakes run at once (default 256); beyond, new TCP connections
     /// are closed at once.
     pub fn max_concurrent_handshakes(&mut self, count: usize) -> &mut Self {
-        self.max_concurrent_handshakes = count.max(1);
+        self.listen.max_handshakes(count);
+        self
+    }
+
+    /// The listener's limits on connections and handshakes, in total and per
+    /// source (see [`ListenLimits`] for the defaults).
+    pub fn listen_limits(&mut self, limits: ListenLimits) -> &mut Self {
+        self.listen = limits;
         self
     }
 
@@ -376,7 +383,8 @@ impl Protocol for HttpsProtocol {
     }
 }
 
-/// Takes TCP connections and runs their TLS handshakes concurrently (bounded).
+/// Takes TCP connections and runs their TLS handshakes concurrently, within the
+/// listener's admission limits.
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
@@ -384,7 +392,7 @@ async fn accept_loop(
     ready: mpsc::Sender<Arc<dyn Conn>>,
     stop: CancellationToken,
 ) {
-    let handshakes = Arc::new(Semaphore::new(config.max_concurrent_handshakes));
+    let admission = Admission::new(config.listen.clone());
     loop {
         let accepted = tokio::select! {
             // A stopped listener must not take one more connection.
@@ -404,76 +412,118 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "too many handshakes; closing");
-            continue;
+        let admitted = match admission.admit(remote) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                tracing::debug!(%remote, %refusal, "closing a connection");
+                continue;
+            }
         };
-        let acceptor = acceptor.clone();
-        let config = config.clone();
-        let ready = ready.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(config.handshake_timeout, async {
-                let _ = stream.set_nodelay(true);
-                let local = stream
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                acceptor.accept(stream).await.map(|tls| (tls, local))
-            })
-            .await;
-            drop(permit);
-            let (mut tls, local) = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "https handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "https handshake timed out");
-                    return;
-                }
-            };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(key_from_certificates);
-            let authenticated = match peer {
-                Some(Ok(key)) => {
-                    // Confirm before HTTP/2 starts: the client waits for these bytes
-                    // (or reads the alert that refused it).
-                    let welcome = async {
-                        tokio::io::AsyncWriteExt::write_all(&mut tls, WELCOME).await?;
-                        tokio::io::AsyncWriteExt::flush(&mut tls).await
-                    };
-                    if let Err(e) = welcome.await {
-                        tracing::debug!(%remote, error = %e, "could not welcome");
-                        return;
-                    }
-                    let (flows_tx, flows_rx) = mpsc::channel(config.accept_backlog);
-                    let conn = HttpsConn {
-                        state: ConnState::new(),
-                        side: Side::Server(tokio::sync::Mutex::new(flows_rx)),
-                        remote_key: key,
-                        local,
-                        remote: remote.to_string(),
-                    };
-                    let state = conn.state.clone();
-                    if ready.send(Arc::new(conn)).await.is_err() {
-                        return;
-                    }
-                    Some((state, flows_tx))
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "https peer without a usable key");
-                    return;
-                }
-                None => None,
-            };
-            serve_connection(tls, authenticated, config, stop).await;
-        });
+        tokio::spawn(accept_one(
+            Accepting {
+                stream,
+                remote,
+                admitted,
+            },
+            acceptor.clone(),
+            config.clone(),
+            ready.clone(),
+            stop.clone(),
+        ));
     }
+}
+
+/// A TCP connection the listener admitted, before its TLS handshake.
+struct Accepting {
+    stream: TcpStream,
+    remote: SocketAddr,
+    admitted: Admitted,
+}
+
+/// Runs one connection's TLS handshake, welcomes an authenticated peer and
+/// serves HTTP on it; the admission slot is held until the connection ends.
+async fn accept_one(
+    accepting: Accepting,
+    acceptor: TlsAcceptor,
+    config: Arc<HttpsConfig>,
+    ready: mpsc::Sender<Arc<dyn Conn>>,
+    stop: CancellationToken,
+) {
+    let Accepting {
+        stream,
+        remote,
+        mut admitted,
+    } = accepting;
+    let handshake = tokio::time::timeout(config.listen.handshake_timeout, async {
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        acceptor.accept(stream).await.map(|tls| (tls, local))
+    })
+    .await;
+    admitted.handshake_done();
+    let (mut tls, local) = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "https handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "https handshake timed out");
+            return;
+        }
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(key_from_certificates);
+    let authenticated = match peer {
+        Some(Ok(key)) => {
+            // Confirm before HTTP/2 starts: the client waits for these bytes (or
+            // reads the alert that refused it).
+            let welcome = async {
+                tokio::io::AsyncWriteExt::write_all(&mut tls, WELCOME).await?;
+                tokio::io::AsyncWriteExt::flush(&mut tls).await
+            };
+            if let Err(e) = welcome.await {
+                tracing::debug!(%remote, error = %e, "could not welcome");
+                return;
+            }
+            let (flows_tx, flows_rx) = mpsc::channel(config.accept_backlog);
+            let conn = HttpsConn {
+                state: ConnState::new(),
+                side: Side::Server(tokio::sync::Mutex::new(flows_rx)),
+                remote_key: key,
+                local,
+                remote: remote.to_string(),
+            };
+            let state = conn.state.clone();
+            if ready.send(Arc::new(conn)).await.is_err() {
+                return;
+            }
+            Some((state, flows_tx))
+        }
+        Some(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "https peer without a usable key");
+            return;
+        }
+        None => None,
+    };
+    if authenticated.is_some() {
+        serve_connection(tls, authenticated, config, stop).await;
+    } else {
+        // Health checks and the like: short-lived whatever they do, so idle,
+        // pinging or half-sent anonymous connections cannot pile up.
+        let lifetime = config.listen.anonymous_lifetime;
+        let served = serve_connection(tls, None, config, stop);
+        if tokio::time::timeout(lifetime, served).await.is_err() {
+            tracing::debug!(%remote, "anonymous connection reached its lifetime; closing");
+        }
+    }
+    drop(admitted);
 }
 
 /// Serves HTTP on one TLS connection until it ends or the listener's conn is closed.
@@ -494,6 +544,11 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(route(request, flows.as_ref(), state.as_ref(), &retry_after)) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper silently skips the HTTP/1 header-read timeout.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.listen.handshake_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -1,6 +1,7 @@
 //! The built-in protocols, and helpers for writing your own.
 
 pub mod abort;
+pub mod admission;
 
 pub mod https;
 pub mod mem;

@@ -20,11 +20,12 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, ReadError, TransportErrorCode, VarInt, WriteError};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Reason, Result};
 use crate::identity::{PeerKey, TLS_SERVER_NAME, key_from_certificates};
+use crate::protocol::admission::{Admission, Admitted, ListenLimits};
 use crate::registry::{
     CloseCode, Conn, DialContext, ListenContext, Listener, Properties, Protocol, RawFlow,
     resolve_socket_addr,
@@ -139,8 +140,7 @@ pub struct QuicConfig {
     max_concurrent_streams: u32,
     keep_alive_interval: Option<Duration>,
     idle_timeout: Duration,
-    handshake_timeout: Duration,
-    max_concurrent_handshakes: usize,
+    listen: ListenLimits,
     congestion: CongestionControl,
     socket_buffer: usize,
 }
@@ -154,8 +154,7 @@ impl Default for QuicConfig {
             max_concurrent_streams: 1024,
             keep_alive_interval: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            max_concurrent_handshakes: 256,
+            listen: ListenLimits::default(),
             socket_buffer: 4 << 20,
             congestion: CongestionControl::Model,
         }
@@ -203,9 +202,10 @@ impl QuicConfig {
         self
     }
 
-    /// How long a listener gives an incoming handshake (default 10 s).
+    /// How long a listener gives an incoming handshake (default 10 s); see
+    /// [`ListenLimits::handshake_timeout`].
     pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.handshake_timeout = timeout;
+        self.listen.handshake_timeout(timeout);
         self
     }
 
@@ -213,7 +213,14 @@ impl QuicConfig {
     /// that, new connection attempts are refused until one finishes, so a flood of
     /// half-open connections costs bounded memory.
     pub fn max_concurrent_handshakes(&mut self, count: usize) -> &mut Self {
-        self.max_concurrent_handshakes = count.max(1);
+        self.listen.max_handshakes(count);
+        self
+    }
+
+    /// The listener's limits on connections and handshakes, in total and per
+    /// source (see [`ListenLimits`] for the defaults).
+    pub fn listen_limits(&mut self, limits: ListenLimits) -> &mut Self {
+        self.listen = limits;
         self
     }
 
@@ -267,6 +274,9 @@ impl QuicConfig {
     }
 }
 
+/// QUIC version 1 (RFC 9000), the only version we speak.
+const QUIC_VERSION_1: u32 = 1;
+
 /// A quinn endpoint on a UDP socket bound to `addr`, with `buffer`-byte socket
 /// buffers asked for (what the kernel grants is capped by its limits).
 fn bind_endpoint(
@@ -281,7 +291,11 @@ fn bind_endpoint(
     let _ = state.set_send_buffer_size((&socket).into(), buffer);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| io::Error::other("no async runtime for QUIC (tokio expected)"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+    let mut config = quinn::EndpointConfig::default();
+    // Version 1 only: quinn's default also offers drafts 29 to 34 in Version
+    // Negotiation, which nobody should still speak.
+    config.supported_versions(vec![QUIC_VERSION_1]);
+    quinn::Endpoint::new(config, server, socket, runtime)
 }
 
 /// The QUIC protocol, registered as `quic` in [`Registry::default`](crate::Registry).
@@ -343,6 +357,7 @@ impl Protocol for QuicProtocol {
             conn,
             endpoint,
             remote_key,
+            _admitted: None,
         }))
     }
 
@@ -373,8 +388,7 @@ impl Protocol for QuicProtocol {
             endpoint.clone(),
             tx,
             stop.clone(),
-            self.config.handshake_timeout,
-            Arc::new(Semaphore::new(self.config.max_concurrent_handshakes)),
+            Admission::new(self.config.listen.clone()),
         ));
         Ok(Box::new(QuicListener {
             endpoint,
@@ -400,13 +414,13 @@ async fn await_welcome(conn: &quinn::Connection) -> Result<()> {
     Ok(())
 }
 
-/// Accepts handshakes concurrently, so one slow client does not hold up the others.
+/// Accepts handshakes concurrently, so one slow client does not hold up the others,
+/// within the listener's admission limits.
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     ready: mpsc::Sender<Result<Arc<dyn Conn>>>,
     stop: CancellationToken,
-    handshake_timeout: Duration,
-    handshakes: Arc<Semaphore>,
+    admission: Arc<Admission>,
 ) {
     loop {
         let incoming = tokio::select! {
@@ -429,16 +443,27 @@ async fn accept_loop(
                 .await;
             return;
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes; refusing");
-            incoming.refuse();
+        let remote = incoming.remote_address();
+        if !incoming.remote_address_validated() && incoming.may_retry() && admission.under_load() {
+            // Costs us one stateless packet; a spoofed source never answers it.
+            tracing::debug!(%remote, "under load; asking the client to validate its address");
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
             continue;
+        }
+        let mut admitted = match admission.admit(remote) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                tracing::debug!(%remote, %refusal, "refusing a connection");
+                incoming.refuse();
+                continue;
+            }
         };
         let ready = ready.clone();
         let endpoint = endpoint.clone();
+        let handshake_timeout = admission.limits().handshake_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
-            let remote = incoming.remote_address();
             let handshake = async {
                 let conn = incoming.await.map_err(|e| dial_error(e, None))?;
                 let remote_key = peer_key(&conn)?;
@@ -448,14 +473,18 @@ async fn accept_loop(
                     .await
                     .map_err(|e| Error::new(Reason::Io(e.to_string())))?;
                 let _ = welcome.finish();
-                Ok::<_, Error>(QuicConn {
-                    conn,
-                    endpoint,
-                    remote_key,
-                })
+                Ok::<_, Error>((conn, remote_key))
             };
-            match tokio::time::timeout(handshake_timeout, handshake).await {
-                Ok(Ok(conn)) => {
+            let outcome = tokio::time::timeout(handshake_timeout, handshake).await;
+            admitted.handshake_done();
+            match outcome {
+                Ok(Ok((conn, remote_key))) => {
+                    let conn = QuicConn {
+                        conn,
+                        endpoint,
+                        remote_key,
+                        _admitted: Some(admitted),
+                    };
                     let _ = ready.send(Ok(Arc::new(conn))).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "incoming handshake failed"),
@@ -529,6 +558,8 @@ struct QuicConn {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
     remote_key: PeerKey,
+    /// An accepted connection's slot in its listener's counts, held while it lives.
+    _admitted: Option<Admitted>,
 }
 
 #[async_trait]
