@@ -155,12 +155,12 @@ impl Identity {
         let key_der = PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
         let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&key_der, &rcgen::PKCS_ED25519)
             .map_err(|e| bad(format!("cannot use key for a certificate: {e}")))?;
-        let params = rcgen::CertificateParams::new(vec![TLS_SERVER_NAME.to_string()])
-            .map_err(|e| bad(format!("certificate parameters: {e}")))?;
+        let public = PeerKey(signing.verifying_key().to_bytes());
+        let params =
+            certificate_params(&public).map_err(|e| bad(format!("certificate parameters: {e}")))?;
         let cert = params
             .self_signed(&key_pair)
             .map_err(|e| bad(format!("cannot sign certificate: {e}")))?;
-        let public = PeerKey(signing.verifying_key().to_bytes());
         Ok(Identity {
             inner: Arc::new(IdentityInner {
                 signing,
@@ -606,6 +606,27 @@ pub(crate) fn server_tls_config(
     Ok(config)
 }
 
+/// How long an identity's certificate says it is valid, from an hour before it
+/// was made (for clocks a little behind). Our verifiers pin keys and ignore the
+/// dates, but people and tools read them.
+const CERTIFICATE_VALIDITY: time::Duration = time::Duration::days(365);
+
+/// The certificate of `key`: named after the key (its 64 hex digits are the
+/// common name, which X.520 caps at 64 characters), valid from now for a year.
+fn certificate_params(
+    key: &PeerKey,
+) -> std::result::Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(vec![TLS_SERVER_NAME.to_string()])?;
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::OrganizationName, "mftq");
+    name.push(rcgen::DnType::CommonName, key.to_string());
+    params.distinguished_name = name;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + CERTIFICATE_VALIDITY;
+    Ok(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,6 +638,26 @@ mod tests {
             key_from_certificate(id.certificate()).unwrap(),
             id.public_key()
         );
+    }
+
+    #[test]
+    fn certificate_names_the_key_and_has_sane_dates() {
+        let id = Identity::generate();
+        let der: &[u8] = id.certificate().as_ref();
+        let has = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+        assert!(has(id.public_key().to_string().as_bytes()), "CN is the key");
+        assert!(has(b"mftq"));
+        assert!(!has(b"rcgen self signed cert"));
+        // UTCTime YYMMDD of the expiry, a year from now (4096 would be GeneralizedTime).
+        let expiry = time::OffsetDateTime::now_utc() + CERTIFICATE_VALIDITY;
+        let yymmdd = format!(
+            "{:02}{:02}{:02}",
+            expiry.year() % 100,
+            u8::from(expiry.month()),
+            expiry.day()
+        );
+        assert!(has(yymmdd.as_bytes()), "expires {yymmdd}");
+        assert!(!has(b"4096"));
     }
 
     #[test]
