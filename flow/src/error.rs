@@ -90,6 +90,8 @@ pub enum Reason {
     RefusedByPeer,
     /// The operation did not finish in time.
     Timeout(Duration),
+    /// A flow's read or write made no progress for its idle timeout.
+    Stalled(Duration),
     /// Connecting failed before a connection existed.
     ConnectFailed(String),
     /// Name resolution failed or found no address.
@@ -135,7 +137,9 @@ impl Reason {
             NotAuthorized(_) | PinMismatch { .. } | RefusedByPeer => ErrorKind::NotTrusted,
             Timeout(_) | ConnectFailed(_) => ErrorKind::DialFailed,
             Resolve(_) => ErrorKind::ResolveFailed,
-            ConnectionLost(_) | Io(_) | MessageTooLarge { .. } | Busy(_) => ErrorKind::Network,
+            ConnectionLost(_) | Io(_) | MessageTooLarge { .. } | Busy(_) | Stalled(_) => {
+                ErrorKind::Network
+            }
             ClosedLocally(_) | ClosedByPeer(_) => ErrorKind::Aborted,
             ManagerClosed | NotListening | NotCached => ErrorKind::BadState,
             Protocol(kind, _) => *kind,
@@ -159,6 +163,7 @@ impl fmt::Display for Reason {
             }
             RefusedByPeer => f.write_str("the peer does not trust our key"),
             Timeout(d) => write!(f, "timed out after {d:?}"),
+            Stalled(d) => write!(f, "the flow made no progress for {d:?}"),
             ConnectFailed(why) => write!(f, "could not connect: {why}"),
             Resolve(why) => write!(f, "could not resolve: {why}"),
             ConnectionLost(why) => write!(f, "connection lost: {why}"),

@@ -17,7 +17,8 @@ use crate::conn_cache::{FlowGuard, ManagedConn};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Reason, Result};
 use crate::identity::PeerKey;
-use crate::registry::{FlowSend, RawFlow};
+use crate::idle::{IdleRead, IdleSend};
+use crate::registry::RawFlow;
 
 /// The default largest message [`Flow::read_msg`] accepts: 32 MiB.
 pub const DEFAULT_MAX_MSG_SIZE: usize = 32 << 20;
@@ -48,21 +49,24 @@ where
 pub(crate) struct MessageBuffer {
     buf: BytesMut,
     largest: usize,
+    /// A length prefix already read by [`MessageBuffer::read_len`], whose body
+    /// the next [`MessageBuffer::read_frame`] reads.
+    announced: Option<usize>,
     /// How often a message outgrew the buffer (tests check it stays put).
     #[cfg(test)]
     grows: usize,
 }
 
 impl MessageBuffer {
-    /// Reads one length-prefixed message; `Ok(None)` at a clean end of stream.
-    pub(crate) async fn read_frame<R>(
-        &mut self,
-        reader: &mut R,
-        max: usize,
-    ) -> Result<Option<Bytes>>
+    /// Reads the next message's length prefix, unless it was read already;
+    /// `Ok(None)` at a clean end of stream. A length above `max` is an error.
+    pub(crate) async fn read_len<R>(&mut self, reader: &mut R, max: usize) -> Result<Option<usize>>
     where
         R: AsyncRead + Unpin + ?Sized,
     {
+        if let Some(len) = self.announced {
+            return Ok(Some(len));
+        }
         let mut header = [0u8; 4];
         let mut filled = 0;
         while filled < header.len() {
@@ -87,6 +91,23 @@ impl MessageBuffer {
                 max: max as u64,
             }));
         }
+        self.announced = Some(len);
+        Ok(Some(len))
+    }
+
+    /// Reads one length-prefixed message; `Ok(None)` at a clean end of stream.
+    pub(crate) async fn read_frame<R>(
+        &mut self,
+        reader: &mut R,
+        max: usize,
+    ) -> Result<Option<Bytes>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let Some(len) = self.read_len(reader, max).await? else {
+            return Ok(None);
+        };
+        self.announced = None;
         let buf = &mut self.buf;
         buf.clear();
         // Reclaims the memory of earlier messages once they are dropped.
@@ -166,13 +187,13 @@ impl Flow {
         let guard = FlowGuard::new(conn);
         Flow {
             reader: FlowReader {
-                recv: raw.recv,
+                recv: IdleRead::new(raw.recv),
                 guard: guard.clone(),
                 max_msg_size,
                 buf: MessageBuffer::default(),
             },
             writer: FlowWriter {
-                send: raw.send,
+                send: IdleSend::new(raw.send),
                 guard,
             },
         }
@@ -197,6 +218,13 @@ impl Flow {
     /// messages. A length above [`Flow::max_msg_size`] is an error.
     pub async fn read_msg(&mut self) -> Result<Option<Bytes>> {
         self.reader.read_msg().await
+    }
+
+    /// Sets both halves' idle timeouts: see [`FlowReader::set_idle_timeout`] and
+    /// [`FlowWriter::set_idle_timeout`].
+    pub fn set_idle_timeout(&mut self, idle: Option<std::time::Duration>) {
+        self.reader.set_idle_timeout(idle);
+        self.writer.set_idle_timeout(idle);
     }
 
     /// The largest message [`Flow::read_msg`] accepts.
@@ -280,7 +308,7 @@ impl AsyncWrite for Flow {
 
 /// The receiving half of a [`Flow`].
 pub struct FlowReader {
-    recv: Pin<Box<dyn AsyncRead + Send>>,
+    recv: IdleRead<Pin<Box<dyn AsyncRead + Send>>>,
     guard: FlowGuard,
     max_msg_size: usize,
     /// Reused for every message.
@@ -297,6 +325,18 @@ impl FlowReader {
             .map_err(|e| e.with_endpoint(endpoint))
     }
 
+    /// Waits for the next message's length prefix and returns the length (`None`
+    /// at a clean end of the flow) without reading the body: the next
+    /// [`FlowReader::read_msg`] returns that message. A server can then reserve
+    /// memory for the message, or refuse it, before the peer makes it hold any.
+    pub async fn peek_msg_len(&mut self) -> Result<Option<usize>> {
+        let endpoint = self.guard.conn().remote_endpoint().clone();
+        self.buf
+            .read_len(&mut self.recv, self.max_msg_size)
+            .await
+            .map_err(|e| e.with_endpoint(endpoint))
+    }
+
     /// The largest message [`FlowReader::read_msg`] accepts.
     pub fn max_msg_size(&self) -> usize {
         self.max_msg_size
@@ -305,6 +345,13 @@ impl FlowReader {
     /// Changes the largest message [`FlowReader::read_msg`] accepts.
     pub fn set_max_msg_size(&mut self, max: usize) {
         self.max_msg_size = max;
+    }
+
+    /// Fails a read that gets no bytes for `idle` with [`Reason::Stalled`] (`None`,
+    /// the default, waits for ever). The clock restarts whenever bytes arrive, so
+    /// slow but steady peers are never cut off.
+    pub fn set_idle_timeout(&mut self, idle: Option<std::time::Duration>) {
+        self.recv.set_idle_timeout(idle);
     }
 
     /// The connection this half runs on.
@@ -319,13 +366,13 @@ impl AsyncRead for FlowReader {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.recv.as_mut().poll_read(cx, buf)
+        Pin::new(&mut self.recv).poll_read(cx, buf)
     }
 }
 
 /// The sending half of a [`Flow`].
 pub struct FlowWriter {
-    send: Pin<Box<dyn FlowSend>>,
+    send: IdleSend,
     guard: FlowGuard,
 }
 
@@ -343,7 +390,6 @@ impl FlowWriter {
     pub async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> Result<()> {
         let endpoint = self.guard.conn().remote_endpoint().clone();
         self.send
-            .as_mut()
             .write_chunks(chunks)
             .await
             .map_err(|e| Error::from_io(e).with_endpoint(endpoint))
@@ -357,7 +403,7 @@ impl FlowWriter {
         let header = frame_header(parts.iter().map(Bytes::len).sum())?;
         let io = async {
             self.send.write_all(&header).await?;
-            self.send.as_mut().write_chunks(parts).await?;
+            self.send.write_chunks(parts).await?;
             self.send.flush().await
         };
         io.await
@@ -374,6 +420,13 @@ impl FlowWriter {
             .map_err(|e| Error::from_io(e).with_endpoint(endpoint))
     }
 
+    /// Fails a write that the peer takes no bytes of for `idle` with
+    /// [`Reason::Stalled`] (`None`, the default, waits for ever): a peer that stops
+    /// reading cannot hold our buffers.
+    pub fn set_idle_timeout(&mut self, idle: Option<std::time::Duration>) {
+        self.send.set_idle_timeout(idle);
+    }
+
     /// The connection this half runs on.
     pub fn conn(&self) -> &ManagedConn {
         self.guard.conn()
@@ -386,15 +439,15 @@ impl AsyncWrite for FlowWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.send.as_mut().poll_write(cx, buf)
+        Pin::new(&mut self.send).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send.as_mut().poll_flush(cx)
+        Pin::new(&mut self.send).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send.as_mut().poll_shutdown(cx)
+        Pin::new(&mut self.send).poll_shutdown(cx)
     }
 }
 
@@ -464,6 +517,27 @@ mod tests {
         .await;
         assert!(read.is_err(), "the message cannot be complete");
         assert_eq!(buf.buf.capacity(), INITIAL_MSG_RESERVATION);
+    }
+
+    #[tokio::test]
+    async fn a_peeked_length_is_the_next_message_s() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &[b"first"]).await.unwrap();
+        write_frame(&mut wire, &[b"second!"]).await.unwrap();
+        let mut r = &wire[..];
+        let mut buf = MessageBuffer::default();
+        assert_eq!(buf.read_len(&mut r, 64).await.unwrap(), Some(5));
+        // Peeking again reads nothing more.
+        assert_eq!(buf.read_len(&mut r, 64).await.unwrap(), Some(5));
+        assert_eq!(
+            buf.read_frame(&mut r, 64).await.unwrap().unwrap(),
+            &b"first"[..]
+        );
+        assert_eq!(
+            buf.read_frame(&mut r, 64).await.unwrap().unwrap(),
+            &b"second!"[..]
+        );
+        assert_eq!(buf.read_len(&mut r, 64).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ mod endpoint;
 mod error;
 mod flow;
 pub mod identity;
+mod idle;
 mod manager;
 pub mod protocol;
 mod registry;

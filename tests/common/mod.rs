@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod anonymous;
+pub mod mft_harness;
 #[allow(unused_imports)]
 pub use anonymous::anonymous_tls;
 

@@ -20,6 +20,7 @@ pub struct ServerConfig {
     pub(super) max_pending_bytes: usize,
     pub(super) transfer_deadline: Duration,
     pub(super) first_message_timeout: Duration,
+    pub(super) flow_idle_timeout: Duration,
     pub(super) max_segments: u64,
     pub(super) busy_retry_after: Duration,
 }
@@ -33,7 +34,8 @@ impl Default for ServerConfig {
             max_flows_per_peer: 256,
             max_pending_bytes: 256 << 20,
             transfer_deadline: Duration::from_secs(24 * 3600),
-            first_message_timeout: Duration::from_secs(30),
+            first_message_timeout: Duration::from_secs(10),
+            flow_idle_timeout: Duration::from_secs(60),
             max_segments: 1 << 24,
             busy_retry_after: Duration::from_secs(1),
         }
@@ -90,9 +92,19 @@ impl ServerConfig {
         self
     }
 
-    /// How long a new flow may take to send its first message (default 30 s).
+    /// How long a new flow may take to start its first message, that is to send
+    /// its 4-byte length (default 10 s). The rest of the message is read under
+    /// the flow idle timeout, so a big first segment on a slow link is not cut off.
     pub fn first_message_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.first_message_timeout = timeout;
+        self
+    }
+
+    /// How long a read or write on a flow may make no progress before the flow is
+    /// dropped (default 60 s): a client that stops sending or stops reading cannot
+    /// pin a flow slot, its buffers and its share of the pending bytes.
+    pub fn flow_idle_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.flow_idle_timeout = timeout;
         self
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use flow::{Flow, FlowReader, FlowWriter, Identity, Manager, PeerKey};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
@@ -325,23 +325,38 @@ impl Server {
     /// Serves one flow to its end.
     pub async fn handle_flow(&self, mut flow: Flow) {
         let peer = flow.remote_identity();
-        flow.set_max_msg_size(self.inner.config.max_segment_message());
+        let config = &self.inner.config;
+        flow.set_max_msg_size(config.max_segment_message());
+        flow.set_idle_timeout(Some(config.flow_idle_timeout));
         let slot = self.flow_slot(peer);
         let (mut reader, mut writer) = flow.into_split();
+        let Some(len) = self.first_message_len(peer, &mut reader, &mut writer).await else {
+            return;
+        };
         if slot.is_none() {
-            // Take the first message before answering, so the client's write
-            // completes and it reads the refusal rather than a broken pipe.
-            let _ = self.first_message(peer, &mut reader, &mut writer).await;
+            // Refused from the length prefix alone: the payload is never read. The
+            // client reads this refusal when its write is cut off.
             let Refusal(busy) = self.busy("too many flows from this key");
             let _ = writer
                 .write_msg_and_close(&[&encode_reply(&Message::Refuse(busy))])
                 .await;
             return;
         }
-        let Some(first) = self.first_message(peer, &mut reader, &mut writer).await else {
-            return;
+        let outcome = match self.reserve(len).await {
+            Ok(permit) => match reader.read_msg().await {
+                Ok(Some(first)) => {
+                    self.dispatch(peer, first, permit, &mut reader, &mut writer)
+                        .await
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "flow failed in its first message");
+                    return;
+                }
+            },
+            Err(refusal) => Err(refusal),
         };
-        let last = match self.dispatch(peer, first, &mut reader, &mut writer).await {
+        let last = match outcome {
             Ok(Some(reply)) => reply,
             Ok(None) => return,
             Err(Refusal(refuse)) => {
@@ -354,18 +369,20 @@ impl Server {
         }
     }
 
-    /// A flow's first message, within the first-message timeout; `None` if the
-    /// flow ended, failed or stayed silent (a message over the size limit is
-    /// refused from its length prefix).
-    async fn first_message(
+    /// The length of a flow's first message, whose 4-byte prefix must arrive
+    /// within the first-message timeout; `None` if the flow ended, failed or stayed
+    /// silent (a message over the size limit is refused from its prefix). Only the
+    /// prefix is timed so: the body is read under the flow's idle timeout, so an
+    /// honest sender of a big segment on a slow link is not cut off.
+    async fn first_message_len(
         &self,
         peer: PeerKey,
         reader: &mut FlowReader,
         writer: &mut FlowWriter,
-    ) -> Option<Bytes> {
+    ) -> Option<usize> {
         let timeout = self.inner.config.first_message_timeout;
-        match tokio::time::timeout(timeout, reader.read_msg()).await {
-            Ok(Ok(first)) => first,
+        match tokio::time::timeout(timeout, reader.peek_msg_len()).await {
+            Ok(Ok(len)) => len,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "flow failed before its first message");
                 if let Some(Refusal(too_large)) = too_large(&e) {
@@ -381,20 +398,44 @@ impl Server {
         }
     }
 
+    /// Holds `len` bytes of the server-wide pending-bytes budget, before a message
+    /// of that length is read: what is in memory between the network and the
+    /// store stays bounded, however many flows send at once.
+    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, Refusal> {
+        let budget = self.inner.config.max_pending_bytes;
+        let bytes = u32::try_from(len.min(budget)).unwrap_or(u32::MAX);
+        self.inner
+            .pending
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| refusal(RefuseCode::Internal, "server shutting down"))
+    }
+
     /// Hands a flow to the handler its first message names: what to answer last,
     /// if anything.
     async fn dispatch(
         &self,
         peer: PeerKey,
         first: Bytes,
+        permit: OwnedSemaphorePermit,
         reader: &mut FlowReader,
         writer: &mut FlowWriter,
     ) -> Result<Option<Message>, Refusal> {
-        match Message::from_bytes(first) {
-            Ok(Message::Hello(hello)) => self.handle_hello(peer, &hello).await,
+        let message = match Message::from_bytes(first) {
+            // A segment keeps its share of the pending bytes until it is stored.
             Ok(Message::Segment(segment)) => {
-                self.handle_segments(peer, segment, reader, writer).await
+                return self
+                    .handle_segments(peer, (segment, permit), reader, writer)
+                    .await;
             }
+            other => {
+                drop(permit);
+                other
+            }
+        };
+        match message {
+            Ok(Message::Hello(hello)) => self.handle_hello(peer, &hello).await,
             Ok(Message::Complete(complete)) => self.handle_complete(peer, &complete).await,
             Ok(Message::Resume(resume)) => self.handle_resume(peer, resume.transfer_id).await,
             Ok(Message::PullHello(hello)) => self.handle_pull(peer, &hello, writer).await,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Direction, Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
 use crate::crypto::{self, Cipher};
@@ -231,27 +232,20 @@ impl Server {
         Ok(open)
     }
 
+    /// Stores a flow's segments, each acknowledged once durable. `first` comes
+    /// with its share of the pending-bytes budget; every later one takes its share
+    /// from its length prefix before its body is read.
     pub(super) async fn handle_segments(
         &self,
         peer: PeerKey,
-        first: Segment,
+        first: (Segment, OwnedSemaphorePermit),
         reader: &mut FlowReader,
         writer: &mut FlowWriter,
     ) -> Result<Option<Message>, Refusal> {
-        let open = self.own_transfer(peer, first.transfer_id).await?;
-        let max_wire = self.inner.config.max_segment_message() as u32;
-        let mut segment = first;
+        let (mut segment, mut permit) = first;
+        let open = self.own_transfer(peer, segment.transfer_id).await?;
         let mut scratch = Vec::new();
         loop {
-            // Hold memory for the next segment before reading it: the server-wide
-            // pending-bytes bound.
-            let permit = self
-                .inner
-                .pending
-                .clone()
-                .acquire_many_owned(max_wire)
-                .await
-                .map_err(|_| refusal(RefuseCode::Internal, "server shutting down"))?;
             // The state decides, and is held while the segment is stored, so a
             // completion or reclaim cannot start in between.
             let state = open.state.read().await;
@@ -264,12 +258,21 @@ impl Server {
                 tracing::debug!(%peer, error = %e, "could not acknowledge a segment");
                 return Ok(None);
             }
+            let len = match reader.peek_msg_len().await {
+                Ok(Some(len)) => len,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "segment flow failed");
+                    return too_large(&e).map_or(Ok(None), Err);
+                }
+            };
+            permit = self.reserve(len).await?;
             let next = match reader.read_msg().await {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => return Ok(None),
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "segment flow failed");
-                    return too_large(&e).map_or(Ok(None), Err);
+                    return Ok(None);
                 }
             };
             segment = match Message::from_bytes(next) {
