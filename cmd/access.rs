@@ -71,12 +71,18 @@ impl Access {
             .admits(key)
     }
 
-    /// Whether `key` may act in `direction`.
-    pub fn allows(&self, key: &PeerKey, direction: mft::Direction) -> bool {
+    /// Whether the request may go ahead: senders send into their own
+    /// namespaces and may list them; retrievers retrieve and list every one.
+    pub fn allows(&self, request: &mft::Request<'_>) -> bool {
         let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
-        match direction {
+        let key = request.key;
+        match request.direction {
             mft::Direction::Send => lists.senders.contains(key),
             mft::Direction::Retrieve => lists.retrievers.contains(key),
+            mft::Direction::List => {
+                lists.retrievers.contains(key)
+                    || (request.own_namespace() && lists.senders.contains(key))
+            }
         }
     }
 
@@ -117,17 +123,30 @@ mod tests {
         std::fs::write(&retrievers, format!("{b}\n")).expect("write");
         let access = Access::load(Some(senders.clone()), Some(retrievers.clone())).expect("load");
         assert!(access.admits(&a) && access.admits(&b));
-        assert!(access.allows(&a, mft::Direction::Send));
-        assert!(!access.allows(&a, mft::Direction::Retrieve));
+        let allows = |key: &PeerKey, owner: &PeerKey, direction| {
+            access.allows(&mft::Request::new(
+                key,
+                b"",
+                owner.as_bytes(),
+                b"x",
+                direction,
+            ))
+        };
+        assert!(allows(&a, &a, mft::Direction::Send));
+        assert!(!allows(&a, &a, mft::Direction::Retrieve));
+        // A sender lists its own namespace, not others'; a retriever lists all.
+        assert!(allows(&a, &a, mft::Direction::List));
+        assert!(!allows(&a, &b, mft::Direction::List));
+        assert!(allows(&b, &a, mft::Direction::List));
 
         std::fs::write(&senders, format!("{b}\n")).expect("write");
         assert_eq!(access.reload().expect("reload"), vec![a]);
         assert!(!access.admits(&a));
-        assert!(access.allows(&b, mft::Direction::Send));
+        assert!(allows(&b, &b, mft::Direction::Send));
 
         // A broken file keeps the lists as they were.
         std::fs::write(&retrievers, "not a key\n").expect("write");
         assert!(access.reload().is_err());
-        assert!(access.allows(&b, mft::Direction::Retrieve));
+        assert!(allows(&b, &a, mft::Direction::Retrieve));
     }
 }

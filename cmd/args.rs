@@ -251,6 +251,11 @@ pub struct GetArgs {
     /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
     #[arg(long, value_name = "ENDPOINT")]
     pub from: String,
+    /// The sender whose batch it is (64 hex digits). Batch ids are per sender;
+    /// without this the server picks the one sender's batch of that id this key
+    /// may retrieve, and refuses if there are several.
+    #[arg(long, value_name = "KEY")]
+    pub sender: Option<String>,
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -272,6 +277,9 @@ pub struct ListArgs {
     /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
     #[arg(long, value_name = "ENDPOINT")]
     pub from: String,
+    /// Only this sender's batches (64 hex digits).
+    #[arg(long, value_name = "KEY")]
+    pub sender: Option<String>,
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,

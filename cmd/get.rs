@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::args::GetArgs;
-use crate::client::Client;
+use crate::client::{Client, parse_key};
 use crate::error::{CliError, Exit};
 use crate::output::{human, mb_per_s, metadata_json, print_json, progress};
 
@@ -28,6 +28,11 @@ impl Drop for TempFile {
 
 /// Retrieves the batch and prints its description.
 pub async fn run(args: GetArgs) -> Result<(), CliError> {
+    let sender = args
+        .sender
+        .as_deref()
+        .map(|text| parse_key("--sender", text))
+        .transpose()?;
     let client = Client::new(&args.client, (&args.tuning).into(), "--from", &args.from)?;
     let json_out = args.client.json;
     let to_stdout = args.output == "-";
@@ -62,10 +67,11 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
     let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
     let started = Instant::now();
-    let (mut batch, info) = retriever
-        .get(args.batch_id.as_bytes())
-        .await
-        .map_err(|e| get_error(&args.batch_id, e))?;
+    let got = match &sender {
+        Some(sender) => retriever.get_from(sender, args.batch_id.as_bytes()).await,
+        None => retriever.get(args.batch_id.as_bytes()).await,
+    };
+    let (mut batch, info) = got.map_err(|e| get_error(&args.batch_id, e))?;
     let bar = progress(Some(info.size), "receiving", json_out);
 
     let copied = if to_stdout {
@@ -145,6 +151,13 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
 
 /// A retrieval failure, with a clear message for an unknown batch.
 fn get_error(batch_id: &str, e: mft::Error) -> CliError {
+    if e.refuse_code() == Some(mft::wire::RefuseCode::Ambiguous) {
+        let mut err = CliError::mft(&format!("retrieving batch {batch_id:?}"), e);
+        err.exit = Exit::Usage;
+        err.message
+            .push_str(" (batch ids are per sender: name one with --sender KEY)");
+        return err;
+    }
     if e.refuse_code() == Some(mft::wire::RefuseCode::NotFound) {
         let mut err = CliError::mft(&format!("retrieving batch {batch_id:?}"), e);
         err.message =

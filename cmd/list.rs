@@ -1,18 +1,27 @@
-//! `mftq list`: the batches this key may retrieve.
+//! `mftq list`: the batches this key may see, in every sender's namespace it may
+//! list (or one, with `--sender`).
 
 use serde_json::json;
 
 use crate::args::ListArgs;
-use crate::client::Client;
+use crate::client::{Client, parse_key};
 use crate::error::CliError;
 use crate::output::{human, metadata_json, metadata_summary, print_json, utc};
 
 /// Lists the batches as a table (or JSON).
 pub async fn run(args: ListArgs) -> Result<(), CliError> {
+    let sender = args
+        .sender
+        .as_deref()
+        .map(|text| parse_key("--sender", text))
+        .transpose()?;
     let client = Client::new(&args.client, Default::default(), "--from", &args.from)?;
     let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
-    let batches = retriever.list().await;
+    let batches = match &sender {
+        Some(sender) => retriever.list_from(sender).await,
+        None => retriever.list().await,
+    };
     client.manager.close();
     let batches = batches.map_err(|e| CliError::mft("listing batches", e))?;
 
@@ -34,7 +43,7 @@ pub async fn run(args: ListArgs) -> Result<(), CliError> {
         return Ok(());
     }
     if batches.is_empty() {
-        eprintln!("mftq: no batches this key may retrieve");
+        eprintln!("mftq: no batches this key may see");
         return Ok(());
     }
     let width = batches

@@ -77,7 +77,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .config(config)
         .authorize({
             let access = access.clone();
-            move |request: &mft::Request<'_>| access.allows(request.key, request.direction)
+            move |request: &mft::Request<'_>| access.allows(request)
         })
         .build();
     let serving = tokio::spawn({

@@ -792,3 +792,63 @@ fn sha256_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Batch ids are per sender: two senders send the same file name, a retriever
+/// that may see both must name one with `--sender` (exit 2 without), and
+/// `list --sender` shows one namespace.
+#[test]
+fn get_and_list_name_the_sender_when_ids_collide() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let (a, b, r) = (
+        keygen(dir, "a.key"),
+        keygen(dir, "b.key"),
+        keygen(dir, "r.key"),
+    );
+    std::fs::write(dir.join("senders.txt"), format!("{a}\n{b}\n")).expect("writes");
+    std::fs::write(dir.join("retrievers.txt"), format!("{r}\n")).expect("writes");
+    let server = serve(
+        dir,
+        &["--senders", "senders.txt", "--retrievers", "retrievers.txt"],
+    );
+    let common = ["--server-key", server.key.as_str()];
+    for (key, body) in [("a.key", "from a"), ("b.key", "from b")] {
+        std::fs::write(dir.join("same.txt"), body).expect("writes");
+        let mut args = vec!["send", "same.txt", "--to", &server.quic, "--key", key];
+        args.extend_from_slice(&common);
+        let out = mftq_in(dir, &args, LONG);
+        assert_eq!(out.code(), Some(0), "send with {key}: {}", out.explain());
+    }
+    let get = |extra: &[&str], output: &str| {
+        let mut args = vec!["get", "same.txt", "--from", &server.quic, "--key", "r.key"];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(&["-o", output]);
+        args.extend_from_slice(extra);
+        mftq_in(dir, &args, LONG)
+    };
+    let ambiguous = get(&[], "x.txt");
+    assert_eq!(ambiguous.code(), Some(2), "{}", ambiguous.explain());
+    assert!(
+        ambiguous.stderr.contains("--sender"),
+        "{}",
+        ambiguous.explain()
+    );
+    let named = get(&["--sender", &b], "from-b.txt");
+    assert_eq!(named.code(), Some(0), "{}", named.explain());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("from-b.txt")).expect("reads"),
+        "from b"
+    );
+
+    let mut args = vec!["list", "--from", &server.quic, "--key", "r.key", "--json"];
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--sender", &a]);
+    let list = mftq_in(dir, &args, LONG);
+    assert_eq!(list.code(), Some(0), "{}", list.explain());
+    let listed: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON list");
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["sender"], a.as_str());
+    drop(server);
+}

@@ -123,11 +123,15 @@ async fn round_trip_of_200_mib_over_quic() {
     assert_eq!(receipt.segment_count, 200);
     assert_eq!(receipt.sender, *h.client_key().as_bytes());
     assert_eq!(receipt.server, *h.server_key().as_bytes());
-    let record = h.store.batch(b"big").await.unwrap().unwrap();
+    let record = h.stored(b"big").await.unwrap();
     assert_eq!((record.size, record.segment_count), (SIZE, 200));
     assert_eq!(record.chunk_size, CHUNK_1M);
 
-    let (local, info) = h.server.retrieve(&h.client_key(), b"big").await.unwrap();
+    let (local, info) = h
+        .server
+        .retrieve(&h.client_key(), None, b"big")
+        .await
+        .unwrap();
     check_info(&info, b"big", SIZE, 200, h.client_key(), b"big");
     bounded_for(LIMIT, "reading locally", assert_content(local, seed, SIZE)).await;
 
@@ -366,7 +370,7 @@ async fn segment_replayed_from_another_transfer_is_refused(t: Transport) {
         retrieve_all(&h.server, &h.client_key(), b"replay-a").await,
         plain
     );
-    assert!(h.store.batch(b"replay-b").await.unwrap().is_none());
+    assert!(h.stored(b"replay-b").await.is_none());
 }
 
 async fn duplicate_segment_is_refused_and_the_first_copy_kept(t: Transport) {
@@ -627,7 +631,7 @@ async fn a_repeated_completion_gets_the_stored_receipt(t: Transport) {
     let first = raw.complete(&complete).await.unwrap();
     let again = raw.complete(&complete).await.unwrap();
     assert_eq!(again, first, "the stored receipt, byte for byte");
-    let stored = h.store.batch(b"again").await.unwrap().unwrap();
+    let stored = h.stored(b"again").await.unwrap();
     assert_eq!(
         stored.receipt,
         Message::Receipt(first.clone()).to_bytes().unwrap()
@@ -651,7 +655,7 @@ async fn a_repeated_completion_gets_the_stored_receipt(t: Transport) {
     stranger
         .complete_refused(&complete, RefuseCode::UnknownTransfer)
         .await;
-    assert_eq!(h.store.batch(b"again").await.unwrap(), Some(stored));
+    assert_eq!(h.stored(b"again").await, Some(stored));
     assert_eq!(
         retrieve_all(&h.server, &h.client_key(), b"again").await,
         plain
@@ -681,7 +685,7 @@ async fn a_send_whose_receipt_is_lost_completes_again_and_succeeds(t: Transport)
         retried |= matches!(event, Event::Retrying { .. });
     }
     assert!(retried, "the completion was retried");
-    let stored = h.store.batch(b"lost").await.unwrap().unwrap();
+    let stored = h.stored(b"lost").await.unwrap();
     assert_eq!(
         stored.receipt,
         Message::Receipt(receipt).to_bytes().unwrap()
@@ -1119,7 +1123,7 @@ async fn metadata_over_the_limit_is_refused(t: Transport) {
     assert_eq!(receipt.size, 1000);
     let (_, info) = h
         .server
-        .retrieve(&h.client_key(), b"meta-max")
+        .retrieve(&h.client_key(), None, b"meta-max")
         .await
         .unwrap();
     assert_eq!(&info.metadata[..], &[b'y'; 1024]);
@@ -1141,8 +1145,8 @@ async fn metadata_over_the_limit_is_refused(t: Transport) {
         RefuseCode::MetadataTooLarge,
     )
     .await;
-    assert!(h.store.batch(b"meta-raw").await.unwrap().is_none());
-    assert!(h.store.batch(b"meta-big").await.unwrap().is_none());
+    assert!(h.stored(b"meta-raw").await.is_none());
+    assert!(h.stored(b"meta-big").await.is_none());
     assert_eq!(h.store.batches().await.unwrap().len(), 1);
 }
 
@@ -1236,7 +1240,7 @@ async fn unauthorised_retriever_is_refused(t: Transport) {
     assert_eq!(err.kind(), ErrorKind::Refused);
     let err = h
         .server
-        .retrieve(&h.client_key(), b"private")
+        .retrieve(&h.client_key(), None, b"private")
         .await
         .unwrap_err();
     assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
@@ -1246,14 +1250,22 @@ async fn unauthorised_retriever_is_refused(t: Transport) {
     let retriever = Retriever::new(reader_manager, reader_config).unwrap();
     let err = bounded("get", retriever.get(b"absent")).await.unwrap_err();
     assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
-    let err = h.server.retrieve(&reader_key, b"absent").await.unwrap_err();
+    let err = h
+        .server
+        .retrieve(&reader_key, None, b"absent")
+        .await
+        .unwrap_err();
     assert_eq!(err.refuse_code(), Some(RefuseCode::NotFound), "{err}");
 
     // The authorised key gets it, and the batch is still there.
     let (data, info) = bounded("get", retriever.get(b"private")).await.unwrap();
     check_info(&info, b"private", size, 4, h.client_key(), b"p");
     assert_content(data, 30, size).await;
-    let (data, _) = h.server.retrieve(&reader_key, b"private").await.unwrap();
+    let (data, _) = h
+        .server
+        .retrieve(&reader_key, None, b"private")
+        .await
+        .unwrap();
     assert_content(data, 30, size).await;
 }
 
@@ -1337,13 +1349,17 @@ async fn batch_survives_a_server_restart(t: Transport) {
         allow_all(),
     )
     .await;
-    let record = store.batch(b"durable").await.unwrap().unwrap();
+    let record = store
+        .batch(client.identity().public_key().as_bytes(), b"durable")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         record.receipt,
         Message::Receipt(receipt.clone()).to_bytes().unwrap()
     );
     let key = client.identity().public_key();
-    let (data, info) = server.retrieve(&key, b"durable").await.unwrap();
+    let (data, info) = server.retrieve(&key, None, b"durable").await.unwrap();
     check_info(&info, b"durable", size, 5, key, metadata);
     assert_content(data, 40, size).await;
     let mut config = ClientConfig::new(endpoint, identity.public_key());
@@ -1446,7 +1462,11 @@ async fn busy_server_refuses_extra_flows(t: Transport) {
     .await
     .unwrap();
     assert_eq!(receipt.size, size);
-    let (data, _) = h.server.retrieve(&h.client_key(), b"busy-2").await.unwrap();
+    let (data, _) = h
+        .server
+        .retrieve(&h.client_key(), None, b"busy-2")
+        .await
+        .unwrap();
     assert_content(data, 53, size).await;
 }
 
@@ -1603,7 +1623,7 @@ async fn send_resumes_after_the_connection_is_lost(t: Transport) {
 
     let (data, info) = h
         .server
-        .retrieve(&h.client_key(), b"resumed")
+        .retrieve(&h.client_key(), None, b"resumed")
         .await
         .unwrap();
     assert_eq!((info.size, info.segment_count), (RESUME_SIZE, 32));
@@ -1631,7 +1651,11 @@ async fn one_connection_loss_does_not_exhaust_the_default_retries() {
         panic!("one connection loss failed the send after {retrying} retries: {e}")
     });
     assert_eq!(receipt.size, RESUME_SIZE);
-    let (data, _) = h.server.retrieve(&h.client_key(), b"blip").await.unwrap();
+    let (data, _) = h
+        .server
+        .retrieve(&h.client_key(), None, b"blip")
+        .await
+        .unwrap();
     assert_content(data, 60, RESUME_SIZE).await;
 }
 
@@ -1683,7 +1707,7 @@ async fn deferred_metadata_that_fails_abandons_the_batch(t: Transport) {
     let error = outcome.expect_err("the send must fail");
     assert_eq!(error.kind(), ErrorKind::Integrity, "{error}");
     assert!(error.to_string().contains("changed"), "{error}");
-    assert!(h.store.batch(b"changed").await.unwrap().is_none());
+    assert!(h.stored(b"changed").await.is_none());
 }
 
 /// One segment flow keeping eight segments in flight, and one keeping a single

@@ -16,8 +16,8 @@ use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    BatchId, Codec, Complete, DataKey, List, Listing, ListingEntry, Message, PullSegment, Receipt,
-    Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
+    BatchId, Codec, Complete, DataKey, List, Listing, ListingEntry, Message, Position, PullSegment,
+    Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -32,7 +32,7 @@ impl Vectors {
 
     fn render(&self) -> String {
         let mut out = String::from(
-            "# mftq protocol version 2: golden vectors (see mft/src/golden.rs for the inputs)\n",
+            "# mftq protocol version 3: golden vectors (see mft/src/golden.rs for the inputs)\n",
         );
         for (name, bytes) in &self.0 {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -189,9 +189,14 @@ fn vectors() -> Vectors {
 
     // The pull handshake and a pulled segment.
     let retriever = identity(5);
-    let (client, pull_hello) =
-        ClientHandshake::pull_with(&retriever, &batch, b"", Ephemeral::from_secret([6; 32]))
-            .expect("the pull hello encodes");
+    let (client, pull_hello) = ClientHandshake::pull_with(
+        &retriever,
+        None,
+        &batch,
+        b"",
+        Ephemeral::from_secret([6; 32]),
+    )
+    .expect("the pull hello encodes");
     v.add(
         "pull-hello",
         Message::PullHello(pull_hello.clone())
@@ -244,7 +249,11 @@ fn vectors() -> Vectors {
     v.add(
         "list",
         Message::List(List {
-            after: Bytes::from_static(b"reports/"),
+            owner: None,
+            after: Some(Position {
+                owner: [0x5e; 32],
+                batch_id: BatchId::new(b"reports/".to_vec()).expect("a valid batch id"),
+            }),
             limit: 100,
             voucher: Bytes::from_static(b"voucher"),
         })

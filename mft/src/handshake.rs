@@ -244,24 +244,28 @@ impl ClientHandshake {
         ))
     }
 
-    /// Starts a pull: the signed [`PullHello`] to send.
+    /// Starts a pull of `batch_id` from `owner`'s namespace (`None`: the server
+    /// resolves it): the signed [`PullHello`] to send.
     pub fn pull(
         identity: &Identity,
+        owner: Option<[u8; 32]>,
         batch_id: &BatchId,
         voucher: &[u8],
     ) -> Result<(Self, PullHello)> {
-        Self::pull_with(identity, batch_id, voucher, Ephemeral::generate())
+        Self::pull_with(identity, owner, batch_id, voucher, Ephemeral::generate())
     }
 
     /// [`ClientHandshake::pull`] with a given one-time key (fixed in test vectors).
     pub(crate) fn pull_with(
         identity: &Identity,
+        owner: Option<[u8; 32]>,
         batch_id: &BatchId,
         voucher: &[u8],
         ephemeral: Ephemeral,
     ) -> Result<(Self, PullHello)> {
         let mut hello = PullHello {
             batch_id: batch_id.clone(),
+            owner,
             client_ephemeral: ephemeral.public(),
             retriever: *identity.public_key().as_bytes(),
             voucher: Bytes::copy_from_slice(voucher),
@@ -566,7 +570,7 @@ mod tests {
             sender: [7; 32],
             sealed_metadata: vec![8; 40],
         };
-        let (hs, hello) = ClientHandshake::pull(&client, &batch(), b"").unwrap();
+        let (hs, hello) = ClientHandshake::pull(&client, None, &batch(), b"").unwrap();
         let hash = check_pull_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_pull(&server, &hello, &hash, &pull_secret).unwrap();
         assert_eq!(

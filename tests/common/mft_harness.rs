@@ -259,9 +259,17 @@ impl Harness {
         }
     }
 
+    /// The batch `batch_id` the client key holds in the store.
+    pub async fn stored(&self, batch_id: &[u8]) -> Option<BatchRecord> {
+        self.store
+            .batch(self.client_key().as_bytes(), batch_id)
+            .await
+            .unwrap()
+    }
+
     /// Asserts no batch `batch_id` is stored, nor any other.
     pub async fn assert_no_batch(&self, batch_id: &[u8]) {
-        assert!(self.store.batch(batch_id).await.unwrap().is_none());
+        assert!(self.stored(batch_id).await.is_none());
         assert!(self.store.batches().await.unwrap().is_empty());
     }
 
@@ -274,7 +282,7 @@ impl Harness {
         assert_eq!(receipt.sender, *self.client_key().as_bytes());
         assert_eq!(receipt.server, *self.server_key().as_bytes());
         assert!(receipt.verify(&receipt.server));
-        let record = self.store.batch(batch_id).await.unwrap().unwrap();
+        let record = self.stored(batch_id).await.unwrap();
         assert_eq!(record.batch_id, batch_id);
         assert_eq!(record.transfer, receipt.transfer_id);
         assert_eq!(record.sender, receipt.sender);
@@ -298,7 +306,7 @@ impl Harness {
         let segments = size.div_ceil(u64::from(CHUNK));
         let (local, info) = self
             .server
-            .retrieve(&self.client_key(), batch_id)
+            .retrieve(&self.client_key(), None, batch_id)
             .await
             .unwrap();
         check_info(&info, batch_id, size, segments, self.client_key(), metadata);
@@ -560,7 +568,7 @@ pub fn raw_data(seed: u64) -> Vec<u8> {
 
 /// Reads a local retrieval whole.
 pub async fn retrieve_all(server: &mft::Server, key: &PeerKey, batch_id: &[u8]) -> Vec<u8> {
-    let (mut reader, _) = server.retrieve(key, batch_id).await.unwrap();
+    let (mut reader, _) = server.retrieve(key, None, batch_id).await.unwrap();
     let mut out = Vec::new();
     bounded("retrieve", reader.read_to_end(&mut out))
         .await

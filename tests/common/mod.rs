@@ -161,15 +161,38 @@ macro_rules! delegate_store {
             }
             async fn batch(
                 &self,
+                owner: &[u8; 32],
                 id: &[u8],
             ) -> mft::store::StoreResult<Option<mft::store::BatchRecord>> {
-                self.$field.batch(id).await
+                self.$field.batch(owner, id).await
             }
             async fn batch_of_transfer(
                 &self,
                 t: mft::store::TransferId,
             ) -> mft::store::StoreResult<Option<mft::store::BatchRecord>> {
                 self.$field.batch_of_transfer(t).await
+            }
+            async fn owners_of(
+                &self,
+                id: &[u8],
+                limit: usize,
+            ) -> mft::store::StoreResult<Vec<[u8; 32]>> {
+                self.$field.owners_of(id, limit).await
+            }
+            async fn batch_owners(
+                &self,
+                after: Option<[u8; 32]>,
+                limit: usize,
+            ) -> mft::store::StoreResult<Vec<[u8; 32]>> {
+                self.$field.batch_owners(after, limit).await
+            }
+            async fn batches_of(
+                &self,
+                owner: &[u8; 32],
+                after: &[u8],
+                limit: usize,
+            ) -> mft::store::StoreResult<Vec<mft::store::BatchRecord>> {
+                self.$field.batches_of(owner, after, limit).await
             }
             async fn batches(&self) -> mft::store::StoreResult<Vec<mft::store::BatchRecord>> {
                 self.$field.batches().await
@@ -337,7 +360,7 @@ pub fn allow_only(key: flow::PeerKey) -> Policy {
 pub fn by_direction(senders: Policy, retrievers: Policy) -> impl mft::Authorize {
     move |request: &mft::Request<'_>| match request.direction {
         mft::Direction::Send => senders(request),
-        mft::Direction::Retrieve => retrievers(request),
+        mft::Direction::Retrieve | mft::Direction::List => retrievers(request),
     }
 }
 

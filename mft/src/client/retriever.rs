@@ -39,35 +39,69 @@ impl Retriever {
     }
 
     /// Starts retrieving `batch_id`: its description now, its verified plaintext as
-    /// the reader is read (bounded memory, however large the batch).
+    /// the reader is read (bounded memory, however large the batch). Batch ids are
+    /// per sender: the server finds the one sender's batch of that id this key may
+    /// retrieve, and refuses with [`RefuseCode::Ambiguous`](crate::wire::RefuseCode)
+    /// if there are several (then use [`Retriever::get_from`]).
     pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
-        let batch_id = &check_batch_id(batch_id)?;
-        let mut attempts = Attempts::new(self.config.retries);
-        retrying(&mut attempts, None, 0, || self.try_get(batch_id)).await
+        self.get_batch(None, batch_id).await
     }
 
-    /// Every batch this key may retrieve, with its metadata, in batch-id order.
+    /// Starts retrieving `batch_id` of `owner`'s namespace; see [`Retriever::get`].
+    pub async fn get_from(
+        &self,
+        owner: &PeerKey,
+        batch_id: &[u8],
+    ) -> Result<(BatchReader, BatchInfo)> {
+        self.get_batch(Some(*owner.as_bytes()), batch_id).await
+    }
+
+    async fn get_batch(
+        &self,
+        owner: Option<[u8; 32]>,
+        batch_id: &[u8],
+    ) -> Result<(BatchReader, BatchInfo)> {
+        let batch_id = &check_batch_id(batch_id)?;
+        let mut attempts = Attempts::new(self.config.retries);
+        retrying(&mut attempts, None, 0, || self.try_get(owner, batch_id)).await
+    }
+
+    /// Every batch this key may see, with its metadata, in (sender, batch id) order.
     pub async fn list(&self) -> Result<Vec<BatchSummary>> {
+        self.list_batches(None).await
+    }
+
+    /// The batches of `owner`'s namespace this key may see, in batch-id order.
+    pub async fn list_from(&self, owner: &PeerKey) -> Result<Vec<BatchSummary>> {
+        self.list_batches(Some(*owner.as_bytes())).await
+    }
+
+    async fn list_batches(&self, owner: Option<[u8; 32]>) -> Result<Vec<BatchSummary>> {
         let mut all = Vec::new();
-        let mut after = Bytes::new();
+        let mut after: Option<wire::Position> = None;
         loop {
             let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
             let request = Message::List(wire::List {
+                owner,
                 after: after.clone(),
                 limit: wire::MAX_LISTING_ENTRIES as u32,
                 voucher: Bytes::copy_from_slice(&self.config.voucher),
             });
             let listing =
                 session::request(&mut reader, &mut writer, &request, kind::Listing).await?;
-            let Some(last) = listing
-                .entries
-                .last()
-                .map(|e| e.batch_id.as_bytes().clone())
-            else {
+            let Some(last) = listing.entries.last().map(|e| wire::Position {
+                owner: e.sender,
+                batch_id: e.batch_id.clone(),
+            }) else {
                 return Ok(all);
             };
-            if last <= after {
-                return Err(Error::Protocol("the listing went backwards".into()));
+            let key = |p: &wire::Position| (p.owner, p.batch_id.to_vec());
+            if after.as_ref().is_some_and(|a| key(&last) <= key(a))
+                || owner.is_some_and(|o| listing.entries.iter().any(|e| e.sender != o))
+            {
+                return Err(Error::Protocol(
+                    "the listing went backwards or left the namespace asked for".into(),
+                ));
             }
             for e in listing.entries {
                 all.push(BatchSummary {
@@ -83,17 +117,27 @@ impl Retriever {
             if !listing.more {
                 return Ok(all);
             }
-            after = last;
+            after = Some(last);
         }
     }
 
-    async fn try_get(&self, batch_id: &BatchId) -> Result<(BatchReader, BatchInfo)> {
+    async fn try_get(
+        &self,
+        owner: Option<[u8; 32]>,
+        batch_id: &BatchId,
+    ) -> Result<(BatchReader, BatchInfo)> {
+        let identity = self.manager.identity();
         let (handshake, hello) =
-            ClientHandshake::pull(self.manager.identity(), batch_id, &self.config.voucher)?;
+            ClientHandshake::pull(identity, owner, batch_id, &self.config.voucher)?;
         let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
         let hello = Message::PullHello(hello);
         let accept = session::request(&mut reader, &mut writer, &hello, kind::PullAccept).await?;
         let secret = handshake.finish_pull(&accept, &self.config.server_key)?;
+        if owner.is_some_and(|o| o != secret.sender) {
+            return Err(Error::Protocol(
+                "the server answered with another sender's batch".into(),
+            ));
+        }
         let layout = BatchLayout::new(secret.chunk_size);
         reader.set_max_msg_size(wire::PULL_SEGMENT_HEADER_LEN + layout.segment_wire() as usize);
         crate::stream::open_batch(

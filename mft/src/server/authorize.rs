@@ -3,18 +3,22 @@
 
 use flow::PeerKey;
 
-/// What a request wants to do with its batch.
+/// What a request wants to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
-    /// Send (push) a batch to the server.
+    /// Send (push) a batch into the requester's own namespace.
     Send,
-    /// Retrieve (pull) a batch, or see it in a listing.
+    /// Retrieve (pull) a batch of the owner's namespace.
     Retrieve,
+    /// See the owner's namespace in a listing: which batches it holds, with their
+    /// metadata. Asked once per namespace and listing page, with an empty batch
+    /// id, so a listing costs one question per sender, not one per batch.
+    List,
 }
 
-/// One request to authorise: who asks, with which voucher, for which batch, to do
-/// what. The key is the TLS identity of the connection, already checked against the
-/// signature of the request.
+/// One request to authorise: who asks, with which voucher, for which batch of
+/// whose namespace, to do what. The key is the TLS identity of the connection,
+/// already checked against the signature of the request.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct Request<'a> {
@@ -22,26 +26,37 @@ pub struct Request<'a> {
     pub key: &'a PeerKey,
     /// The application token it presented (empty if none).
     pub voucher: &'a [u8],
-    /// The batch id (opaque bytes).
+    /// The sender whose namespace the batch is in: the requester itself for
+    /// [`Direction::Send`].
+    pub owner: &'a [u8; 32],
+    /// The batch id (opaque bytes; empty for [`Direction::List`]).
     pub batch_id: &'a [u8],
     /// Send or retrieve.
     pub direction: Direction,
 }
 
 impl<'a> Request<'a> {
-    /// A request by `key` with `voucher` to act on `batch_id` in `direction`.
+    /// A request by `key` with `voucher` to act on `batch_id` of `owner`'s
+    /// namespace in `direction`.
     pub fn new(
         key: &'a PeerKey,
         voucher: &'a [u8],
+        owner: &'a [u8; 32],
         batch_id: &'a [u8],
         direction: Direction,
     ) -> Self {
         Request {
             key,
             voucher,
+            owner,
             batch_id,
             direction,
         }
+    }
+
+    /// Whether the request is about the requester's own namespace.
+    pub fn own_namespace(&self) -> bool {
+        self.owner == self.key.as_bytes()
     }
 }
 
@@ -51,12 +66,14 @@ impl<'a> Request<'a> {
 /// use mft::{Direction, Request};
 /// use flow::Identity;
 /// let alice = Identity::generate().public_key();
-/// // Alice may send anything; everyone may retrieve batches under "public/".
+/// // Alice may send anything; everyone may list her batches and retrieve those
+/// // under "public/".
 /// let policy = move |r: &Request<'_>| match r.direction {
 ///     Direction::Send => *r.key == alice,
-///     Direction::Retrieve => r.batch_id.starts_with(b"public/"),
+///     Direction::List => r.owner == alice.as_bytes(),
+///     Direction::Retrieve => r.owner == alice.as_bytes() && r.batch_id.starts_with(b"public/"),
 /// };
-/// let request = Request::new(&alice, b"", b"public/x", Direction::Send);
+/// let request = Request::new(&alice, b"", alice.as_bytes(), b"public/x", Direction::Send);
 /// assert!(mft::Authorize::authorize(&policy, &request));
 /// ```
 pub trait Authorize: Send + Sync + 'static {

@@ -41,7 +41,7 @@ use push::OpenTransfer;
 /// let store = Arc::new(mft::store::FsStore::open("./data")?);
 /// let server = mft::Server::builder(manager.identity().clone(), store)
 ///     .config(mft::ServerConfig::default())
-///     .authorize(move |r: &Request<'_>| *r.key == alice || r.direction == Direction::Retrieve)
+///     .authorize(move |r: &Request<'_>| *r.key == alice || r.direction != Direction::Send)
 ///     .build();
 /// let serving = tokio::spawn({
 ///     let server = server.clone();
@@ -173,10 +173,11 @@ impl Server {
         &self,
         key: &PeerKey,
         voucher: &[u8],
+        owner: &[u8; 32],
         batch_id: &[u8],
         direction: Direction,
     ) -> bool {
-        let request = Request::new(key, voucher, batch_id, direction);
+        let request = Request::new(key, voucher, owner, batch_id, direction);
         self.inner.authorize.authorize(&request)
     }
 
@@ -310,7 +311,7 @@ impl Server {
             return Ok(false);
         }
         let completed = store
-            .batch(&record.batch_id)
+            .batch(&record.sender, &record.batch_id)
             .await?
             .is_some_and(|b| b.transfer == record.transfer);
         if !completed {

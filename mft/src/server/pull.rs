@@ -1,5 +1,6 @@
 //! Retrieval and listing of completed batches.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,18 +30,9 @@ impl Server {
             ),
             HelloProblem::BadSignature => refusal(RefuseCode::BadSignature, "pull hello signature"),
         })?;
-        // Unauthorised and missing look the same, so keys learn nothing about
-        // batches they may not see.
-        let not_found = || refusal(RefuseCode::NotFound, "no such batch for this key");
-        if !self.allowed(&peer, &hello.voucher, &hello.batch_id, Direction::Retrieve) {
-            return Err(not_found());
-        }
         let batch = self
-            .inner
-            .store
-            .batch(&hello.batch_id)
-            .await?
-            .ok_or_else(not_found)?;
+            .visible_batch(&peer, &hello.voucher, hello.owner, &hello.batch_id)
+            .await?;
         let secret = self.pull_secret(&batch).await?;
         let accept = handshake::accept_pull(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
@@ -69,6 +61,58 @@ impl Server {
     }
 
     /// A page of the batches `peer` may retrieve, with their metadata.
+    /// The batch `batch_id` of `owner` if `peer` may retrieve it; with no owner,
+    /// the one sender's batch of that id that `peer` may retrieve. Unauthorised
+    /// and missing look the same, so keys learn nothing about batches they may
+    /// not see; several candidates are [`RefuseCode::Ambiguous`], naming only
+    /// senders whose batch `peer` could retrieve.
+    async fn visible_batch(
+        &self,
+        peer: &PeerKey,
+        voucher: &[u8],
+        owner: Option<[u8; 32]>,
+        batch_id: &[u8],
+    ) -> Result<BatchRecord, Refusal> {
+        /// The most senders a retrieval without an owner weighs.
+        const MAX_CANDIDATES: usize = 64;
+        let not_found = || refusal(RefuseCode::NotFound, "no such batch for this key");
+        let store = &self.inner.store;
+        let may =
+            |owner: &[u8; 32]| self.allowed(peer, voucher, owner, batch_id, Direction::Retrieve);
+        let owner = match owner {
+            Some(owner) if may(&owner) => owner,
+            Some(_) => return Err(not_found()),
+            None => {
+                let candidates = store.owners_of(batch_id, MAX_CANDIDATES).await?;
+                let visible: Vec<[u8; 32]> = candidates.into_iter().filter(|o| may(o)).collect();
+                match visible.as_slice() {
+                    [] => return Err(not_found()),
+                    [one] => *one,
+                    several => {
+                        let named: Vec<String> = several
+                            .iter()
+                            .take(4)
+                            .map(|o| o.iter().map(|b| format!("{b:02x}")).collect())
+                            .collect();
+                        return Err(refusal(
+                            RefuseCode::Ambiguous,
+                            format!(
+                                "{} senders hold a batch of this id; name one (for example {})",
+                                several.len(),
+                                named.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        store.batch(&owner, batch_id).await?.ok_or_else(not_found)
+    }
+
+    /// One page of the batches `peer` may see: the namespaces it may list, in
+    /// (sender, batch id) order, from the store's indexes. The cost is one
+    /// authorisation per namespace and one range read per page, whatever the
+    /// number of batches stored.
     pub(super) async fn handle_list(
         &self,
         peer: PeerKey,
@@ -77,39 +121,65 @@ impl Server {
         // Metadata per page is bounded too, so a listing always fits one message.
         const MAX_PAGE_METADATA: usize = 8 << 20;
         let limit = (list.limit as usize).clamp(1, wire::MAX_LISTING_ENTRIES);
+        let store = &self.inner.store;
         let mut listing = wire::Listing::default();
         let mut metadata_bytes = 0;
-        for batch in self.inner.store.batches().await? {
-            if batch.batch_id.as_slice() <= list.after.as_ref()
-                || !self.allowed(&peer, &list.voucher, &batch.batch_id, Direction::Retrieve)
-            {
+        let (mut namespaces, mut after_id) = match (list.owner, &list.after) {
+            (None, None) => (Namespaces::all_from(store.as_ref(), None), Vec::new()),
+            (None, Some(after)) => (
+                Namespaces::all_from(store.as_ref(), Some(after.owner)),
+                after.batch_id.to_vec(),
+            ),
+            (Some(only), None) => (Namespaces::only(store.as_ref(), only), Vec::new()),
+            (Some(only), Some(after)) if after.owner == only => (
+                Namespaces::only(store.as_ref(), only),
+                after.batch_id.to_vec(),
+            ),
+            (Some(only), Some(after)) if after.owner < only => {
+                (Namespaces::only(store.as_ref(), only), Vec::new())
+            }
+            // The cursor is past the one namespace asked for.
+            (Some(_), Some(_)) => return Ok(Some(Message::Listing(listing))),
+        };
+        while let Some(owner) = namespaces.next().await? {
+            let after = std::mem::take(&mut after_id);
+            if !self.allowed(&peer, &list.voucher, &owner, &[], Direction::List) {
                 continue;
             }
-            if listing.entries.len() == limit || metadata_bytes >= MAX_PAGE_METADATA {
-                listing.more = true;
-                break;
+            // One more than fits, to know whether more follow.
+            let want = limit - listing.entries.len() + 1;
+            for batch in store.batches_of(&owner, &after, want).await? {
+                if listing.entries.len() == limit || metadata_bytes >= MAX_PAGE_METADATA {
+                    listing.more = true;
+                    return Ok(Some(Message::Listing(listing)));
+                }
+                let metadata = self.open_metadata(&batch).await?;
+                metadata_bytes += metadata.len();
+                listing.entries.push(wire::ListingEntry {
+                    batch_id: stored_batch_id(&batch.batch_id)?,
+                    size: batch.size,
+                    segment_count: batch.segment_count,
+                    sender: batch.sender,
+                    completed_unix: batch.completed_unix,
+                    metadata: Bytes::from(metadata),
+                });
             }
-            let secret = self.pull_secret(&batch).await?;
-            let metadata = crypto::open(
-                &Cipher::new(secret.data_key.expose()),
-                &crypto::METADATA_NONCE,
-                &crypto::metadata_aad(&batch.transfer),
-                &batch.sealed_metadata,
-            )
-            .map_err(|_| {
-                StoreError::Corrupt(format!("metadata of batch transfer {}", batch.transfer))
-            })?;
-            metadata_bytes += metadata.len();
-            listing.entries.push(wire::ListingEntry {
-                batch_id: stored_batch_id(&batch.batch_id)?,
-                size: batch.size,
-                segment_count: batch.segment_count,
-                sender: batch.sender,
-                completed_unix: batch.completed_unix,
-                metadata: Bytes::from(metadata),
-            });
         }
         Ok(Some(Message::Listing(listing)))
+    }
+
+    /// The plaintext metadata of a completed batch.
+    async fn open_metadata(&self, batch: &BatchRecord) -> Result<Vec<u8>, Refusal> {
+        let secret = self.pull_secret(batch).await?;
+        crypto::open(
+            &Cipher::new(secret.data_key.expose()),
+            &crypto::METADATA_NONCE,
+            &crypto::metadata_aad(&batch.transfer),
+            &batch.sealed_metadata,
+        )
+        .map_err(|_| {
+            StoreError::Corrupt(format!("metadata of batch transfer {}", batch.transfer)).into()
+        })
     }
 
     /// The segments of a completed batch: those its record counts, never more, so
@@ -149,26 +219,23 @@ impl Server {
 
     /// Reads a completed batch locally: the plaintext as a stream (verified segment by
     /// segment, the chain checked before the end) and its description. `requester`
-    /// must pass the retriever authorisation.
+    /// must pass the retriever authorisation; `owner` names the sender's namespace,
+    /// or `None` resolves the id as a pull hello without an owner does.
     pub async fn retrieve(
         &self,
         requester: &PeerKey,
+        owner: Option<&PeerKey>,
         batch_id: &[u8],
     ) -> Result<(BatchReader, BatchInfo)> {
-        let not_found = || Error::Refused {
-            code: RefuseCode::NotFound,
-            message: "no such batch for this key".into(),
-            retry_after: None,
-        };
-        if !self.allowed(requester, &[], batch_id, Direction::Retrieve) {
-            return Err(not_found());
-        }
+        let owner = owner.map(|o| *o.as_bytes());
         let batch = self
-            .inner
-            .store
-            .batch(batch_id)
-            .await?
-            .ok_or_else(not_found)?;
+            .visible_batch(requester, &[], owner, batch_id)
+            .await
+            .map_err(|Refusal(refuse)| Error::Refused {
+                code: refuse.code,
+                message: refuse.message,
+                retry_after: None,
+            })?;
         let secret = self.pull_secret(&batch).await?;
         let source = StoreSource {
             store: self.inner.store.clone(),
@@ -199,5 +266,52 @@ impl SegmentSource for StoreSource {
             .read_segment(self.transfer, self.layout.offset(s.index), s.len)
             .await?;
         Ok(Some((s.index, data)))
+    }
+}
+
+/// The namespaces a listing walks, in order: one, or every sender with a batch
+/// from a starting one on, read from the store a few hundred at a time.
+struct Namespaces<'a> {
+    store: &'a dyn Store,
+    queue: VecDeque<[u8; 32]>,
+    read_after: Option<[u8; 32]>,
+    exhausted: bool,
+}
+
+impl<'a> Namespaces<'a> {
+    /// Senders read from the store at a time.
+    const PER_READ: usize = 256;
+
+    /// Every namespace from `first` on (itself included), or from the start.
+    fn all_from(store: &'a dyn Store, first: Option<[u8; 32]>) -> Self {
+        Namespaces {
+            store,
+            queue: first.into_iter().collect(),
+            read_after: first,
+            exhausted: false,
+        }
+    }
+
+    /// Just `owner`'s.
+    fn only(store: &'a dyn Store, owner: [u8; 32]) -> Self {
+        Namespaces {
+            store,
+            queue: VecDeque::from([owner]),
+            read_after: None,
+            exhausted: true,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<[u8; 32]>, StoreError> {
+        if self.queue.is_empty() && !self.exhausted {
+            let read = self
+                .store
+                .batch_owners(self.read_after, Self::PER_READ)
+                .await?;
+            self.exhausted = read.len() < Self::PER_READ;
+            self.read_after = read.last().copied().or(self.read_after);
+            self.queue.extend(read);
+        }
+        Ok(self.queue.pop_front())
     }
 }

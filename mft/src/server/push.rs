@@ -70,7 +70,13 @@ impl Server {
             ),
             HelloProblem::BadSignature => refusal(RefuseCode::BadSignature, "hello signature"),
         })?;
-        if !self.allowed(&peer, &hello.voucher, &hello.batch_id, Direction::Send) {
+        if !self.allowed(
+            &peer,
+            &hello.voucher,
+            peer.as_bytes(),
+            &hello.batch_id,
+            Direction::Send,
+        ) {
             return Err(refusal(
                 RefuseCode::NotAuthorized,
                 format!("key {peer} may not send this batch"),
@@ -85,10 +91,14 @@ impl Server {
             )
         })?;
         let store = &self.inner.store;
-        if store.batch(&hello.batch_id).await?.is_some() {
+        if store
+            .batch(peer.as_bytes(), &hello.batch_id)
+            .await?
+            .is_some()
+        {
             return Err(refusal(
                 RefuseCode::BatchExists,
-                "a batch with this id exists",
+                "this key already holds a batch with this id",
             ));
         }
         // The same sender opening the same batch again resumes its open transfer,

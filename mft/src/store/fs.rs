@@ -22,19 +22,19 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::commit::Committer;
 use super::memory::{check_len, printable};
-pub(crate) use super::records::{decode_batch, decode_transfer, encode_batch, encode_transfer};
+pub(crate) use super::records::{
+    decode_batch, decode_transfer, encode_batch, encode_transfer, owned_key,
+};
 use super::records::{decode_segment, encode_segment, segment_key};
 use super::{
     BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
     StoreResult, TransferId, TransferRecord, TransferStore,
 };
+use crate::wire::Codec;
 
 /// The database file's name inside the store directory.
 pub(super) const DB_FILE: &str = "mftq.redb";
@@ -52,12 +52,24 @@ pub(super) const TRANSFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new
 /// sender has a fixed width, so the key splits back unambiguously.
 pub(super) const TRANSFERS_BY_BATCH: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("transfers_by_batch");
-/// Batch id → encoded [`BatchRecord`].
-pub(super) const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batches");
-/// Transfer id (16 bytes) → batch id of the batch it delivered, for
-/// `batch_of_transfer`. Written with the batch; stores made before it existed are
-/// indexed when opened.
+/// Sender (32 bytes) ++ batch id → encoded [`BatchRecord`]: each sender's
+/// namespace, in order, so a listing page is a range read.
+pub(super) const BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("owned_batches");
+/// Transfer id (16 bytes) → sender ++ batch id of the batch it delivered, for
+/// `batch_of_transfer`.
 pub(super) const BATCHES_BY_TRANSFER: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("batch_keys_by_transfer");
+/// Batch id length (u16 BE) ++ batch id ++ sender → nothing: who holds a batch of
+/// an id, as one range read (the length keeps one id's range from reaching into
+/// longer ids that start with it).
+pub(super) const OWNERS_BY_BATCH: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("owners_by_batch");
+/// Sender → how many batches it holds (u64 BE): the namespaces, for listings.
+pub(super) const BATCH_OWNERS: TableDefinition<&[u8], u64> = TableDefinition::new("batch_owners");
+/// Before namespaces: batch id → record, and transfer id → batch id. A store
+/// that still has them is moved into the tables above when opened.
+pub(super) const LEGACY_BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batches");
+pub(super) const LEGACY_BATCHES_BY_TRANSFER: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("batches_by_transfer");
 
 /// The store on a local file system: segment files plus a redb database.
@@ -123,10 +135,19 @@ impl FsStore {
         let db = Database::create(dir.join(DB_FILE)).or_db()?;
         // Create every table now, so readers never meet a missing table.
         let tx = db.begin_write().or_db()?;
-        for table in [SECRETS, SEGMENTS, TRANSFERS, TRANSFERS_BY_BATCH, BATCHES] {
+        for table in [
+            SECRETS,
+            SEGMENTS,
+            TRANSFERS,
+            TRANSFERS_BY_BATCH,
+            BATCHES,
+            BATCHES_BY_TRANSFER,
+            OWNERS_BY_BATCH,
+        ] {
             tx.open_table(table).or_db()?;
         }
-        index_batches_by_transfer(&tx)?;
+        tx.open_table(BATCH_OWNERS).or_db()?;
+        move_legacy_batches(&tx)?;
         tx.commit().or_db()?;
         // Makes the entries of `segments` and the database file durable.
         sync_dir(&dir)?;
@@ -173,21 +194,31 @@ impl FsStore {
     }
 }
 
-/// Fills the transfer → batch index from the batch table if it is missing entries
-/// (a store written before the index existed); cheap when it is complete.
-fn index_batches_by_transfer(tx: &WriteTransaction) -> StoreResult<()> {
-    let batches = tx.open_table(BATCHES).or_db()?;
-    let mut index = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
-    if index.len().or_db()? == batches.len().or_db()? {
-        return Ok(());
+/// Moves the batches of a store written before namespaces into their senders'
+/// namespaces, with every index, in the opening transaction; nothing to do (two
+/// empty-table checks) once done.
+fn move_legacy_batches(tx: &WriteTransaction) -> StoreResult<()> {
+    let mut records = Vec::new();
+    {
+        let legacy = tx.open_table(LEGACY_BATCHES).or_db()?;
+        for entry in legacy.iter().or_db()? {
+            let (k, v) = entry.or_db()?;
+            let record = BatchRecord::from_bytes(bytes::Bytes::copy_from_slice(v.value()))
+                .map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "batch record {} of an older store: {e}",
+                        printable(k.value())
+                    ))
+                })?;
+            records.push(record);
+        }
     }
-    for entry in batches.iter().or_db()? {
-        let (k, v) = entry.or_db()?;
-        let record = decode_batch(v.value(), k.value())?;
-        index
-            .insert(record.transfer.0.as_slice(), record.batch_id.as_slice())
-            .or_db()?;
+    for record in &records {
+        let value = encode_batch(record)?;
+        insert_batch(tx, record, &value)?;
     }
+    tx.delete_table(LEGACY_BATCHES).or_db()?;
+    tx.delete_table(LEGACY_BATCHES_BY_TRANSFER).or_db()?;
     Ok(())
 }
 
@@ -387,10 +418,7 @@ impl Inner {
     ) -> StoreResult<Option<TransferRecord>> {
         let tx = self.db.begin_read().or_db()?;
         let index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
-        let Some(id) = index
-            .get(batch_index_key(sender, batch_id).as_slice())
-            .or_db()?
-        else {
+        let Some(id) = index.get(owned_key(sender, batch_id).as_slice()).or_db()? else {
             return Ok(None);
         };
         let id_bytes = id.value();
@@ -454,11 +482,12 @@ impl Inner {
         lock(&self.dir_synced).len()
     }
 
-    fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
+    fn batch(&self, owner: &[u8; 32], batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
+        let key = owned_key(owner, batch_id);
         let tx = self.db.begin_read().or_db()?;
         let table = tx.open_table(BATCHES).or_db()?;
-        match table.get(batch_id).or_db()? {
-            Some(v) => decode_batch(v.value(), batch_id).map(Some),
+        match table.get(key.as_slice()).or_db()? {
+            Some(v) => decode_batch(v.value(), &key).map(Some),
             None => Ok(None),
         }
     }
@@ -466,35 +495,109 @@ impl Inner {
     fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>> {
         let tx = self.db.begin_read().or_db()?;
         let index = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
-        let Some(batch_id) = index.get(transfer.0.as_slice()).or_db()? else {
+        let Some(key) = index.get(transfer.0.as_slice()).or_db()? else {
             return Ok(None);
         };
-        let batch_id = batch_id.value();
+        let key = key.value();
         let batches = tx.open_table(BATCHES).or_db()?;
         // Written together, so a dangling or mismatched entry is damage.
-        let record = match batches.get(batch_id).or_db()? {
-            Some(v) => decode_batch(v.value(), batch_id)?,
+        let record = match batches.get(key).or_db()? {
+            Some(v) => decode_batch(v.value(), key)?,
             None => {
                 return Err(StoreError::Corrupt(format!(
-                    "the transfer index names missing batch {} for transfer {transfer}",
-                    printable(batch_id)
+                    "the transfer index names a missing batch for transfer {transfer}"
                 )));
             }
         };
         if record.transfer != transfer {
             return Err(StoreError::Corrupt(format!(
                 "the transfer index names batch {} of another transfer for transfer {transfer}",
-                printable(batch_id)
+                printable(&record.batch_id)
             )));
         }
         Ok(Some(record))
+    }
+
+    fn owners_of(&self, batch_id: &[u8], limit: usize) -> StoreResult<Vec<[u8; 32]>> {
+        let prefix = owners_key(batch_id, &[0; 32]);
+        let end = owners_key(batch_id, &[0xff; 32]);
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(OWNERS_BY_BATCH).or_db()?;
+        let mut owners = Vec::new();
+        for entry in table.range(prefix.as_slice()..=end.as_slice()).or_db()? {
+            if owners.len() == limit {
+                break;
+            }
+            let (k, _) = entry.or_db()?;
+            let k = k.value();
+            let owner = k
+                .get(k.len().saturating_sub(32)..)
+                .and_then(|o| <[u8; 32]>::try_from(o).ok())
+                .ok_or_else(|| StoreError::Corrupt("a short owner index key".into()))?;
+            owners.push(owner);
+        }
+        Ok(owners)
+    }
+
+    fn batch_owners(&self, after: Option<[u8; 32]>, limit: usize) -> StoreResult<Vec<[u8; 32]>> {
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(BATCH_OWNERS).or_db()?;
+        let range = match &after {
+            Some(after) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(after.as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => table.range::<&[u8]>(..),
+        }
+        .or_db()?;
+        let mut owners = Vec::new();
+        for entry in range {
+            if owners.len() == limit {
+                break;
+            }
+            let (k, _) = entry.or_db()?;
+            let owner = <[u8; 32]>::try_from(k.value())
+                .map_err(|_| StoreError::Corrupt("an owner key that is not 32 bytes".into()))?;
+            owners.push(owner);
+        }
+        Ok(owners)
+    }
+
+    fn batches_of(
+        &self,
+        owner: &[u8; 32],
+        after: &[u8],
+        limit: usize,
+    ) -> StoreResult<Vec<BatchRecord>> {
+        let start = owned_key(owner, after);
+        let mut end = owner.to_vec();
+        // The first key past every id of this owner: the owner plus one, as a
+        // 32-byte big-endian number (an owner of all 0xff takes the rest).
+        let past_owner = increment(&mut end);
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(BATCHES).or_db()?;
+        let lower = std::ops::Bound::Excluded(start.as_slice());
+        let upper = if past_owner {
+            std::ops::Bound::Excluded(end.as_slice())
+        } else {
+            std::ops::Bound::Unbounded
+        };
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8]>((lower, upper)).or_db()? {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = entry.or_db()?;
+            out.push(decode_batch(v.value(), k.value())?);
+        }
+        Ok(out)
     }
 
     fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         let tx = self.db.begin_read().or_db()?;
         let table = tx.open_table(BATCHES).or_db()?;
         let mut out = Vec::new();
-        // redb orders `&[u8]` keys bytewise: sorted by batch id, as promised.
+        // redb orders `&[u8]` keys bytewise: by sender, then batch id, as promised.
         for entry in table.iter().or_db()? {
             let (k, v) = entry.or_db()?;
             out.push(decode_batch(v.value(), k.value())?);
@@ -668,13 +771,39 @@ impl BatchStore for FsStore {
             .await
     }
 
-    async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
-        let batch_id = batch_id.to_vec();
-        self.run(move |inner| inner.batch(&batch_id)).await
+    async fn batch(&self, owner: &[u8; 32], batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
+        let (owner, batch_id) = (*owner, batch_id.to_vec());
+        self.run(move |inner| inner.batch(&owner, &batch_id)).await
     }
 
     async fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>> {
         self.run(move |inner| inner.batch_of_transfer(transfer))
+            .await
+    }
+
+    async fn owners_of(&self, batch_id: &[u8], limit: usize) -> StoreResult<Vec<[u8; 32]>> {
+        let batch_id = batch_id.to_vec();
+        self.run(move |inner| inner.owners_of(&batch_id, limit))
+            .await
+    }
+
+    async fn batch_owners(
+        &self,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> StoreResult<Vec<[u8; 32]>> {
+        self.run(move |inner| inner.batch_owners(after, limit))
+            .await
+    }
+
+    async fn batches_of(
+        &self,
+        owner: &[u8; 32],
+        after: &[u8],
+        limit: usize,
+    ) -> StoreResult<Vec<BatchRecord>> {
+        let (owner, after) = (*owner, after.to_vec());
+        self.run(move |inner| inner.batches_of(&owner, &after, limit))
             .await
     }
 
@@ -695,7 +824,7 @@ fn insert_transfer(
     record: &TransferRecord,
     value: &[u8],
 ) -> StoreResult<()> {
-    let index_key = batch_index_key(&record.sender, &record.batch_id);
+    let index_key = owned_key(&record.sender, &record.batch_id);
     let mut transfers = tx.open_table(TRANSFERS).or_db()?;
     let mut index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
     if transfers
@@ -738,7 +867,7 @@ fn remove_transfer(tx: &WriteTransaction, transfer: TransferId) -> StoreResult<(
     match old {
         None => {}
         Some(Ok(record)) => {
-            let key = batch_index_key(&record.sender, &record.batch_id);
+            let key = owned_key(&record.sender, &record.batch_id);
             // Remove the index entry only if it is ours.
             let ours = index
                 .get(key.as_slice())
@@ -755,37 +884,74 @@ fn remove_transfer(tx: &WriteTransaction, transfer: TransferId) -> StoreResult<(
     Ok(())
 }
 
-/// Inserts a completed batch and its transfer-index entry into `tx`; a batch with
-/// the same id, or a second batch from one transfer, is refused before anything is
-/// written, so a stored batch is never replaced.
+/// Inserts a completed batch into its sender's namespace, with its transfer and
+/// owner index entries; a batch id the sender holds, or a second batch from one
+/// transfer, is refused before anything is written, so a stored batch is never
+/// replaced.
 fn insert_batch(tx: &WriteTransaction, record: &BatchRecord, value: &[u8]) -> StoreResult<()> {
+    let key = owned_key(&record.sender, &record.batch_id);
     let mut table = tx.open_table(BATCHES).or_db()?;
-    let mut index = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
-    if table.get(record.batch_id.as_slice()).or_db()?.is_some() {
+    let mut by_transfer = tx.open_table(BATCHES_BY_TRANSFER).or_db()?;
+    if table.get(key.as_slice()).or_db()?.is_some() {
         return Err(StoreError::AlreadyExists(format!(
-            "batch {}",
+            "batch {} of this sender",
             printable(&record.batch_id)
         )));
     }
-    if index.get(record.transfer.0.as_slice()).or_db()?.is_some() {
+    if by_transfer
+        .get(record.transfer.0.as_slice())
+        .or_db()?
+        .is_some()
+    {
         return Err(StoreError::AlreadyExists(format!(
             "a batch of transfer {}",
             record.transfer
         )));
     }
-    table.insert(record.batch_id.as_slice(), value).or_db()?;
-    index
-        .insert(record.transfer.0.as_slice(), record.batch_id.as_slice())
+    table.insert(key.as_slice(), value).or_db()?;
+    by_transfer
+        .insert(record.transfer.0.as_slice(), key.as_slice())
+        .or_db()?;
+    tx.open_table(OWNERS_BY_BATCH)
+        .or_db()?
+        .insert(
+            owners_key(&record.batch_id, &record.sender).as_slice(),
+            &[][..],
+        )
+        .or_db()?;
+    let mut owners = tx.open_table(BATCH_OWNERS).or_db()?;
+    let held = owners
+        .get(record.sender.as_slice())
+        .or_db()?
+        .map_or(0, |v| v.value());
+    owners
+        .insert(record.sender.as_slice(), held.saturating_add(1))
         .or_db()?;
     Ok(())
 }
 
 // ---- Keys ----
 
-/// The key of the batch index: the sender, then the batch id.
-fn batch_index_key(sender: &[u8; 32], batch_id: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(32 + batch_id.len());
-    key.extend_from_slice(sender);
+/// The key of the owner index: the batch id's length, the batch id, the owner.
+fn owners_key(batch_id: &[u8], owner: &[u8; 32]) -> Vec<u8> {
+    // Batch ids are at most 256 bytes (the wire bounds them before they get here).
+    let len = u16::try_from(batch_id.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(2 + batch_id.len() + 32);
+    key.extend_from_slice(&len.to_be_bytes());
     key.extend_from_slice(batch_id);
+    key.extend_from_slice(owner);
     key
+}
+
+/// Adds one to `bytes` as a big-endian number; false if it overflowed (was all
+/// 0xff).
+fn increment(bytes: &mut [u8]) -> bool {
+    for b in bytes.iter_mut().rev() {
+        let (next, carry) = b.overflowing_add(1);
+        *b = next;
+        if !carry {
+            return true;
+        }
+    }
+    false
 }

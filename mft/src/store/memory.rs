@@ -25,8 +25,12 @@ pub struct MemoryStore {
     secrets: Mutex<HashMap<TransferId, Vec<u8>>>,
     segments: Mutex<HashMap<TransferId, SegmentData>>,
     transfers: Mutex<BTreeMap<TransferId, TransferRecord>>,
-    batches: Mutex<BTreeMap<Vec<u8>, BatchRecord>>,
+    /// By (sender, batch id), which orders them as the trait promises.
+    batches: Mutex<BTreeMap<OwnedId, BatchRecord>>,
 }
+
+/// A batch's full name: its sender, then its id.
+type OwnedId = ([u8; 32], Vec<u8>);
 
 /// One transfer's segments: the records, and the data as one flat buffer addressed
 /// by offset, the way [`FsStore`](super::FsStore) keeps it in one file.
@@ -232,9 +236,10 @@ impl TransferStore for MemoryStore {
 impl BatchStore for MemoryStore {
     async fn put_batch(&self, record: BatchRecord) -> StoreResult<()> {
         let mut batches = lock(&self.batches);
-        if batches.contains_key(&record.batch_id) {
+        let key = (record.sender, record.batch_id.clone());
+        if batches.contains_key(&key) {
             return Err(StoreError::AlreadyExists(format!(
-                "batch {}",
+                "batch {} of this sender",
                 printable(&record.batch_id)
             )));
         }
@@ -244,24 +249,64 @@ impl BatchStore for MemoryStore {
                 record.transfer
             )));
         }
-        batches.insert(record.batch_id.clone(), record);
+        batches.insert(key, record);
         Ok(())
     }
 
-    async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
-        Ok(lock(&self.batches).get(batch_id).cloned())
+    async fn batch(&self, owner: &[u8; 32], batch_id: &[u8]) -> StoreResult<Option<BatchRecord>> {
+        Ok(lock(&self.batches)
+            .get(&(*owner, batch_id.to_vec()))
+            .cloned())
     }
 
     async fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>> {
-        // A scan: the memory store holds test-sized data.
+        // Scans here: the memory store holds test-sized data.
         Ok(lock(&self.batches)
             .values()
             .find(|b| b.transfer == transfer)
             .cloned())
     }
 
+    async fn owners_of(&self, batch_id: &[u8], limit: usize) -> StoreResult<Vec<[u8; 32]>> {
+        Ok(lock(&self.batches)
+            .keys()
+            .filter(|(_, id)| id.as_slice() == batch_id)
+            .map(|(owner, _)| *owner)
+            .take(limit)
+            .collect())
+    }
+
+    async fn batch_owners(
+        &self,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> StoreResult<Vec<[u8; 32]>> {
+        let mut owners: Vec<[u8; 32]> = lock(&self.batches)
+            .keys()
+            .map(|(owner, _)| *owner)
+            .filter(|owner| after.is_none_or(|a| *owner > a))
+            .collect();
+        owners.dedup();
+        owners.truncate(limit);
+        Ok(owners)
+    }
+
+    async fn batches_of(
+        &self,
+        owner: &[u8; 32],
+        after: &[u8],
+        limit: usize,
+    ) -> StoreResult<Vec<BatchRecord>> {
+        Ok(lock(&self.batches)
+            .range((*owner, after.to_vec())..)
+            .take_while(|((o, _), _)| o == owner)
+            .filter(|((_, id), _)| id.as_slice() > after)
+            .take(limit)
+            .map(|(_, b)| b.clone())
+            .collect())
+    }
+
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
-        // Vec<u8> orders bytewise, as redb orders `&[u8]` keys.
         Ok(lock(&self.batches).values().cloned().collect())
     }
 }

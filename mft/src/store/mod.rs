@@ -169,19 +169,40 @@ pub trait TransferStore: Send + Sync + fmt::Debug {
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()>;
 }
 
-/// Completed batches.
+/// Completed batches, each in its sender's namespace: two senders may each hold
+/// a batch of the same id, and neither can claim or learn about the other's.
 #[async_trait]
 pub trait BatchStore: Send + Sync + fmt::Debug {
-    /// Records a completed batch, durably. A batch id that exists, or a second
-    /// batch from one transfer, is [`StoreError::AlreadyExists`] and the stored
-    /// batch is untouched.
+    /// Records a completed batch in its sender's namespace, durably. A batch id
+    /// that sender already holds, or a second batch from one transfer, is
+    /// [`StoreError::AlreadyExists`] and the stored batch is untouched.
     async fn put_batch(&self, record: BatchRecord) -> StoreResult<()>;
-    /// The completed batch with this id.
-    async fn batch(&self, batch_id: &[u8]) -> StoreResult<Option<BatchRecord>>;
+    /// The completed batch `batch_id` of `owner`.
+    async fn batch(&self, owner: &[u8; 32], batch_id: &[u8]) -> StoreResult<Option<BatchRecord>>;
     /// The completed batch that `transfer` delivered, if any: a sender that lost
     /// its receipt and completes again gets the stored one back.
     async fn batch_of_transfer(&self, transfer: TransferId) -> StoreResult<Option<BatchRecord>>;
-    /// Every completed batch, sorted by batch id.
+    /// Up to `limit` senders that hold a batch `batch_id`, sorted: from an index,
+    /// to resolve a retrieval that names no sender.
+    async fn owners_of(&self, batch_id: &[u8], limit: usize) -> StoreResult<Vec<[u8; 32]>>;
+    /// Up to `limit` senders that hold at least one batch, sorted, all after
+    /// `after` (from the first if `None`): the namespaces a listing walks.
+    async fn batch_owners(
+        &self,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> StoreResult<Vec<[u8; 32]>>;
+    /// Up to `limit` batches of `owner` whose ids sort after `after` (bytewise;
+    /// empty for the first), sorted by id: one page of a listing, read from the
+    /// index, so its cost does not grow with the number of batches stored.
+    async fn batches_of(
+        &self,
+        owner: &[u8; 32],
+        after: &[u8],
+        limit: usize,
+    ) -> StoreResult<Vec<BatchRecord>>;
+    /// Every completed batch, sorted by sender, then batch id. A full scan, for
+    /// tools and tests: the server never calls it.
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>>;
 }
 

@@ -131,13 +131,24 @@ pub(crate) fn encode_batch(r: &BatchRecord) -> StoreResult<Vec<u8>> {
     r.to_bytes().map_err(|e| unstorable("batch record", e))
 }
 
-/// Decodes a batch record stored under the key `batch_id`, which it must repeat.
-pub(crate) fn decode_batch(value: &[u8], batch_id: &[u8]) -> StoreResult<BatchRecord> {
+/// The key of a record in a sender's namespace: the sender (fixed width, so the
+/// key splits back unambiguously), then the batch id. Byte order sorts it by
+/// sender, then by batch id.
+pub(crate) fn owned_key(owner: &[u8; 32], batch_id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32 + batch_id.len());
+    key.extend_from_slice(owner);
+    key.extend_from_slice(batch_id);
+    key
+}
+
+/// Decodes a batch record stored under `key` ([`owned_key`]), whose sender and
+/// batch id it must repeat.
+pub(crate) fn decode_batch(value: &[u8], key: &[u8]) -> StoreResult<BatchRecord> {
     let record = BatchRecord::from_bytes(Bytes::copy_from_slice(value))
         .map_err(|e| corrupt("batch record", e))?;
-    if record.batch_id != batch_id {
+    if owned_key(&record.sender, &record.batch_id) != key {
         return Err(StoreError::Corrupt(format!(
-            "batch record {} is stored under another batch id",
+            "batch record {} is stored under another sender or batch id",
             printable(&record.batch_id)
         )));
     }

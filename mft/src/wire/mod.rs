@@ -17,7 +17,9 @@ mod tests;
 mod values;
 
 pub use codec::{Codec, DecodeError, EncodeError, Reader, Writer};
-pub use pull::{List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, PullHello, PullSegment};
+pub use pull::{
+    List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, Position, PullHello, PullSegment,
+};
 pub use push::{
     Accept, Complete, Hello, Receipt, Resume, SEGMENT_HEADER_LEN, Segment, SegmentAck, Stored,
 };
@@ -26,8 +28,10 @@ pub use signed::Signed;
 pub use values::{BadBatchId, BatchId, ChainHash, DataKey, Signature, Tag, TransferId};
 
 /// The protocol version this code speaks; others are refused, never downgraded.
-/// Version 2 added the new-transfer flag to the push secret (`docs/PROTOCOL.md`).
-pub const VERSION: u8 = 2;
+/// Version 2 added the new-transfer flag to the push secret; version 3 put batches
+/// in their senders' namespaces, so a pull hello and a list name the sender
+/// (`docs/PROTOCOL.md`).
+pub const VERSION: u8 = 3;
 
 /// Longest batch id, in bytes.
 pub const MAX_BATCH_ID: usize = 256;

@@ -15,6 +15,10 @@ use super::{
 pub struct PullHello {
     /// The batch wanted.
     pub batch_id: BatchId,
+    /// The sender whose namespace holds it; `None` asks the server to resolve the
+    /// id among the senders the retriever may see, which fails as
+    /// [`Ambiguous`](super::RefuseCode::Ambiguous) if there are several.
+    pub owner: Option<[u8; 32]>,
     /// The retriever's one-time X25519 public key.
     pub client_ephemeral: [u8; 32],
     /// The retriever's Ed25519 key; must equal the flow's TLS peer key.
@@ -36,10 +40,13 @@ impl PullHello {
     /// The fields before the signature, after the type byte.
     fn write_unsigned(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.u8(VERSION)
-            .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
-            .put(&self.client_ephemeral)
-            .put(&self.retriever)
-            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
+            .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?;
+        write_key_option(w, self.owner.as_ref());
+        w.put(&self.client_ephemeral).put(&self.retriever).bytes16(
+            "voucher",
+            &self.voucher,
+            MAX_VOUCHER,
+        )?;
         Ok(())
     }
 }
@@ -55,6 +62,7 @@ impl Codec for PullHello {
         read_version(r)?;
         Ok(PullHello {
             batch_id: read_batch_id(r)?,
+            owner: read_key_option(r, "owner")?,
             client_ephemeral: r.array("client ephemeral key")?,
             retriever: r.array("retriever key")?,
             voucher: r.bytes16("voucher", MAX_VOUCHER)?,
@@ -104,11 +112,45 @@ impl Codec for PullSegment {
     }
 }
 
-/// Asks which batches the requester may retrieve, a page at a time: client → server.
+/// Writes an optional 32-byte key: a flag byte (0 or 1), then the key if present.
+fn write_key_option(w: &mut Writer, key: Option<&[u8; 32]>) {
+    match key {
+        None => {
+            w.u8(0);
+        }
+        Some(key) => {
+            w.u8(1).put(key);
+        }
+    }
+}
+
+/// Reads what [`write_key_option`] wrote; a flag other than 0 or 1 is invalid.
+fn read_key_option(r: &mut Reader, what: &'static str) -> Result<Option<[u8; 32]>, DecodeError> {
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => Ok(Some(r.array(what)?)),
+        _ => Err(DecodeError::Invalid("key presence flag")),
+    }
+}
+
+/// A place in a listing: a batch of a sender. Listings run in (sender, batch id)
+/// byte order, and a page resumes after the last entry of the one before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The sender.
+    pub owner: [u8; 32],
+    /// The batch id in that sender's namespace.
+    pub batch_id: BatchId,
+}
+
+/// Asks which batches the requester may see, a page at a time: client → server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct List {
-    /// Only batch ids after this one (byte order); empty for the first page.
-    pub after: Bytes,
+    /// Only this sender's namespace; `None` for every namespace the requester may
+    /// list.
+    pub owner: Option<[u8; 32]>,
+    /// Only batches after this one; `None` for the first page.
+    pub after: Option<Position>,
     /// The most entries wanted (the server may send fewer).
     pub limit: u32,
     /// An optional application token, handed to the authoriser.
@@ -117,17 +159,30 @@ pub struct List {
 
 impl Codec for List {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.u8(VERSION)
-            .bytes16("after", &self.after, MAX_BATCH_ID)?
-            .u32(self.limit)
+        w.u8(VERSION);
+        write_key_option(w, self.owner.as_ref());
+        write_key_option(w, self.after.as_ref().map(|p| &p.owner));
+        if let Some(after) = &self.after {
+            w.bytes16("after", &after.batch_id, MAX_BATCH_ID)?;
+        }
+        w.u32(self.limit)
             .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         read_version(r)?;
+        let owner = read_key_option(r, "owner")?;
+        let after = match read_key_option(r, "after owner")? {
+            None => None,
+            Some(owner) => Some(Position {
+                owner,
+                batch_id: read_batch_id(r)?,
+            }),
+        };
         Ok(List {
-            after: r.bytes16("after", MAX_BATCH_ID)?,
+            owner,
+            after,
             limit: r.u32("limit")?,
             voucher: r.bytes16("voucher", MAX_VOUCHER)?,
         })
@@ -177,9 +232,10 @@ impl Codec for ListingEntry {
 /// A page of batches: server → client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
-    /// The batches, in batch-id order.
+    /// The batches, in (sender, batch id) order.
     pub entries: Vec<ListingEntry>,
-    /// Whether more batches follow (ask again with `after` = the last id).
+    /// Whether more batches follow (ask again with `after` = the last entry's
+    /// sender and batch id).
     pub more: bool,
 }
 

@@ -174,17 +174,26 @@ fn message() -> impl Strategy<Value = Message> {
         array().prop_map(|transfer_id| Message::Resume(Resume { transfer_id })),
         proptest::collection::btree_set(0u64..10_000, 0..50)
             .prop_map(|set| Message::Stored(Stored::from_indices(set))),
-        (batch_id(MAX_BATCH_ID), array(), array(), bytes(64), array()).prop_map(
-            |(batch_id, client_ephemeral, retriever, voucher, signature)| {
-                Message::PullHello(PullHello {
-                    batch_id,
-                    client_ephemeral,
-                    retriever,
-                    voucher,
-                    signature,
-                })
-            }
-        ),
+        (
+            batch_id(MAX_BATCH_ID),
+            proptest::option::of(array()),
+            array(),
+            array(),
+            bytes(64),
+            array()
+        )
+            .prop_map(
+                |(batch_id, owner, client_ephemeral, retriever, voucher, signature)| {
+                    Message::PullHello(PullHello {
+                        batch_id,
+                        owner,
+                        client_ephemeral,
+                        retriever,
+                        voucher,
+                        signature,
+                    })
+                }
+            ),
         (
             any::<u64>(),
             proptest::collection::vec(any::<u8>(), TAG_LEN..300)
@@ -195,13 +204,20 @@ fn message() -> impl Strategy<Value = Message> {
                     ciphertext: Bytes::from(ct),
                 })
             }),
-        (bytes(MAX_BATCH_ID), any::<u32>(), bytes(64)).prop_map(|(after, limit, voucher)| {
-            Message::List(List {
-                after,
-                limit,
-                voucher,
-            })
-        }),
+        (
+            proptest::option::of(array()),
+            proptest::option::of((array(), batch_id(MAX_BATCH_ID))),
+            any::<u32>(),
+            bytes(64)
+        )
+            .prop_map(|(owner, after, limit, voucher)| {
+                Message::List(List {
+                    owner,
+                    after: after.map(|(owner, batch_id)| Position { owner, batch_id }),
+                    limit,
+                    voucher,
+                })
+            }),
         (
             proptest::collection::vec(
                 (

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use redb::{Database, TableDefinition};
 
 use super::super::fs::{
-    BATCHES, BATCHES_BY_TRANSFER, DB_FILE, SEGMENTS, SEGMENTS_DIR, TRANSFERS, encode_batch,
-    encode_transfer,
+    BATCHES, DB_FILE, LEGACY_BATCHES, LEGACY_BATCHES_BY_TRANSFER, SEGMENTS, SEGMENTS_DIR,
+    TRANSFERS, encode_batch, encode_transfer,
 };
+use super::super::records::owned_key;
 use super::*;
 
 /// Every path under `root`, relative to it.
@@ -137,32 +138,56 @@ async fn fs_data_survives_reopen() {
     );
 }
 
-/// A store written before the transfer → batch index existed is indexed when
-/// opened, so a batch completed then still answers a repeated completion.
+/// A store written before namespaces (batches keyed by id alone) has its batches
+/// moved into their senders' namespaces, with every index, when opened.
 #[tokio::test]
-async fn fs_indexes_batches_of_an_older_store_by_transfer() {
+async fn fs_moves_the_batches_of_a_store_from_before_namespaces() {
     let tmp = tempfile::tempdir().unwrap();
     let (old, new) = (batch_record(b"old", 7), batch_record(b"new", 8));
-    {
-        let store = FsStore::open(tmp.path()).unwrap();
-        store.put_batch(old.clone()).await.unwrap();
-        store.put_batch(new.clone()).await.unwrap();
-    }
-    // Make it look like a store from before the index: entries gone.
+    drop(FsStore::open(tmp.path()).unwrap());
+    // Write them as the older store did: batch id → record, transfer → batch id.
     {
         let db = Database::create(tmp.path().join(DB_FILE)).unwrap();
         let tx = db.begin_write().unwrap();
-        tx.delete_table(BATCHES_BY_TRANSFER).unwrap();
+        {
+            let mut batches = tx.open_table(LEGACY_BATCHES).unwrap();
+            let mut index = tx.open_table(LEGACY_BATCHES_BY_TRANSFER).unwrap();
+            for b in [&old, &new] {
+                let value = encode_batch(b).unwrap();
+                batches
+                    .insert(b.batch_id.as_slice(), value.as_slice())
+                    .unwrap();
+                index
+                    .insert(b.transfer.0.as_slice(), b.batch_id.as_slice())
+                    .unwrap();
+            }
+        }
         tx.commit().unwrap();
     }
-    let store = FsStore::open(tmp.path()).unwrap();
-    assert_eq!(
-        store.batch_of_transfer(old.transfer).await.unwrap(),
-        Some(old)
-    );
-    assert_eq!(
-        store.batch_of_transfer(new.transfer).await.unwrap(),
-        Some(new)
+    for _ in 0..2 {
+        // Opening twice: the second finds nothing left to move.
+        let store = FsStore::open(tmp.path()).unwrap();
+        for b in [&old, &new] {
+            assert_eq!(
+                store.batch(&b.sender, &b.batch_id).await.unwrap().as_ref(),
+                Some(b)
+            );
+            assert_eq!(
+                store.batch_of_transfer(b.transfer).await.unwrap().as_ref(),
+                Some(b)
+            );
+            assert_eq!(
+                store.owners_of(&b.batch_id, 10).await.unwrap(),
+                vec![b.sender]
+            );
+        }
+        assert_eq!(store.batches().await.unwrap().len(), 2);
+    }
+    let db = Database::create(tmp.path().join(DB_FILE)).unwrap();
+    let tx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    assert!(
+        tx.open_table(LEGACY_BATCHES).is_err(),
+        "the old table is gone"
     );
 }
 
@@ -223,9 +248,9 @@ async fn fs_corrupt_records_are_errors_not_panics() {
         b"\x01".to_vec(),
         encode_batch(&batch_record(b"other", 3)).unwrap(),
     ] {
-        poke(tmp.path(), BATCHES, b"batch", &bad);
+        poke(tmp.path(), BATCHES, &owned_key(&b.sender, b"batch"), &bad);
         let store = FsStore::open(tmp.path()).unwrap();
-        assert_corrupt(store.batch(b"batch").await);
+        assert_corrupt(store.batch(&b.sender, b"batch").await);
         assert_corrupt(store.batches().await);
     }
 

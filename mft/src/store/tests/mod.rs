@@ -30,11 +30,16 @@ fn transfer_record(id: u8, batch_id: &[u8], sender: u8) -> TransferRecord {
     }
 }
 
+/// The sender of `batch_record(_, n)`.
+fn owner(n: u8) -> [u8; 32] {
+    [n ^ 0x5a; 32]
+}
+
 fn batch_record(batch_id: &[u8], n: u8) -> BatchRecord {
     BatchRecord {
         batch_id: batch_id.to_vec(),
         transfer: tid(n),
-        sender: [n ^ 0x5a; 32],
+        sender: owner(n),
         chunk_size: 4096,
         segment_count: u64::from(n) + 1,
         size: 4096 * u64::from(n) + 17,
@@ -299,11 +304,12 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
     s.put_batch(batch_record(b"taken", 62)).await.unwrap();
     let clash = BatchRecord {
         transfer: t.transfer,
+        sender: owner(62),
         ..batch_record(b"taken", 63)
     };
     assert_already_exists(s.complete_transfer(clash).await);
     assert_eq!(
-        s.batch(b"taken").await.unwrap(),
+        s.batch(&owner(62), b"taken").await.unwrap(),
         Some(batch_record(b"taken", 62))
     );
     assert_eq!(s.transfer(t.transfer).await.unwrap().as_ref(), Some(&t));
@@ -313,7 +319,10 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
         ..batch_record(b"life", 64)
     };
     s.complete_transfer(done.clone()).await.unwrap();
-    assert_eq!(s.batch(b"life").await.unwrap(), Some(done.clone()));
+    assert_eq!(
+        s.batch(&owner(64), b"life").await.unwrap(),
+        Some(done.clone())
+    );
     // The batch is found by the transfer that delivered it, and only by that one.
     assert_eq!(
         s.batch_of_transfer(t.transfer).await.unwrap(),
@@ -326,7 +335,7 @@ async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn S
         ..batch_record(b"life again", 65)
     };
     assert_already_exists(s.put_batch(again).await);
-    assert_eq!(s.batch(b"life again").await.unwrap(), None);
+    assert_eq!(s.batch(&owner(65), b"life again").await.unwrap(), None);
     assert_eq!(s.transfer(t.transfer).await.unwrap(), None);
     assert_eq!(s.find_transfer([6; 32], b"life").await.unwrap(), None);
     assert_eq!(s.open_transfer_count([6; 32]).await.unwrap(), 0);
@@ -367,7 +376,11 @@ async fn hostile_batch_ids_are_just_bytes(s: &dyn Store) {
             s.find_transfer([0x77; 32], id).await.unwrap(),
             Some(transfer_record(n, id, 0x77)),
         );
-        assert_eq!(s.batch(id).await.unwrap(), Some(batch_record(id, n)));
+        assert_eq!(
+            s.batch(&owner(n), id).await.unwrap(),
+            Some(batch_record(id, n))
+        );
+        assert_eq!(s.owners_of(id, 10).await.unwrap(), vec![owner(n)]);
         assert_eq!(
             s.read_segment(tid(n), 0, SEG).await.unwrap(),
             segment(0, n).1
@@ -379,44 +392,127 @@ async fn hostile_batch_ids_are_just_bytes(s: &dyn Store) {
             .unwrap(),
         None
     );
-    assert_eq!(s.batch(b"../../etc/passwd\0").await.unwrap(), None);
+    assert_eq!(
+        s.batch(&owner(40), b"../../etc/passwd\0").await.unwrap(),
+        None
+    );
     assert_eq!(s.batches().await.unwrap().len(), ids.len());
 }
 
+/// `batch_record(id, n)` in `owner`'s namespace.
+fn owned(owner: [u8; 32], id: &[u8], n: u8) -> BatchRecord {
+    BatchRecord {
+        sender: owner,
+        ..batch_record(id, n)
+    }
+}
+
 async fn batches_round_trip(s: &dyn Store) {
-    assert_eq!(s.batch(b"a").await.unwrap(), None);
+    let a = owner(1);
+    assert_eq!(s.batch(&a, b"a").await.unwrap(), None);
     assert_eq!(s.batches().await.unwrap(), Vec::new());
+    assert_eq!(
+        s.batch_owners(None, 10).await.unwrap(),
+        Vec::<[u8; 32]>::new()
+    );
     // Inserted out of order; bytewise order puts "a" < "a\0" < "b" < "\xff".
     let ids: [&[u8]; 4] = [b"b", b"\xff", b"a\0", b"a"];
     for (n, id) in ids.iter().enumerate() {
-        s.put_batch(batch_record(id, n as u8)).await.unwrap();
+        s.put_batch(owned(a, id, n as u8)).await.unwrap();
     }
     assert_eq!(
-        s.batch(b"a\0").await.unwrap(),
-        Some(batch_record(b"a\0", 2))
+        s.batch(&a, b"a\0").await.unwrap(),
+        Some(owned(a, b"a\0", 2))
     );
-    let sorted: Vec<Vec<u8>> = s
-        .batches()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.batch_id)
-        .collect();
+    let ids_of = |records: Vec<BatchRecord>| -> Vec<Vec<u8>> {
+        records.into_iter().map(|b| b.batch_id).collect()
+    };
+    let sorted = vec![
+        b"a".to_vec(),
+        b"a\0".to_vec(),
+        b"b".to_vec(),
+        b"\xff".to_vec(),
+    ];
+    assert_eq!(ids_of(s.batches().await.unwrap()), sorted);
+    // Pages of the namespace, from the index.
+    assert_eq!(ids_of(s.batches_of(&a, b"", 10).await.unwrap()), sorted);
+    assert_eq!(ids_of(s.batches_of(&a, b"", 2).await.unwrap()), sorted[..2]);
     assert_eq!(
-        sorted,
-        vec![
-            b"a".to_vec(),
-            b"a\0".to_vec(),
-            b"b".to_vec(),
-            b"\xff".to_vec()
-        ]
+        ids_of(s.batches_of(&a, b"a", 2).await.unwrap()),
+        sorted[1..3]
     );
+    assert_eq!(
+        ids_of(s.batches_of(&a, b"a\0\0", 10).await.unwrap()),
+        sorted[2..]
+    );
+    assert!(s.batches_of(&a, b"\xff", 10).await.unwrap().is_empty());
     // A duplicate is refused and the first record stays as it was.
-    let mut dup = batch_record(b"b", 200);
+    let mut dup = owned(a, b"b", 200);
     dup.receipt = b"forged".to_vec();
     assert_already_exists(s.put_batch(dup).await);
-    assert_eq!(s.batch(b"b").await.unwrap(), Some(batch_record(b"b", 0)));
+    assert_eq!(s.batch(&a, b"b").await.unwrap(), Some(owned(a, b"b", 0)));
     assert_eq!(s.batches().await.unwrap().len(), 4);
+}
+
+async fn batch_ids_are_per_sender(s: &dyn Store) {
+    // Three senders; the outer two share an id with the middle one.
+    let (low, mid, high) = ([0x10; 32], [0x20; 32], [0xff; 32]);
+    s.put_batch(owned(mid, b"report", 1)).await.unwrap();
+    s.put_batch(owned(high, b"report", 2)).await.unwrap();
+    s.put_batch(owned(low, b"report", 3)).await.unwrap();
+    s.put_batch(owned(mid, b"other", 4)).await.unwrap();
+    s.put_batch(owned(high, b"z", 5)).await.unwrap();
+    // Each sender's batch is its own.
+    assert_eq!(
+        s.batch(&mid, b"report").await.unwrap(),
+        Some(owned(mid, b"report", 1))
+    );
+    assert_eq!(
+        s.batch(&high, b"report").await.unwrap(),
+        Some(owned(high, b"report", 2))
+    );
+    assert_eq!(s.batch(&low, b"other").await.unwrap(), None);
+    // Who holds an id, sorted, bounded, and nobody for an id that is a prefix of
+    // one stored or has one as its prefix.
+    assert_eq!(
+        s.owners_of(b"report", 10).await.unwrap(),
+        vec![low, mid, high]
+    );
+    assert_eq!(s.owners_of(b"report", 2).await.unwrap(), vec![low, mid]);
+    assert!(s.owners_of(b"repor", 10).await.unwrap().is_empty());
+    assert!(s.owners_of(b"reports", 10).await.unwrap().is_empty());
+    // The namespaces, in order and in pages.
+    assert_eq!(
+        s.batch_owners(None, 10).await.unwrap(),
+        vec![low, mid, high]
+    );
+    assert_eq!(s.batch_owners(None, 1).await.unwrap(), vec![low]);
+    assert_eq!(
+        s.batch_owners(Some(low), 10).await.unwrap(),
+        vec![mid, high]
+    );
+    assert!(s.batch_owners(Some(high), 10).await.unwrap().is_empty());
+    // A namespace's pages stay inside it, the last one (all 0xff) included.
+    let ids = |records: Vec<BatchRecord>| -> Vec<Vec<u8>> {
+        records.into_iter().map(|b| b.batch_id).collect()
+    };
+    assert_eq!(
+        ids(s.batches_of(&mid, b"", 10).await.unwrap()),
+        vec![b"other".to_vec(), b"report".to_vec()]
+    );
+    assert_eq!(
+        ids(s.batches_of(&high, b"", 10).await.unwrap()),
+        vec![b"report".to_vec(), b"z".to_vec()]
+    );
+    assert_eq!(
+        ids(s.batches_of(&low, b"", 10).await.unwrap()),
+        vec![b"report".to_vec()]
+    );
+    assert!(s.batches_of(&[0x30; 32], b"", 10).await.unwrap().is_empty());
+    // The same id again in one namespace is refused; in another it is not.
+    assert_already_exists(s.put_batch(owned(mid, b"report", 6)).await);
+    s.put_batch(owned([0x30; 32], b"report", 7)).await.unwrap();
+    assert_eq!(s.owners_of(b"report", 10).await.unwrap().len(), 4);
 }
 
 /// Runs each suite function against a fresh MemoryStore and a fresh FsStore.
@@ -457,4 +553,5 @@ conformance!(
     a_transfer_opens_with_its_secret_and_completes_into_its_batch,
     hostile_batch_ids_are_just_bytes,
     batches_round_trip,
+    batch_ids_are_per_sender,
 );

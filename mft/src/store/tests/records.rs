@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use super::super::fs::{decode_batch, decode_transfer, encode_batch, encode_transfer};
+use super::super::records::owned_key;
 use super::*;
 
 fn arb_transfer() -> impl Strategy<Value = TransferRecord> {
@@ -81,13 +82,13 @@ proptest! {
     #[test]
     fn batch_encoding_round_trips(r in arb_batch()) {
         let bytes = encode_batch(&r).unwrap();
-        prop_assert_eq!(decode_batch(&bytes, &r.batch_id).unwrap(), r.clone());
+        prop_assert_eq!(decode_batch(&bytes, &owned_key(&r.sender, &r.batch_id)).unwrap(), r.clone());
         for cut in 0..bytes.len() {
-            prop_assert!(decode_batch(&bytes[..cut], &r.batch_id).is_err());
+            prop_assert!(decode_batch(&bytes[..cut], &owned_key(&r.sender, &r.batch_id)).is_err());
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        prop_assert!(decode_batch(&longer, &r.batch_id).is_err());
+        prop_assert!(decode_batch(&longer, &owned_key(&r.sender, &r.batch_id)).is_err());
     }
 
     #[test]
