@@ -16,8 +16,9 @@ use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    BatchId, Codec, Complete, DataKey, List, Listing, ListingEntry, Message, Position, PullSegment,
-    Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
+    Abort, Aborted, BatchId, Codec, Complete, DataKey, List, ListOpen, Listing, ListingEntry,
+    Message, OpenEntry, OpenTransfers, Position, PullSegment, Receipt, Refuse, RefuseCode, Resume,
+    Segment, SegmentAck, Signature, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -272,6 +273,44 @@ fn vectors() -> Vectors {
                 metadata: Bytes::from_static(br#"{"name":"2026-12.csv"}"#),
             }],
             more: true,
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    // Managing open transfers.
+    v.add(
+        "list-open",
+        Message::ListOpen(ListOpen)
+            .to_bytes()
+            .expect("a vector encodes"),
+    );
+    v.add(
+        "open-transfers",
+        Message::OpenTransfers(OpenTransfers {
+            entries: vec![OpenEntry {
+                transfer_id: TransferId([0x11; 16]),
+                batch_id: BatchId::new(b"reports/2026-12.csv".to_vec()).expect("a valid batch id"),
+                created_unix: 1_800_000_000,
+                deadline_unix: 1_800_086_400,
+                stored_segments: 1,
+                stored_bytes: 4106,
+            }],
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    v.add(
+        "abort",
+        Message::Abort(Abort {
+            transfer_id: TransferId([0x11; 16]),
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    v.add(
+        "aborted",
+        Message::Aborted(Aborted {
+            transfer_id: TransferId([0x11; 16]),
         })
         .to_bytes()
         .expect("a vector encodes"),

@@ -367,6 +367,14 @@ impl Raw {
 
     /// Runs the push handshake for `batch_id`, proposing `chunk_size`.
     pub async fn open(&self, batch_id: &[u8], chunk_size: u32) -> RawTransfer {
+        match self.try_open(batch_id, chunk_size).await {
+            Ok(transfer) => transfer,
+            Err(refuse) => panic!("expected Accept, got {refuse:?}"),
+        }
+    }
+
+    /// Runs the push handshake for `batch_id`: the transfer, or the refusal.
+    pub async fn try_open(&self, batch_id: &[u8], chunk_size: u32) -> Result<RawTransfer, Refuse> {
         let identity = self.manager.identity().clone();
         let id = BatchId::new(batch_id.to_vec()).unwrap();
         let (handshake, hello) = ClientHandshake::push(&identity, &id, chunk_size, b"").unwrap();
@@ -377,15 +385,16 @@ impl Raw {
             .unwrap();
         let accept = match recv(&mut reader).await {
             Some(Message::Accept(accept)) => accept,
-            other => panic!("expected Accept, got {other:?}"),
+            Some(Message::Refuse(refuse)) => return Err(refuse),
+            other => panic!("expected Accept or Refuse, got {other:?}"),
         };
         let secret = handshake.finish_push(&accept, &self.server_key).unwrap();
-        RawTransfer {
+        Ok(RawTransfer {
             identity,
             batch_id: batch_id.to_vec(),
             cipher: AesGcm::new(secret.data_key.expose()),
             secret,
-        }
+        })
     }
 
     /// Sends `segments` on one new flow, each after the previous one's answer: the

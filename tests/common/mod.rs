@@ -145,6 +145,12 @@ macro_rules! delegate_store {
             async fn open_transfer_count(&self, sender: [u8; 32]) -> mft::store::StoreResult<u64> {
                 self.$field.open_transfer_count(sender).await
             }
+            async fn transfers_of(
+                &self,
+                sender: [u8; 32],
+            ) -> mft::store::StoreResult<Vec<mft::store::TransferRecord>> {
+                self.$field.transfers_of(sender).await
+            }
             async fn delete_transfer(
                 &self,
                 t: mft::store::TransferId,

@@ -28,6 +28,7 @@ use crate::wire::{
 
 mod config;
 mod events;
+mod manage;
 mod produce;
 mod retriever;
 mod retry;
@@ -182,6 +183,28 @@ impl Sender {
     /// Events of this sender's transfers.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// The transfers this key has open on the server (interrupted sends it can
+    /// resume by sending the same batch id again, or abort), in batch-id order.
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
+    /// for open in sender.open_transfers().await? {
+    ///     println!("{:?}: {} bytes held", open.batch_id, open.stored_bytes);
+    ///     sender.abort(open.transfer_id).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_transfers(&self) -> Result<Vec<crate::wire::OpenEntry>> {
+        manage::open_transfers(&self.manager, &self.config).await
+    }
+
+    /// Aborts this key's open transfer `transfer`: the server deletes what it
+    /// holds of it at once and frees its slot, instead of keeping it for a resume
+    /// until its deadline.
+    pub async fn abort(&self, transfer: crate::wire::TransferId) -> Result<()> {
+        manage::abort(&self.manager, &self.config, transfer).await
     }
 
     /// Sends everything `reader` yields as batch `batch_id` with `metadata`, and

@@ -74,6 +74,23 @@ pub(crate) fn may_open_another(open: u64, max: usize) -> bool {
     open < max as u64
 }
 
+/// Which of a sender's open transfers to give up so that it may open another:
+/// the one idle longest, if it has been idle at least `abandoned_after` seconds.
+/// `candidates` are (transfer, unix time of its last activity). A key at its
+/// limit of open transfers is so never locked out by sends it interrupted, while
+/// a transfer still in use, or left only a short while ago, is kept for its resume.
+pub(crate) fn abandoned<T: Copy>(
+    candidates: impl IntoIterator<Item = (T, u64)>,
+    now_unix: u64,
+    abandoned_after: u64,
+) -> Option<T> {
+    candidates
+        .into_iter()
+        .filter(|&(_, active)| now_unix.saturating_sub(active) >= abandoned_after)
+        .min_by_key(|&(_, active)| active)
+        .map(|(transfer, _)| transfer)
+}
+
 /// An open transfer's state: its phase, its deadline and its limits.
 #[derive(Clone, Debug)]
 pub(crate) struct TransferState {
@@ -186,6 +203,20 @@ impl TransferState {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_transfer_idle_longest_is_abandoned_once_idle_long_enough() {
+        let candidates = [(1, 100), (2, 40), (3, 70)];
+        assert_eq!(super::abandoned(candidates, 100, 50), Some(2));
+        // Idle 59 s at most: nothing is old enough at 60.
+        assert_eq!(super::abandoned(candidates, 99, 60), None);
+        assert_eq!(
+            super::abandoned(std::iter::empty::<(u8, u64)>(), 100, 0),
+            None
+        );
+        // A clock behind the activity counts as no idleness.
+        assert_eq!(super::abandoned([(1, 200)], 100, 1), None);
+    }
     use super::*;
 
     const DEADLINE: u64 = 1_000;

@@ -21,6 +21,7 @@ pub struct ServerConfig {
     pub(super) transfer_deadline: Duration,
     pub(super) first_message_timeout: Duration,
     pub(super) flow_idle_timeout: Duration,
+    pub(super) abandoned_after: Duration,
     pub(super) max_segments: u64,
     pub(super) busy_retry_after: Duration,
 }
@@ -36,6 +37,7 @@ impl Default for ServerConfig {
             transfer_deadline: Duration::from_secs(24 * 3600),
             first_message_timeout: Duration::from_secs(10),
             flow_idle_timeout: Duration::from_secs(60),
+            abandoned_after: Duration::from_secs(600),
             max_segments: 1 << 24,
             busy_retry_after: Duration::from_secs(1),
         }
@@ -105,6 +107,15 @@ impl ServerConfig {
     /// pin a flow slot, its buffers and its share of the pending bytes.
     pub fn flow_idle_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.flow_idle_timeout = timeout;
+        self
+    }
+
+    /// How long an open transfer must have been idle before a hello of its sender,
+    /// at its limit of open transfers, gives it up to make room (default 10 min).
+    /// Until then an interrupted send keeps what the server holds, for its
+    /// resume, until its deadline; a key is never locked out by sends it left.
+    pub fn abandoned_after(&mut self, idle: Duration) -> &mut Self {
+        self.abandoned_after = idle;
         self
     }
 

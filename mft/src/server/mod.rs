@@ -19,6 +19,7 @@ use crate::wire::{self, Codec, Message, Refuse, RefuseCode};
 mod at_rest;
 mod authorize;
 mod config;
+mod manage;
 mod pull;
 mod push;
 #[cfg(test)]
@@ -71,6 +72,9 @@ struct Inner {
     pending: Arc<Semaphore>,
     flows_per_peer: Mutex<HashMap<PeerKey, usize>>,
     open: Mutex<HashMap<TransferId, Arc<OpenTransfer>>>,
+    /// When this server was built (Unix seconds): no transfer it has not seen
+    /// has been idle longer than since then.
+    started_unix: u64,
 }
 
 impl fmt::Debug for Server {
@@ -150,6 +154,7 @@ impl ServerBuilder {
                 idle: tokio::sync::Notify::new(),
                 flows_per_peer: Mutex::new(HashMap::new()),
                 open: Mutex::new(HashMap::new()),
+                started_unix: now_unix(),
             }),
         }
     }
@@ -282,10 +287,7 @@ impl Server {
     /// find them aborted; completed batches are kept.
     pub async fn abort_transfers_of(&self, sender: &PeerKey) -> Result<usize> {
         let mut aborted = 0;
-        for record in self.inner.store.transfers().await? {
-            if record.sender != *sender.as_bytes() {
-                continue;
-            }
+        for record in self.inner.store.transfers_of(*sender.as_bytes()).await? {
             if self.forget(&record, TransferState::abort).await? {
                 tracing::info!(%sender, transfer = %record.transfer, "aborted open transfer");
                 aborted += 1;
@@ -441,6 +443,8 @@ impl Server {
             Ok(Message::Resume(resume)) => self.handle_resume(peer, resume.transfer_id).await,
             Ok(Message::PullHello(hello)) => self.handle_pull(peer, &hello, writer).await,
             Ok(Message::List(list)) => self.handle_list(peer, &list).await,
+            Ok(Message::ListOpen(_)) => self.handle_list_open(peer).await,
+            Ok(Message::Abort(abort)) => self.handle_abort(peer, abort.transfer_id).await,
             Ok(other) => Err(refusal(
                 RefuseCode::BadMessage,
                 format!("{} cannot start a flow", other.name()),

@@ -12,7 +12,9 @@ use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
 use crate::proto::completion;
 use crate::proto::layout::{BatchLayout, Tally};
-use crate::proto::transfer::{Refused, TransferState, may_open_another, negotiate_chunk_size};
+use crate::proto::transfer::{
+    Refused, TransferState, abandoned, may_open_another, negotiate_chunk_size,
+};
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
 use crate::wire::{
@@ -29,6 +31,8 @@ pub(super) struct OpenTransfer {
     /// checked and stored; a completion or a reclaim holds it exclusively, so no
     /// segment lands in a batch being completed, completed or reclaimed.
     pub(super) state: tokio::sync::RwLock<TransferState>,
+    /// When a hello, resume or segment last touched it (Unix seconds).
+    last_active: std::sync::atomic::AtomicU64,
 }
 
 impl OpenTransfer {
@@ -41,7 +45,18 @@ impl OpenTransfer {
             )),
             record,
             secret,
+            last_active: std::sync::atomic::AtomicU64::new(now_unix()),
         }
+    }
+
+    /// Notes activity now: the transfer is not abandoned.
+    pub(super) fn touch(&self) {
+        self.last_active
+            .store(now_unix(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last_active(&self) -> u64 {
+        self.last_active.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -132,6 +147,7 @@ impl Server {
     ) -> Result<PushSecret, Refusal> {
         let open = self.open_transfer(transfer).await?;
         open.state.read().await.admit_resume(now_unix())?;
+        open.touch();
         Ok(PushSecret {
             new_transfer: false,
             ..open.secret.clone()
@@ -148,8 +164,13 @@ impl Server {
     ) -> Result<Option<PushSecret>, Refusal> {
         let store = &self.inner.store;
         let open = store.open_transfer_count(*peer.as_bytes()).await?;
-        if !may_open_another(open, self.inner.config.max_open_transfers_per_peer) {
-            return Err(self.busy("too many open transfers for this key"));
+        if !may_open_another(open, self.inner.config.max_open_transfers_per_peer)
+            && !self.give_up_abandoned(&peer).await?
+        {
+            return Err(self.busy(
+                "too many open transfers for this key: complete or abort one, \
+                 or retry once one has been idle for the server's abandon time",
+            ));
         }
         let secret = PushSecret {
             transfer_id: TransferId::random(),
@@ -185,6 +206,45 @@ impl Server {
         ));
         self.lock_open().insert(transfer, open);
         Ok(Some(secret))
+    }
+
+    /// Aborts `peer`'s open transfer idle longest, if it has been idle for the
+    /// abandon time (`transfer::abandoned`); true if one was. A transfer not in
+    /// memory has been idle at most since it was opened or this server started,
+    /// whichever is later.
+    async fn give_up_abandoned(&self, peer: &PeerKey) -> Result<bool, Refusal> {
+        let records = self.inner.store.transfers_of(*peer.as_bytes()).await?;
+        let started = self.inner.started_unix;
+        let candidates: Vec<(usize, u64)> = {
+            let open = self.lock_open();
+            records
+                .iter()
+                .enumerate()
+                .map(|(n, r)| {
+                    let active = open
+                        .get(&r.transfer)
+                        .map_or(r.created_unix.max(started), |o| o.last_active());
+                    (n, active)
+                })
+                .collect()
+        };
+        let after = self.inner.config.abandoned_after.as_secs();
+        let Some(n) = abandoned(candidates, now_unix(), after) else {
+            return Ok(false);
+        };
+        let record = &records[n];
+        let given_up = self
+            .forget(record, TransferState::abort)
+            .await
+            .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
+        if given_up {
+            tracing::info!(
+                %peer,
+                transfer = %record.transfer,
+                "gave up an abandoned transfer to make room for a new one"
+            );
+        }
+        Ok(given_up)
     }
 
     /// An open transfer by id, from memory or (after a restart) from the store.
@@ -260,6 +320,7 @@ impl Server {
             // completion or reclaim cannot start in between.
             let state = open.state.read().await;
             state.admit_segment(segment.index, now_unix())?;
+            open.touch();
             let index = self.store_segment(&open, segment, &mut scratch).await?;
             drop(state);
             drop(permit);

@@ -469,6 +469,28 @@ impl Inner {
         Ok(count)
     }
 
+    fn transfers_of(&self, sender: &[u8; 32]) -> StoreResult<Vec<TransferRecord>> {
+        // The sender's range of the batch index, in batch-id order.
+        let tx = self.db.begin_read().or_db()?;
+        let index = tx.open_table(TRANSFERS_BY_BATCH).or_db()?;
+        let transfers = tx.open_table(TRANSFERS).or_db()?;
+        let mut out = Vec::new();
+        for entry in index.range(sender.as_slice()..).or_db()? {
+            let (key, id) = entry.or_db()?;
+            if !key.value().starts_with(sender) {
+                break;
+            }
+            let id = id.value();
+            let Some(v) = transfers.get(id).or_db()? else {
+                return Err(StoreError::Corrupt(
+                    "the batch index names a missing transfer".into(),
+                ));
+            };
+            out.push(decode_transfer(v.value(), id)?);
+        }
+        Ok(out)
+    }
+
     /// A transfer no longer open takes no more segments: its entry in `dir_synced`
     /// goes, so the set holds open transfers only instead of growing with every batch
     /// ever stored. (Forgetting one too early only costs a directory fsync.)
@@ -754,6 +776,10 @@ impl TransferStore for FsStore {
     async fn open_transfer_count(&self, sender: [u8; 32]) -> StoreResult<u64> {
         self.run(move |inner| inner.open_transfer_count(&sender))
             .await
+    }
+
+    async fn transfers_of(&self, sender: [u8; 32]) -> StoreResult<Vec<TransferRecord>> {
+        self.run(move |inner| inner.transfers_of(&sender)).await
     }
 
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {

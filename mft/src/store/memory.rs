@@ -226,6 +226,16 @@ impl TransferStore for MemoryStore {
             .count() as u64)
     }
 
+    async fn transfers_of(&self, sender: [u8; 32]) -> StoreResult<Vec<TransferRecord>> {
+        let mut of: Vec<TransferRecord> = lock(&self.transfers)
+            .values()
+            .filter(|t| t.sender == sender)
+            .cloned()
+            .collect();
+        of.sort_by(|a, b| a.batch_id.cmp(&b.batch_id));
+        Ok(of)
+    }
+
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()> {
         lock(&self.transfers).remove(&transfer);
         Ok(())

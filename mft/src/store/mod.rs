@@ -165,6 +165,9 @@ pub trait TransferStore: Send + Sync + fmt::Debug {
     /// How many transfers `sender` has open: the server checks this on every
     /// hello, so it must not cost a read of every open transfer.
     async fn open_transfer_count(&self, sender: [u8; 32]) -> StoreResult<u64>;
+    /// The open transfers of `sender`, sorted by batch id: for an owner managing
+    /// what it left open, so it must not cost a read of every open transfer.
+    async fn transfers_of(&self, sender: [u8; 32]) -> StoreResult<Vec<TransferRecord>>;
     /// Forgets an open transfer (missing is not an error).
     async fn delete_transfer(&self, transfer: TransferId) -> StoreResult<()>;
 }

@@ -8,6 +8,7 @@
 //! `docs/PROTOCOL.md` §8 is the normative description and names the types as here.
 
 mod codec;
+mod manage;
 mod pull;
 mod push;
 mod refuse;
@@ -17,6 +18,7 @@ mod tests;
 mod values;
 
 pub use codec::{Codec, DecodeError, EncodeError, Reader, Writer};
+pub use manage::{Abort, Aborted, ListOpen, MAX_OPEN_ENTRIES, OpenEntry, OpenTransfers};
 pub use pull::{
     List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, Position, PullHello, PullSegment,
 };
@@ -71,6 +73,10 @@ mod ty {
     pub(super) const PULL_SEGMENT: u8 = 0x42;
     pub(super) const LIST: u8 = 0x50;
     pub(super) const LISTING: u8 = 0x51;
+    pub(super) const LIST_OPEN: u8 = 0x60;
+    pub(super) const OPEN_TRANSFERS: u8 = 0x61;
+    pub(super) const ABORT: u8 = 0x62;
+    pub(super) const ABORTED: u8 = 0x63;
     pub(super) const REFUSE: u8 = 0x7f;
 }
 
@@ -179,6 +185,14 @@ messages! {
     List(List) = LIST,
     /// See [`Listing`].
     Listing(Listing) = LISTING,
+    /// See [`ListOpen`].
+    ListOpen(ListOpen) = LIST_OPEN,
+    /// See [`OpenTransfers`].
+    OpenTransfers(OpenTransfers) = OPEN_TRANSFERS,
+    /// See [`Abort`].
+    Abort(Abort) = ABORT,
+    /// See [`Aborted`].
+    Aborted(Aborted) = ABORTED,
     /// See [`Refuse`].
     Refuse(Refuse) = REFUSE,
 }

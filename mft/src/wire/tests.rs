@@ -259,6 +259,46 @@ fn message() -> impl Strategy<Value = Message> {
                 message,
             })
         }),
+        Just(Message::ListOpen(ListOpen)),
+        proptest::collection::vec(
+            (
+                array::<TransferId>(),
+                batch_id(40),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            ),
+            0..4
+        )
+        .prop_map(|entries| {
+            Message::OpenTransfers(OpenTransfers {
+                entries: entries
+                    .into_iter()
+                    .map(
+                        |(
+                            id,
+                            batch_id,
+                            created_unix,
+                            deadline_unix,
+                            stored_segments,
+                            stored_bytes,
+                        )| {
+                            OpenEntry {
+                                transfer_id: id,
+                                batch_id,
+                                created_unix,
+                                deadline_unix,
+                                stored_segments,
+                                stored_bytes,
+                            }
+                        },
+                    )
+                    .collect(),
+            })
+        }),
+        array().prop_map(|transfer_id| Message::Abort(Abort { transfer_id })),
+        array().prop_map(|transfer_id| Message::Aborted(Aborted { transfer_id })),
     ]
 }
 

@@ -272,8 +272,22 @@ async fn open_transfer_count_is_per_sender(s: &dyn Store) {
     assert_eq!(s.open_transfer_count(neighbour.sender).await.unwrap(), 1);
     assert_eq!(s.open_transfer_count([0; 32]).await.unwrap(), 1);
     assert_eq!(s.open_transfer_count([9; 32]).await.unwrap(), 0);
+    // The sender's own transfers, in batch-id order, and nobody else's.
+    let batches = |records: Vec<TransferRecord>| -> Vec<Vec<u8>> {
+        records.into_iter().map(|t| t.batch_id).collect()
+    };
+    assert_eq!(
+        batches(s.transfers_of([1; 32]).await.unwrap()),
+        vec![HOSTILE.to_vec(), b"a".to_vec(), b"b".to_vec()]
+    );
+    assert_eq!(
+        s.transfers_of(neighbour.sender).await.unwrap(),
+        vec![neighbour]
+    );
+    assert!(s.transfers_of([9; 32]).await.unwrap().is_empty());
     s.delete_transfer(tid(52)).await.unwrap();
     assert_eq!(s.open_transfer_count([1; 32]).await.unwrap(), 2);
+    assert_eq!(s.transfers_of([1; 32]).await.unwrap().len(), 2);
 }
 
 async fn a_transfer_opens_with_its_secret_and_completes_into_its_batch(s: &dyn Store) {

@@ -1,0 +1,144 @@
+//! The messages by which a sender manages what it left open: which of its
+//! transfers the server holds, and ending one at once rather than at its deadline.
+
+use super::codec::{Codec, DecodeError, EncodeError, Reader, Writer};
+use super::push::{read_batch_id, read_version};
+use super::values::{BatchId, TransferId};
+use super::{MAX_BATCH_ID, VERSION};
+
+/// Most entries in one [`OpenTransfers`].
+pub const MAX_OPEN_ENTRIES: usize = 1024;
+
+/// Asks which transfers the requester has open: client → server, first message of
+/// its flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOpen;
+
+impl Codec for ListOpen {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(VERSION);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(ListOpen)
+    }
+}
+
+/// One open transfer in [`OpenTransfers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenEntry {
+    /// The transfer.
+    pub transfer_id: TransferId,
+    /// The batch it will complete, in the requester's namespace.
+    pub batch_id: BatchId,
+    /// When it was opened, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// When the server reclaims it if it is not complete.
+    pub deadline_unix: u64,
+    /// Segments the server holds for it.
+    pub stored_segments: u64,
+    /// Ciphertext bytes the server holds for it (what it counts against quotas).
+    pub stored_bytes: u64,
+}
+
+impl Codec for OpenEntry {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.put(&self.transfer_id.0)
+            .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
+            .u64(self.created_unix)
+            .u64(self.deadline_unix)
+            .u64(self.stored_segments)
+            .u64(self.stored_bytes);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(OpenEntry {
+            transfer_id: TransferId(r.array("transfer id")?),
+            batch_id: read_batch_id(r)?,
+            created_unix: r.u64("creation time")?,
+            deadline_unix: r.u64("deadline")?,
+            stored_segments: r.u64("stored segments")?,
+            stored_bytes: r.u64("stored bytes")?,
+        })
+    }
+}
+
+/// The requester's open transfers, in batch-id order: server → client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenTransfers {
+    /// At most [`MAX_OPEN_ENTRIES`].
+    pub entries: Vec<OpenEntry>,
+}
+
+impl Codec for OpenTransfers {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        super::codec::check_len("open transfers", self.entries.len(), MAX_OPEN_ENTRIES)?;
+        w.u32(self.entries.len() as u32);
+        for entry in &self.entries {
+            entry.write_to(w)?;
+        }
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        let n = r.u32("entry count")? as usize;
+        if n > MAX_OPEN_ENTRIES {
+            return Err(DecodeError::TooLong {
+                field: "open transfers",
+                len: n,
+                max: MAX_OPEN_ENTRIES,
+            });
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(OpenEntry::read_from(r)?);
+        }
+        Ok(OpenTransfers { entries })
+    }
+}
+
+/// Ends one of the requester's open transfers now, deleting what the server holds
+/// of it: client → server, first message of its flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Abort {
+    /// The transfer, from an earlier [`Accept`](super::Accept) or [`OpenTransfers`].
+    pub transfer_id: TransferId,
+}
+
+impl Codec for Abort {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(VERSION).put(&self.transfer_id.0);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(Abort {
+            transfer_id: TransferId(r.array("transfer id")?),
+        })
+    }
+}
+
+/// The transfer was aborted and what the server held of it deleted: server →
+/// client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Aborted {
+    /// The transfer.
+    pub transfer_id: TransferId,
+}
+
+impl Codec for Aborted {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.put(&self.transfer_id.0);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Aborted {
+            transfer_id: TransferId(r.array("transfer id")?),
+        })
+    }
+}
