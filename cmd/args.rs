@@ -146,6 +146,18 @@ pub struct ServeArgs {
     /// Open (incomplete) transfers one key may have at once (default 16).
     #[arg(long, value_name = "N")]
     pub max_transfers_per_key: Option<usize>,
+    /// Bytes one key's open transfers may hold together (default 1TiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_open_bytes_per_key: Option<u64>,
+    /// Bytes one key may hold in all, open and completed (default 16TiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_bytes_per_key: Option<u64>,
+    /// Connections each listener holds at once, handshakes included (default 4096).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections one source address holds at once, per listener (default 64).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
     /// Seconds open flows get to finish after SIGINT/SIGTERM (default 5).
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<u64>,

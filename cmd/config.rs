@@ -33,6 +33,10 @@ struct File {
     max_chunk: Option<Size>,
     max_metadata: Option<Size>,
     max_transfers_per_key: Option<usize>,
+    max_open_bytes_per_key: Option<Size>,
+    max_bytes_per_key: Option<Size>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
     grace: Option<u64>,
     congestion: Option<String>,
     rate: Option<String>,
@@ -57,6 +61,14 @@ pub struct ServeSettings {
     pub max_metadata: Option<u64>,
     /// Open transfers per key.
     pub max_transfers_per_key: Option<usize>,
+    /// Bytes in open transfers per key.
+    pub max_open_bytes_per_key: Option<u64>,
+    /// Bytes held in all per key.
+    pub max_bytes_per_key: Option<u64>,
+    /// Connections per listener.
+    pub max_connections: Option<usize>,
+    /// Connections per source address, per listener.
+    pub max_connections_per_source: Option<usize>,
     /// Seconds for open flows to finish at shutdown.
     pub grace: u64,
     /// The transport tuning.
@@ -143,6 +155,20 @@ pub fn serve_settings(args: ServeArgs) -> Result<ServeSettings, CliError> {
         max_chunk: size(args.max_chunk, file.max_chunk, "max_chunk")?,
         max_metadata: size(args.max_metadata, file.max_metadata, "max_metadata")?,
         max_transfers_per_key: args.max_transfers_per_key.or(file.max_transfers_per_key),
+        max_open_bytes_per_key: size(
+            args.max_open_bytes_per_key,
+            file.max_open_bytes_per_key,
+            "max_open_bytes_per_key",
+        )?,
+        max_bytes_per_key: size(
+            args.max_bytes_per_key,
+            file.max_bytes_per_key,
+            "max_bytes_per_key",
+        )?,
+        max_connections: args.max_connections.or(file.max_connections),
+        max_connections_per_source: args
+            .max_connections_per_source
+            .or(file.max_connections_per_source),
         grace: args.grace.or(file.grace).unwrap_or(5),
     })
 }
@@ -200,6 +226,10 @@ mod tests {
             max_chunk: None,
             max_metadata: None,
             max_transfers_per_key: None,
+            max_open_bytes_per_key: None,
+            max_bytes_per_key: None,
+            max_connections: None,
+            max_connections_per_source: None,
             grace: None,
             tuning: Default::default(),
         }
@@ -211,7 +241,7 @@ mod tests {
         let path = dir.path().join("mftq.toml");
         std::fs::write(
             &path,
-            "listen = [\"quic/127.0.0.1:0\"]\ndata = \"d\"\nkey = \"k.key\"\nmax_chunk = \"2MiB\"\nmax_metadata = 1000\ncongestion = \"bbr\"\nrate = \"200Mbit\"\n",
+            "listen = [\"quic/127.0.0.1:0\"]\ndata = \"d\"\nkey = \"k.key\"\nmax_chunk = \"2MiB\"\nmax_metadata = 1000\ncongestion = \"bbr\"\nrate = \"200Mbit\"\nmax_bytes_per_key = \"1GiB\"\nmax_connections_per_source = 8\n",
         )
         .expect("write");
         let mut a = args(Some(path.clone()));
@@ -221,6 +251,9 @@ mod tests {
         assert_eq!(s.data, dir.path().join("d"));
         assert_eq!(s.key, PathBuf::from("flag.key"));
         assert_eq!((s.max_chunk, s.max_metadata), (Some(2 << 20), Some(1000)));
+        assert_eq!(s.max_bytes_per_key, Some(1 << 30));
+        assert_eq!(s.max_connections_per_source, Some(8));
+        assert_eq!((s.max_open_bytes_per_key, s.max_connections), (None, None));
         assert_eq!(
             s.tuning,
             Tuning {

@@ -33,6 +33,19 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     if let Some(n) = settings.max_transfers_per_key {
         config.max_open_transfers_per_peer(n);
     }
+    if let Some(n) = settings.max_open_bytes_per_key {
+        config.max_open_bytes_per_peer(n);
+    }
+    if let Some(n) = settings.max_bytes_per_key {
+        config.max_bytes_per_peer(n);
+    }
+    let mut limits = flow::ListenLimits::default();
+    if let Some(n) = settings.max_connections {
+        limits.max_connections(n);
+    }
+    if let Some(n) = settings.max_connections_per_source {
+        limits.max_connections_per_source(n);
+    }
 
     let data = settings.data.clone();
     let store = tokio::task::spawn_blocking(move || mft::store::FsStore::open(&data))
@@ -54,8 +67,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         let access = access.clone();
         move |key| access.admits(key)
     }));
-    let manager = Manager::new(identity.clone(), settings.tuning.registry(), manager_config)
-        .map_err(|e| CliError::flow("starting the server", e))?;
+    let manager = Manager::new(
+        identity.clone(),
+        settings.tuning.registry_with(&limits),
+        manager_config,
+    )
+    .map_err(|e| CliError::flow("starting the server", e))?;
     let mut endpoints = Vec::new();
     for spec in &settings.listen {
         let endpoint: Endpoint = spec.parse().map_err(|e: flow::Error| {

@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flow::{CongestionControl, HttpsConfig, HttpsProtocol, QuicConfig, QuicProtocol, Registry};
+use flow::{
+    CongestionControl, HttpsConfig, HttpsProtocol, ListenLimits, QuicConfig, QuicProtocol, Registry,
+};
 
 use crate::args::TuningArgs;
 
@@ -97,9 +99,19 @@ impl Tuning {
 
     /// The built-in protocols with these settings.
     pub fn registry(&self) -> Registry {
+        self.registry_with(&ListenLimits::default())
+    }
+
+    /// The built-in protocols with these settings, their listeners admitting
+    /// connections within `limits`.
+    pub fn registry_with(&self, limits: &ListenLimits) -> Registry {
+        let mut quic = self.quic();
+        quic.listen_limits(limits.clone());
+        let mut https = self.https();
+        https.listen_limits(limits.clone());
         let mut registry = Registry::default();
-        registry.register("quic", Arc::new(QuicProtocol::new(self.quic())), &[]);
-        registry.register("https", Arc::new(HttpsProtocol::new(self.https())), &[]);
+        registry.register("quic", Arc::new(QuicProtocol::new(quic)), &[]);
+        registry.register("https", Arc::new(HttpsProtocol::new(https)), &[]);
         registry
     }
 

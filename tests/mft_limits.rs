@@ -18,6 +18,8 @@ use tokio::io::AsyncWriteExt;
 on_every_transport!(
     a_slow_first_segment_is_not_cut_off,
     a_busy_refusal_comes_from_the_length_prefix_alone,
+    quotas_bound_what_a_key_holds,
+    the_door_refuses_keys_the_policy_does_not_admit,
 );
 
 /// A segment as it goes on the wire: its length prefix, then its message.
@@ -200,4 +202,116 @@ async fn a_retriever_that_stops_reading_is_cut_off() {
         "a stalled retrieval must be cut off, not completed ({} bytes read)",
         sink.len()
     );
+}
+
+/// Regression (issue 10): a key could hold 16 open transfers of 2²⁴ segments
+/// each for 24 h. Its open transfers, and all it holds, are now bounded in bytes;
+/// the refusal leaves what is stored as it was, and other keys are unaffected.
+async fn quotas_bound_what_a_key_holds(t: Transport) {
+    // One chunk's ciphertext is CHUNK + 16 bytes: room for two open, three in all.
+    let segment = u64::from(CHUNK) + 16;
+    let mut config = ServerConfig::default();
+    config
+        .max_open_bytes_per_peer(2 * segment)
+        .max_bytes_per_peer(3 * segment);
+    let h = Harness::new(t, config).await;
+    let raw = h.raw();
+    let a = raw.open(b"quota-a", CHUNK).await;
+    let b = raw.open(b"quota-b", CHUNK).await;
+    let chunk = |n: u64| data(20 + n, CHUNK as usize);
+    raw.send_ok(&[a.segment(0, &chunk(0))]).await;
+    raw.send_ok(&[b.segment(0, &chunk(1))]).await;
+    let over = raw
+        .send_refused(&[a.segment(1, &chunk(2))], RefuseCode::QuotaExceeded)
+        .await;
+    assert!(over.message.contains("open transfers"), "{over:?}");
+    assert_eq!(h.store.segments(a.id()).await.unwrap().len(), 1);
+    // Another key is not affected.
+    let other = mft::Sender::new(h.t.manager(flow::ManagerConfig::default()), h.config()).unwrap();
+    bounded(
+        "other key's send",
+        other.send(&b"elsewhere"[..], b"other", b""),
+    )
+    .await
+    .unwrap();
+
+    // Aborting one frees its share; a completed batch counts against the total.
+    h.sender().abort(b.id()).await.unwrap();
+    raw.send_ok(&[a.segment(1, &chunk(2))]).await;
+    let sent = [a.segment(0, &chunk(0)), a.segment(1, &chunk(2))];
+    let receipt = raw
+        .complete(&a.honest_completion(&sent, 2 * CHUNK as usize, b""))
+        .await
+        .unwrap();
+    assert_eq!(receipt.segment_count, 2);
+    let c = raw.open(b"quota-c", CHUNK).await;
+    raw.send_ok(&[c.segment(0, &chunk(3))]).await;
+    let full = raw
+        .send_refused(&[c.segment(1, &chunk(4))], RefuseCode::QuotaExceeded)
+        .await;
+    assert!(full.message.contains("holds"), "{full:?}");
+    // An honest sender gives up at once: retrying cannot help.
+    let err = bounded(
+        "a send over quota",
+        h.sender()
+            .send(PrngReader::new(5, 3 * u64::from(CHUNK)), b"too-much", b""),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.refuse_code(), Some(RefuseCode::QuotaExceeded), "{err}");
+}
+
+/// A policy that admits one key at the door and lets it do anything.
+struct OnlyAlice(flow::PeerKey);
+
+impl mft::Authorize for OnlyAlice {
+    fn authorize(&self, request: &mft::Request<'_>) -> bool {
+        *request.key == self.0
+    }
+
+    fn admits(&self, key: &flow::PeerKey) -> bool {
+        *key == self.0
+    }
+}
+
+/// Trust at the door for library users: with `Server::door` as the manager's
+/// accept authoriser, a key the policy does not admit is refused in the TLS
+/// handshake (an authentication failure, not a protocol refusal).
+async fn the_door_refuses_keys_the_policy_does_not_admit(t: Transport) {
+    let alice = t.manager(flow::ManagerConfig::default());
+    let bob = t.manager(flow::ManagerConfig::default());
+    let identity = flow::Identity::generate();
+    let server = mft::Server::builder(
+        identity.clone(),
+        std::sync::Arc::new(mft::store::MemoryStore::new()),
+    )
+    .authorize(OnlyAlice(alice.identity().public_key()))
+    .build();
+    let mut config = flow::ManagerConfig::default();
+    config.accept_authorizer(server.door());
+    let manager = t.manager_as(identity, config);
+    let endpoint = manager
+        .listen(t.name(), &t.listen_address())
+        .await
+        .unwrap()
+        .endpoint()
+        .clone();
+    tokio::spawn({
+        let (server, manager) = (server.clone(), manager.clone());
+        async move { server.serve(manager).await }
+    });
+    let mut client = mft::ClientConfig::new(endpoint, server.identity().public_key());
+    client.retries(0);
+    let send = |who: flow::Manager| {
+        let sender = mft::Sender::new(who, client.clone()).unwrap();
+        async move { sender.send(&b"at the door"[..], b"door", b"").await }
+    };
+    let refused = bounded("bob's send", send(bob)).await.unwrap_err();
+    assert_eq!(refused.kind(), mft::ErrorKind::Auth, "{refused}");
+    assert_eq!(
+        refused.refuse_code(),
+        None,
+        "refused before the protocol: {refused}"
+    );
+    bounded("alice's send", send(alice)).await.unwrap();
 }

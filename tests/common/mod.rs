@@ -200,6 +200,12 @@ macro_rules! delegate_store {
             ) -> mft::store::StoreResult<Vec<mft::store::BatchRecord>> {
                 self.$field.batches_of(owner, after, limit).await
             }
+            async fn holdings(
+                &self,
+                owner: &[u8; 32],
+            ) -> mft::store::StoreResult<mft::store::Holdings> {
+                self.$field.holdings(owner).await
+            }
             async fn batches(&self) -> mft::store::StoreResult<Vec<mft::store::BatchRecord>> {
                 self.$field.batches().await
             }

@@ -8,6 +8,7 @@ pub(crate) mod completion;
 pub(crate) mod layout;
 #[cfg(test)]
 mod model;
+pub(crate) mod quota;
 pub(crate) mod retry;
 pub(crate) mod send_plan;
 pub(crate) mod transfer;

@@ -79,6 +79,15 @@ impl<'a> Request<'a> {
 pub trait Authorize: Send + Sync + 'static {
     /// Whether `request` may go ahead.
     fn authorize(&self, request: &Request<'_>) -> bool;
+
+    /// Whether `key` may connect at all: asked in the TLS handshake when the
+    /// manager's accept authoriser is [`Server::door`](crate::Server::door), so a
+    /// key refused here reaches no protocol state. The default admits every key
+    /// that proves one (closures keep it); a policy with allow-lists should admit
+    /// only the keys on them.
+    fn admits(&self, _key: &PeerKey) -> bool {
+        true
+    }
 }
 
 impl<F> Authorize for F
@@ -96,6 +105,10 @@ pub struct DenyAll;
 
 impl Authorize for DenyAll {
     fn authorize(&self, _: &Request<'_>) -> bool {
+        false
+    }
+
+    fn admits(&self, _: &PeerKey) -> bool {
         false
     }
 }

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub(super) first_message_timeout: Duration,
     pub(super) flow_idle_timeout: Duration,
     pub(super) abandoned_after: Duration,
+    pub(super) max_open_bytes_per_peer: u64,
+    pub(super) max_bytes_per_peer: u64,
     pub(super) max_segments: u64,
     pub(super) busy_retry_after: Duration,
 }
@@ -38,6 +40,8 @@ impl Default for ServerConfig {
             first_message_timeout: Duration::from_secs(10),
             flow_idle_timeout: Duration::from_secs(60),
             abandoned_after: Duration::from_secs(600),
+            max_open_bytes_per_peer: 1 << 40,
+            max_bytes_per_peer: 16 << 40,
             max_segments: 1 << 24,
             busy_retry_after: Duration::from_secs(1),
         }
@@ -116,6 +120,22 @@ impl ServerConfig {
     /// resume, until its deadline; a key is never locked out by sends it left.
     pub fn abandoned_after(&mut self, idle: Duration) -> &mut Self {
         self.abandoned_after = idle;
+        self
+    }
+
+    /// The bytes one key's open transfers may hold together (default 1 TiB):
+    /// beyond, its segments are refused as `QuotaExceeded` until it completes or
+    /// aborts one. Bounds what sends that are never completed can take.
+    pub fn max_open_bytes_per_peer(&mut self, bytes: u64) -> &mut Self {
+        self.max_open_bytes_per_peer = bytes;
+        self
+    }
+
+    /// The bytes one key may hold in all, open transfers and completed batches
+    /// together (default 16 TiB): beyond, its segments are refused as
+    /// `QuotaExceeded`.
+    pub fn max_bytes_per_peer(&mut self, bytes: u64) -> &mut Self {
+        self.max_bytes_per_peer = bytes;
         self
     }
 

@@ -22,6 +22,7 @@ mod config;
 mod manage;
 mod pull;
 mod push;
+mod quota;
 #[cfg(test)]
 mod tests;
 
@@ -75,6 +76,8 @@ struct Inner {
     /// When this server was built (Unix seconds): no transfer it has not seen
     /// has been idle longer than since then.
     started_unix: u64,
+    /// What each key holds, for its quotas.
+    usage: quota::Usage,
 }
 
 impl fmt::Debug for Server {
@@ -155,6 +158,7 @@ impl ServerBuilder {
                 flows_per_peer: Mutex::new(HashMap::new()),
                 open: Mutex::new(HashMap::new()),
                 started_unix: now_unix(),
+                usage: quota::Usage::default(),
             }),
         }
     }
@@ -184,6 +188,24 @@ impl Server {
     ) -> bool {
         let request = Request::new(key, voucher, owner, batch_id, direction);
         self.inner.authorize.authorize(&request)
+    }
+
+    /// The door: an accept authoriser for the manager this server serves, which
+    /// asks [`Authorize::admits`] in the TLS handshake, so keys the policy does not
+    /// admit never reach the protocol.
+    ///
+    /// ```no_run
+    /// # fn demo(identity: flow::Identity, store: std::sync::Arc<dyn mft::store::Store>,
+    /// #         policy: impl mft::Authorize) -> flow::Result<()> {
+    /// let server = mft::Server::builder(identity.clone(), store).authorize(policy).build();
+    /// let mut config = flow::ManagerConfig::default();
+    /// config.accept_authorizer(server.door());
+    /// let manager = flow::Manager::new(identity, flow::Registry::default(), config)?;
+    /// # drop(manager); Ok(()) }
+    /// ```
+    pub fn door(&self) -> Arc<dyn flow::PeerAuthorizer> {
+        let inner = self.inner.clone();
+        flow::Authorizer::from_fn(move |key| inner.authorize.admits(key))
     }
 
     /// The server's identity.
@@ -322,6 +344,7 @@ impl Server {
         }
         store.delete_transfer(record.transfer).await?;
         self.lock_open().remove(&record.transfer);
+        self.recount_quota(&record.sender).await;
         Ok(true)
     }
 

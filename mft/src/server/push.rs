@@ -321,7 +321,16 @@ impl Server {
             let state = open.state.read().await;
             state.admit_segment(segment.index, now_unix())?;
             open.touch();
-            let index = self.store_segment(&open, segment, &mut scratch).await?;
+            let sender = open.record.sender;
+            let len = segment.ciphertext.len() as u64;
+            self.reserve_quota(&sender, len).await?;
+            let index = match self.store_segment(&open, segment, &mut scratch).await {
+                Ok(index) => index,
+                Err(refused) => {
+                    self.release_quota(&sender, len).await;
+                    return Err(refused);
+                }
+            };
             drop(state);
             drop(permit);
             if let Err(e) = session::send(writer, &Message::SegmentAck(SegmentAck { index })).await
@@ -527,6 +536,7 @@ impl Server {
             Err(e) => return Err(e.into()),
         }
         self.lock_open().remove(&transfer);
+        self.recount_quota(&open.record.sender).await;
         tracing::info!(%peer, %transfer, segments = tally.count, bytes = tally.size, "batch completed");
         Ok(Some(Message::Receipt(receipt)))
     }

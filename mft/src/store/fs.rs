@@ -31,7 +31,7 @@ pub(crate) use super::records::{
 };
 use super::records::{decode_segment, encode_segment, segment_key};
 use super::{
-    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
+    BatchRecord, BatchStore, Holdings, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
     StoreResult, TransferId, TransferRecord, TransferStore,
 };
 use crate::wire::Codec;
@@ -64,8 +64,9 @@ pub(super) const BATCHES_BY_TRANSFER: TableDefinition<&[u8], &[u8]> =
 /// longer ids that start with it).
 pub(super) const OWNERS_BY_BATCH: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("owners_by_batch");
-/// Sender → how many batches it holds (u64 BE): the namespaces, for listings.
-pub(super) const BATCH_OWNERS: TableDefinition<&[u8], u64> = TableDefinition::new("batch_owners");
+/// Sender → how many batches it holds and their plaintext bytes (u64 BE each):
+/// the namespaces, for listings, and what each holds, for quotas.
+pub(super) const BATCH_OWNERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batch_owners");
 /// Before namespaces: batch id → record, and transfer id → batch id. A store
 /// that still has them is moved into the tables above when opened.
 pub(super) const LEGACY_BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batches");
@@ -561,6 +562,15 @@ impl Inner {
         Ok(owners)
     }
 
+    fn holdings(&self, owner: &[u8; 32]) -> StoreResult<Holdings> {
+        let tx = self.db.begin_read().or_db()?;
+        let table = tx.open_table(BATCH_OWNERS).or_db()?;
+        match table.get(owner.as_slice()).or_db()? {
+            Some(v) => decode_holdings(v.value()),
+            None => Ok(Holdings::default()),
+        }
+    }
+
     fn batch_owners(&self, after: Option<[u8; 32]>, limit: usize) -> StoreResult<Vec<[u8; 32]>> {
         let tx = self.db.begin_read().or_db()?;
         let table = tx.open_table(BATCH_OWNERS).or_db()?;
@@ -833,6 +843,11 @@ impl BatchStore for FsStore {
             .await
     }
 
+    async fn holdings(&self, owner: &[u8; 32]) -> StoreResult<Holdings> {
+        let owner = *owner;
+        self.run(move |inner| inner.holdings(&owner)).await
+    }
+
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         self.run(|inner| inner.batches()).await
     }
@@ -946,14 +961,37 @@ fn insert_batch(tx: &WriteTransaction, record: &BatchRecord, value: &[u8]) -> St
         )
         .or_db()?;
     let mut owners = tx.open_table(BATCH_OWNERS).or_db()?;
-    let held = owners
-        .get(record.sender.as_slice())
-        .or_db()?
-        .map_or(0, |v| v.value());
+    let held = match owners.get(record.sender.as_slice()).or_db()? {
+        Some(v) => decode_holdings(v.value())?,
+        None => Holdings::default(),
+    };
+    let held = Holdings {
+        batches: held.batches.saturating_add(1),
+        bytes: held.bytes.saturating_add(record.size),
+    };
     owners
-        .insert(record.sender.as_slice(), held.saturating_add(1))
+        .insert(record.sender.as_slice(), encode_holdings(&held).as_slice())
         .or_db()?;
     Ok(())
+}
+
+/// A [`BATCH_OWNERS`] value.
+fn encode_holdings(h: &Holdings) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&h.batches.to_be_bytes());
+    v[8..].copy_from_slice(&h.bytes.to_be_bytes());
+    v
+}
+
+fn decode_holdings(v: &[u8]) -> StoreResult<Holdings> {
+    let v: [u8; 16] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a holdings record that is not 16 bytes".into()))?;
+    let (batches, bytes) = v.split_at(8);
+    Ok(Holdings {
+        batches: u64::from_be_bytes(batches.try_into().unwrap_or_default()),
+        bytes: u64::from_be_bytes(bytes.try_into().unwrap_or_default()),
+    })
 }
 
 // ---- Keys ----

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BatchRecord, BatchStore, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
+    BatchRecord, BatchStore, Holdings, SecretStore, SegmentInfo, SegmentStore, Store, StoreError,
     StoreResult, TransferId, TransferRecord, TransferStore,
 };
 
@@ -314,6 +314,16 @@ impl BatchStore for MemoryStore {
             .take(limit)
             .map(|(_, b)| b.clone())
             .collect())
+    }
+
+    async fn holdings(&self, owner: &[u8; 32]) -> StoreResult<Holdings> {
+        Ok(lock(&self.batches)
+            .values()
+            .filter(|b| b.sender == *owner)
+            .fold(Holdings::default(), |h, b| Holdings {
+                batches: h.batches + 1,
+                bytes: h.bytes.saturating_add(b.size),
+            }))
     }
 
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {

@@ -204,9 +204,21 @@ pub trait BatchStore: Send + Sync + fmt::Debug {
         after: &[u8],
         limit: usize,
     ) -> StoreResult<Vec<BatchRecord>>;
+    /// How many completed batches `owner` holds and their plaintext bytes, kept
+    /// with the batches (not summed on each call): for per-key quotas.
+    async fn holdings(&self, owner: &[u8; 32]) -> StoreResult<Holdings>;
     /// Every completed batch, sorted by sender, then batch id. A full scan, for
     /// tools and tests: the server never calls it.
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>>;
+}
+
+/// What one sender's namespace holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    /// Completed batches.
+    pub batches: u64,
+    /// Their plaintext bytes, summed.
+    pub bytes: u64,
 }
 
 /// All four stores, as the server uses them, with the two steps of a transfer's

@@ -81,6 +81,9 @@ refuse_codes! {
     /// A retrieval named no sender, and several senders the requester may see
     /// hold a batch of that id: name one.
     Ambiguous = 18,
+    /// The key would hold more bytes than its quota allows (in open transfers, or
+    /// in all); retrying does not help until it completes, aborts or deletes.
+    QuotaExceeded = 19,
 }
 
 impl fmt::Display for RefuseCode {
@@ -158,7 +161,7 @@ mod tests {
     #[test]
     fn every_known_code_has_its_own_number_and_round_trips() {
         let numbers: Vec<u16> = RefuseCode::KNOWN.iter().map(|c| c.as_u16()).collect();
-        assert_eq!(numbers, (1..=18).collect::<Vec<_>>());
+        assert_eq!(numbers, (1..=19).collect::<Vec<_>>());
         for &code in RefuseCode::KNOWN {
             assert_eq!(RefuseCode::from_u16(code.as_u16()), code);
         }

@@ -527,6 +527,16 @@ async fn batch_ids_are_per_sender(s: &dyn Store) {
     assert_already_exists(s.put_batch(owned(mid, b"report", 6)).await);
     s.put_batch(owned([0x30; 32], b"report", 7)).await.unwrap();
     assert_eq!(s.owners_of(b"report", 10).await.unwrap().len(), 4);
+    // What each holds, a refused duplicate not counted.
+    let size = |n: u8| batch_record(b"", n).size;
+    assert_eq!(
+        s.holdings(&mid).await.unwrap(),
+        Holdings {
+            batches: 2,
+            bytes: size(1) + size(4)
+        }
+    );
+    assert_eq!(s.holdings(&[0x31; 32]).await.unwrap(), Holdings::default());
 }
 
 /// Runs each suite function against a fresh MemoryStore and a fresh FsStore.
