@@ -61,6 +61,16 @@ impl Endpoint {
         if address.contains("://") {
             return Err(bad("the address contains a second '://'"));
         }
+        if protocol.is_empty()
+            && address
+                .split_once('/')
+                .is_some_and(|(head, _)| looks_like_protocol(head))
+        {
+            // It would print as `head/...` and read back as protocol `head`.
+            return Err(bad(
+                "an address without a protocol may not start with a protocol name and '/'",
+            ));
+        }
         Ok(Endpoint {
             protocol: protocol.to_string(),
             address: address.to_string(),
@@ -91,21 +101,32 @@ impl FromStr for Endpoint {
 
     fn from_str(s: &str) -> Result<Self> {
         if let Some((protocol, address)) = s.split_once("://") {
+            if protocol.is_empty() {
+                return Err(Error::new(Reason::MalformedEndpoint {
+                    input: s.to_string(),
+                    why: "the protocol before '://' is empty",
+                }));
+            }
             return Endpoint::new(protocol, address);
         }
         // `proto/address`: only when the part before the slash names a protocol, so a
         // bare address that contains a slash (a Unix socket path) stays whole.
-        if let Some((protocol, address)) = s.split_once('/') {
-            let looks_like_protocol = !protocol.is_empty()
-                && protocol
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-".contains(&b));
-            if looks_like_protocol {
-                return Endpoint::new(protocol, address);
-            }
+        if let Some((protocol, address)) = s.split_once('/')
+            && looks_like_protocol(protocol)
+        {
+            return Endpoint::new(protocol, address);
         }
         Endpoint::new("", s)
     }
+}
+
+/// Whether `head` (the text before a '/') reads as a protocol name in
+/// `proto/address` form.
+fn looks_like_protocol(head: &str) -> bool {
+    !head.is_empty()
+        && head
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-".contains(&b))
 }
 
 impl fmt::Display for Endpoint {
@@ -147,10 +168,15 @@ mod tests {
             "quic://host :1",
             "quic://a://b",
             "quic://host\n:1",
+            // Found by fuzzing: an empty protocol, which printed back as another.
+            "://o//",
             long.as_str(),
         ] {
             let err = bad.parse::<Endpoint>().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::BadArg, "{bad:?}");
         }
+        // Nor can one be built that would print as `proto/...`.
+        assert!(Endpoint::new("", "o//").is_err());
+        assert!(Endpoint::new("", "/run/mftq.sock").is_ok());
     }
 }

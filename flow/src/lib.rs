@@ -44,6 +44,8 @@ mod conn_cache;
 mod endpoint;
 mod error;
 mod flow;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod identity;
 mod idle;
 mod manager;

@@ -146,10 +146,12 @@ impl Codec for Refuse {
         let code = RefuseCode::from_u16(r.u16("refuse code")?);
         let retry_after_ms = r.u32("retry after")?;
         let message = r.bytes16("refuse message", MAX_REFUSE_MESSAGE)?;
+        let message = String::from_utf8(message.to_vec())
+            .map_err(|_| DecodeError::Invalid("refuse message (not UTF-8)"))?;
         Ok(Refuse {
             code,
             retry_after_ms,
-            message: String::from_utf8_lossy(&message).into_owned(),
+            message,
         })
     }
 }
@@ -165,6 +167,16 @@ mod tests {
         for &code in RefuseCode::KNOWN {
             assert_eq!(RefuseCode::from_u16(code.as_u16()), code);
         }
+    }
+
+    #[test]
+    fn a_refusal_that_is_not_utf8_is_refused() {
+        // Found by fuzzing: it decoded lossily, so it did not encode back.
+        let bytes = [0x7f, 0x00, 0x06, 0, 0, 0, 0, 0x00, 0x01, 0xf9];
+        assert!(matches!(
+            crate::wire::Message::from_bytes(bytes::Bytes::copy_from_slice(&bytes)),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
