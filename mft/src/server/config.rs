@@ -18,6 +18,7 @@ pub struct ServerConfig {
     pub(super) max_open_transfers_per_peer: usize,
     pub(super) max_flows_per_peer: usize,
     pub(super) max_pending_bytes: usize,
+    pub(super) max_pending_bytes_per_peer: usize,
     pub(super) transfer_deadline: Duration,
     pub(super) first_message_timeout: Duration,
     pub(super) flow_idle_timeout: Duration,
@@ -36,6 +37,7 @@ impl Default for ServerConfig {
             max_open_transfers_per_peer: 16,
             max_flows_per_peer: 256,
             max_pending_bytes: 256 << 20,
+            max_pending_bytes_per_peer: 64 << 20,
             transfer_deadline: Duration::from_secs(24 * 3600),
             first_message_timeout: Duration::from_secs(10),
             flow_idle_timeout: Duration::from_secs(60),
@@ -89,6 +91,14 @@ impl ServerConfig {
     /// wait (and QUIC flow control slows senders) beyond it.
     pub fn max_pending_bytes(&mut self, bytes: usize) -> &mut Self {
         self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// The share of those bytes one key may hold (default 64 MiB, at most the
+    /// server's): its flows wait beyond it, so one key's stalled flows, each
+    /// announcing a large segment, cannot hold the memory other keys need.
+    pub fn max_pending_bytes_per_peer(&mut self, bytes: usize) -> &mut Self {
+        self.max_pending_bytes_per_peer = bytes;
         self
     }
 

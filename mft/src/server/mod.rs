@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use flow::{Flow, FlowReader, FlowWriter, Identity, Manager, PeerKey};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
@@ -20,6 +19,7 @@ mod at_rest;
 mod authorize;
 mod config;
 mod manage;
+mod pending;
 mod pull;
 mod push;
 mod quota;
@@ -70,7 +70,7 @@ struct Inner {
     /// Flows being handled, and a wake-up when the count drops to zero.
     handling: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
-    pending: Arc<Semaphore>,
+    pending: Arc<pending::Pending>,
     flows_per_peer: Mutex<HashMap<PeerKey, usize>>,
     open: Mutex<HashMap<TransferId, Arc<OpenTransfer>>>,
     /// When this server was built (Unix seconds): no transfer it has not seen
@@ -146,7 +146,10 @@ impl ServerBuilder {
         let at_rest = Cipher::new(&crypto::at_rest_key(&self.identity));
         Server {
             inner: Arc::new(Inner {
-                pending: Arc::new(Semaphore::new(self.config.max_pending_bytes)),
+                pending: pending::Pending::new(
+                    self.config.max_pending_bytes,
+                    self.config.max_pending_bytes_per_peer,
+                ),
                 identity: self.identity,
                 store: self.store,
                 config: self.config,
@@ -368,7 +371,7 @@ impl Server {
                 .await;
             return;
         }
-        let outcome = match self.reserve(len).await {
+        let outcome = match self.reserve(peer, len).await {
             Ok(permit) => match reader.read_msg().await {
                 Ok(Some(first)) => {
                     self.dispatch(peer, first, permit, &mut reader, &mut writer)
@@ -424,18 +427,16 @@ impl Server {
         }
     }
 
-    /// Holds `len` bytes of the server-wide pending-bytes budget, before a message
-    /// of that length is read: what is in memory between the network and the
-    /// store stays bounded, however many flows send at once.
-    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, Refusal> {
-        let budget = self.inner.config.max_pending_bytes;
-        let bytes = u32::try_from(len.min(budget)).unwrap_or(u32::MAX);
+    /// Holds `len` bytes of the pending-bytes budget (the key's share, then the
+    /// server's) for a message of `peer`, before it is read: what is in memory
+    /// between the network and the store stays bounded, however many flows send
+    /// at once, and one key cannot hold all of it.
+    async fn reserve(&self, peer: PeerKey, len: usize) -> Result<pending::Reservation, Refusal> {
         self.inner
             .pending
-            .clone()
-            .acquire_many_owned(bytes)
+            .reserve(peer, len)
             .await
-            .map_err(|_| refusal(RefuseCode::Internal, "server shutting down"))
+            .ok_or_else(|| refusal(RefuseCode::Internal, "server shutting down"))
     }
 
     /// Hands a flow to the handler its first message names: what to answer last,
@@ -444,7 +445,7 @@ impl Server {
         &self,
         peer: PeerKey,
         first: Bytes,
-        permit: OwnedSemaphorePermit,
+        permit: pending::Reservation,
         reader: &mut FlowReader,
         writer: &mut FlowWriter,
     ) -> Result<Option<Message>, Refusal> {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Direction, Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
 use crate::crypto::{self, Cipher};
@@ -308,7 +307,7 @@ impl Server {
     pub(super) async fn handle_segments(
         &self,
         peer: PeerKey,
-        first: (Segment, OwnedSemaphorePermit),
+        first: (Segment, super::pending::Reservation),
         reader: &mut FlowReader,
         writer: &mut FlowWriter,
     ) -> Result<Option<Message>, Refusal> {
@@ -346,7 +345,7 @@ impl Server {
                     return too_large(&e).map_or(Ok(None), Err);
                 }
             };
-            permit = self.reserve(len).await?;
+            permit = self.reserve(peer, len).await?;
             let next = match reader.read_msg().await {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => return Ok(None),
