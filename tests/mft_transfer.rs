@@ -59,6 +59,7 @@ on_every_transport!(
     a_reclaim_during_a_completion_keeps_the_batch_it_completes,
     a_shutdown_lets_a_flow_in_progress_finish_then_closes,
     a_shutdown_closes_flows_still_open_when_the_grace_period_ends,
+    a_segment_is_acknowledged_only_once_the_store_has_it,
 );
 
 // The harness and the dishonest client live in tests/common/mft_harness.rs.
@@ -897,6 +898,32 @@ async fn a_shutdown_lets_a_flow_in_progress_finish_then_closes(t: Transport) {
     drop(reader);
     bounded("serve returning", &mut s.serving).await.unwrap();
     assert!(!s.answers().await, "a stopped server takes no new flows");
+}
+
+/// Durability, seen from the wire: while the store holds a segment's write, no
+/// acknowledgement comes; it comes once the store returns (FsStore returns only
+/// after the data and its record are synced: `fs_syncs_each_segment_before_recording_it`).
+async fn a_segment_is_acknowledged_only_once_the_store_has_it(t: Transport) {
+    let s = Stoppable::start(&t).await;
+    let (mut reader, _writer) = s.segment_in_progress().await;
+    let early = tokio::time::timeout(Duration::from_millis(300), recv(&mut reader)).await;
+    assert!(
+        early.is_err(),
+        "acknowledged before it was stored: {early:?}"
+    );
+    s.store.gate.open_once();
+    assert!(matches!(
+        recv(&mut reader).await,
+        Some(Message::SegmentAck(ack)) if ack.index == 0
+    ));
+    let open = mft::store::TransferStore::transfers(&s.store.inner)
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    let stored = mft::store::SegmentStore::segments(&s.store.inner, open[0].transfer)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
 }
 
 /// A flow that does not finish within the grace period is closed, and `serve`

@@ -103,6 +103,23 @@ struct Inner {
     /// `segments` directory was fsync'd after the file existed), so the directory is
     /// fsync'd once per transfer (and once more after a restart), not per segment.
     dir_synced: Mutex<HashSet<TransferId>>,
+    /// What reached the disk, in order, for the tests that check each write is
+    /// synced before it is recorded and acknowledged.
+    #[cfg(test)]
+    journal: Mutex<Vec<Step>>,
+}
+
+/// One step of a segment's way to the disk (journaled by tests only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Its bytes were written to the transfer's file.
+    Write(TransferId, u64),
+    /// The transfer's file was fsync'd.
+    SyncFile(TransferId),
+    /// The `segments` directory was fsync'd (the file's entry is durable).
+    SyncDir,
+    /// Its record was committed: from here on the store says it exists.
+    Recorded(TransferId, u64),
 }
 
 impl fmt::Debug for FsStore {
@@ -164,6 +181,8 @@ impl FsStore {
                 writing: Mutex::new(HashSet::new()),
                 written: Condvar::new(),
                 dir_synced: Mutex::new(HashSet::new()),
+                #[cfg(test)]
+                journal: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -300,9 +319,40 @@ impl Inner {
             return Ok(());
         }
         sync_dir(&self.segments_dir)?;
+        self.note(|| Step::SyncDir);
         lock(&self.dir_synced).insert(transfer);
         Ok(())
     }
+
+    /// Writes a segment's bytes at `offset` of its transfer's file.
+    fn write_segment_bytes(
+        &self,
+        file: &File,
+        data: &[u8],
+        offset: u64,
+        transfer: TransferId,
+        index: u64,
+    ) -> StoreResult<()> {
+        file.write_all_at(data, offset)?;
+        self.note(|| Step::Write(transfer, index));
+        Ok(())
+    }
+
+    /// Makes a transfer's file's data durable.
+    fn sync_segment_file(&self, file: &File, transfer: TransferId) -> StoreResult<()> {
+        file.sync_data()?;
+        self.note(|| Step::SyncFile(transfer));
+        Ok(())
+    }
+
+    /// Adds a step to the journal (tests only; nothing otherwise).
+    #[cfg(test)]
+    fn note(&self, step: impl FnOnce() -> Step) {
+        lock(&self.journal).push(step());
+    }
+
+    #[cfg(not(test))]
+    fn note(&self, _step: impl FnOnce() -> Step) {}
 
     fn put_segment(
         &self,
@@ -333,8 +383,8 @@ impl Inner {
             .truncate(false)
             .mode(0o600)
             .open(self.segment_path(transfer))?;
-        file.write_all_at(data, offset)?;
-        file.sync_data()?;
+        self.write_segment_bytes(&file, data, offset, transfer, index)?;
+        self.sync_segment_file(&file, transfer)?;
         self.sync_segment_entry(transfer)?;
 
         // Only now, with the data durable, does the record say the segment exists.
@@ -348,7 +398,9 @@ impl Inner {
                 .insert(key.as_slice(), encode_segment(&info).as_slice())
                 .or_db()?;
             Ok(())
-        }))
+        }))?;
+        self.note(|| Step::Recorded(transfer, index));
+        Ok(())
     }
 
     fn segments(&self, transfer: TransferId) -> StoreResult<Vec<SegmentInfo>> {
@@ -754,6 +806,11 @@ impl FsStore {
     /// How many transfers the store remembers as having a durable segment file entry.
     pub(super) fn dir_synced_len(&self) -> usize {
         self.inner.dir_synced_len()
+    }
+
+    /// The steps segments took to the disk so far, in order.
+    pub(super) fn journal(&self) -> Vec<Step> {
+        lock(&self.inner.journal).clone()
     }
 }
 

@@ -359,3 +359,42 @@ fn fs_open_refuses_a_file_as_dir() {
     std::fs::write(&file, b"x").unwrap();
     assert!(FsStore::open(&file).is_err());
 }
+
+/// Durability a killed process cannot show (it keeps the page cache): every
+/// segment's bytes are written, then its file fsync'd (and, the first time, the
+/// directory holding the file), and only then is its record committed and the
+/// put allowed to return, which is when the server acknowledges it.
+#[tokio::test]
+async fn fs_syncs_each_segment_before_recording_it() {
+    use super::super::fs::Step;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FsStore::open(tmp.path()).unwrap();
+    let (a, b) = (tid(71), tid(72));
+    for (transfer, index) in [(a, 0), (a, 1), (b, 0), (a, 2)] {
+        let (info, data) = segment(index, index as u8 + 1);
+        store
+            .put_segment(transfer, info, offset(index), data)
+            .await
+            .unwrap();
+        let journal = store.journal();
+        // The put returned: its record is the last step, after its write and sync.
+        assert_eq!(journal.last(), Some(&Step::Recorded(transfer, index)));
+        let at = |step: Step| journal.iter().rposition(|s| *s == step);
+        let write = at(Step::Write(transfer, index)).expect("written");
+        let sync = at(Step::SyncFile(transfer)).expect("synced");
+        assert!(write < sync, "{journal:?}");
+    }
+    // The directory is synced once per transfer, after its file first exists
+    // and before its first record.
+    let journal = store.journal();
+    let dir_syncs: Vec<usize> = journal
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == Step::SyncDir)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(dir_syncs.len(), 2, "{journal:?}");
+    let first = |step: Step| journal.iter().position(|s| *s == step).unwrap();
+    assert!(first(Step::Write(a, 0)) < dir_syncs[0] && dir_syncs[0] < first(Step::Recorded(a, 0)));
+    assert!(first(Step::Write(b, 0)) < dir_syncs[1] && dir_syncs[1] < first(Step::Recorded(b, 0)));
+}
