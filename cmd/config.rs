@@ -1,46 +1,19 @@
-//! The server's settings: a TOML config file merged with flags, and allow-list files.
+//! The server's settings: a TOML config file merged with flags, and allow-list files
+//! (their formats, pure parsing a fuzz target reaches, are in `config_file.rs`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use flow::PeerKey;
-use serde::Deserialize;
 
 use crate::args::{ServeArgs, parse_congestion, parse_rate, parse_size};
+pub use crate::config_file::parse_allow_list;
+use crate::config_file::{File, Size};
 use crate::error::CliError;
 use crate::tuning::Tuning;
 
 /// The listeners used when neither flags nor the config file name any.
 pub const DEFAULT_LISTEN: [&str; 2] = ["quic/0.0.0.0:4433", "https/0.0.0.0:4433"];
-
-/// A size in a config file: a number of bytes or a string such as `"4MiB"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Size {
-    Bytes(u64),
-    Text(String),
-}
-
-/// The config file, every field optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    listen: Option<Vec<String>>,
-    data: Option<PathBuf>,
-    key: Option<PathBuf>,
-    senders: Option<PathBuf>,
-    retrievers: Option<PathBuf>,
-    max_chunk: Option<Size>,
-    max_metadata: Option<Size>,
-    max_transfers_per_key: Option<usize>,
-    max_open_bytes_per_key: Option<Size>,
-    max_bytes_per_key: Option<Size>,
-    max_connections: Option<usize>,
-    max_connections_per_source: Option<usize>,
-    grace: Option<u64>,
-    congestion: Option<String>,
-    rate: Option<String>,
-}
 
 /// The server's settings after merging.
 #[derive(Debug, PartialEq)]
@@ -81,7 +54,7 @@ pub fn serve_settings(args: ServeArgs) -> Result<ServeSettings, CliError> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| CliError::io(format!("--config {}", path.display()), e))?;
-            let file: File = toml::from_str(&text).map_err(|e| {
+            let file: File = crate::config_file::parse_config(&text).map_err(|e| {
                 CliError::usage(format!(
                     "--config {}: {}",
                     path.display(),
@@ -181,23 +154,6 @@ pub fn read_allow_list(flag: &str, path: &Path) -> Result<HashSet<PeerKey>, CliE
     parse_allow_list(&text).map_err(|(line, why)| {
         CliError::usage(format!("{flag} {} line {line}: {why}", path.display()))
     })
-}
-
-/// Parses allow-list text; an error carries the 1-based line number.
-pub fn parse_allow_list(text: &str) -> Result<HashSet<PeerKey>, (usize, String)> {
-    let mut keys = HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let word = line.split_whitespace().next().unwrap_or_default();
-        let key: PeerKey = word
-            .parse()
-            .map_err(|e: flow::Error| (i + 1, e.reason().to_string()))?;
-        keys.insert(key);
-    }
-    Ok(keys)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod args;
 mod bench;
 mod client;
 mod config;
+mod config_file;
 mod demo;
 mod error;
 mod get;
