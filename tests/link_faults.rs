@@ -7,6 +7,9 @@
 //! Needs root, `/dev/net/tun` and `ip` (CI has them); elsewhere it says it was
 //! skipped.
 
+mod common;
+
+use common::payload;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -124,19 +127,6 @@ fn set_both(link: &Link, conditions: LinkConditions) {
         link.set_conditions(direction, conditions)
             .expect("set conditions");
     }
-}
-
-/// Deterministic incompressible bytes, different per seed.
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 struct Run<'a> {

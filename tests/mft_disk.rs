@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Transport, allow_all, bounded_for, init_tracing};
+use common::{Transport, allow_all, bounded_for, init_tracing, payload};
 use flow::ManagerConfig;
 use mft::store::{BatchStore, FsStore, SegmentStore, TransferStore};
 use mft::wire::RefuseCode;
@@ -77,19 +77,6 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Deterministic incompressible bytes.
-fn payload(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_retryable_error_and_loses_nothing() {
     init_tracing();
@@ -112,7 +99,7 @@ async fn a_full_disk_is_a_retryable_error_and_loses_nothing() {
     config.chunk_size(64 << 10).retries(1);
     let sender = mft::Sender::new(client.clone(), config.clone()).unwrap();
     // Three times the disk.
-    let data = payload(9 << 20);
+    let data = payload(9 << 20, 7);
     let err = bounded_for(
         Duration::from_secs(120),
         "a send onto a full disk",

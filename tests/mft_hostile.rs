@@ -3,8 +3,9 @@
 //! and across connections of other keys. Each attack asserts three things: the
 //! refusal it gets; what the store holds afterwards (nothing new, or the batch
 //! exactly once); and that an honest client of another key on the same server
-//! still sends and retrieves a batch. (Duplication, omission and replay into
-//! another transfer are in tests/mft_transfer.rs.)
+//! still sends and retrieves a batch (`Harness::assert_others_unaffected`).
+//! Duplication, omission and replay into another transfer are in
+//! tests/mft_transfer.rs, with the same three checks.
 
 #[macro_use]
 mod common;
@@ -15,7 +16,6 @@ use flow::{Identity, ManagerConfig};
 use mft::ServerConfig;
 use mft::handshake::ClientHandshake;
 use mft::wire::{BatchId, Codec, Message, RefuseCode, Segment, Tag};
-use tokio::io::AsyncReadExt;
 
 on_every_transport!(
     a_hello_replayed_by_another_key_is_refused,
@@ -50,34 +50,6 @@ fn refused_with(answer: Option<Message>, code: RefuseCode) {
     }
 }
 
-/// An honest client of another key still sends and retrieves a batch, and the
-/// store holds it exactly once.
-async fn others_are_unaffected(h: &Harness, batch_id: &[u8]) {
-    let other = h.t.manager(ManagerConfig::default());
-    let sender = mft::Sender::new(other.clone(), h.config()).unwrap();
-    let data = data(99, 3 * CHUNK as usize + 5);
-    sender
-        .send(std::io::Cursor::new(data.clone()), batch_id, b"")
-        .await
-        .unwrap();
-    let (mut back, _) = mft::Retriever::new(other.clone(), h.config())
-        .unwrap()
-        .get(batch_id)
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    back.read_to_end(&mut got).await.unwrap();
-    assert!(got == data);
-    let owner = other.identity().public_key();
-    let held = h.store.batches().await.unwrap();
-    assert_eq!(
-        held.iter()
-            .filter(|b| b.batch_id == batch_id && b.sender == *owner.as_bytes())
-            .count(),
-        1
-    );
-}
-
 /// Key A's hello, captured and sent by key B on B's own connection.
 async fn a_hello_replayed_by_another_key_is_refused(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;
@@ -89,7 +61,7 @@ async fn a_hello_replayed_by_another_key_is_refused(t: Transport) {
         h.store.transfers().await.unwrap().is_empty(),
         "nothing opened"
     );
-    others_are_unaffected(&h, b"after-hello-replay").await;
+    h.assert_others_unaffected(b"after-hello-replay").await;
 }
 
 /// A's segment, sent by B into A's transfer.
@@ -102,7 +74,7 @@ async fn a_segment_replayed_by_another_key_is_refused(t: Transport) {
         .await;
     assert!(!refusal.message.contains(&tr.id().to_string()));
     assert!(h.store.segments(tr.id()).await.unwrap().is_empty());
-    others_are_unaffected(&h, b"after-segment-replay").await;
+    h.assert_others_unaffected(b"after-segment-replay").await;
 }
 
 /// A's completion, sent by B: the batch is not completed, not even for A.
@@ -120,7 +92,7 @@ async fn a_completion_replayed_by_another_key_is_refused(t: Transport) {
     // A can still complete it, once.
     raw.complete(&complete).await.unwrap();
     assert!(h.stored(b"a-complete").await.is_some());
-    others_are_unaffected(&h, b"after-complete-replay").await;
+    h.assert_others_unaffected(b"after-complete-replay").await;
 }
 
 /// The owner moves segment 0's ciphertext to index 1, signing it again: the
@@ -136,7 +108,7 @@ async fn a_segment_moved_to_another_index_is_refused(t: Transport) {
     resign(&mut moved, &tr.identity, tag);
     raw.send_refused(&[moved], RefuseCode::BadSegment).await;
     assert!(h.store.segments(tr.id()).await.unwrap().is_empty());
-    others_are_unaffected(&h, b"after-move").await;
+    h.assert_others_unaffected(b"after-move").await;
 }
 
 /// A segment of A's transfer that another key signed.
@@ -150,7 +122,7 @@ async fn a_segment_signed_by_another_key_is_refused(t: Transport) {
     resign(&mut forged, &Identity::generate(), tag);
     raw.send_refused(&[forged], RefuseCode::BadSignature).await;
     assert!(h.store.segments(tr.id()).await.unwrap().is_empty());
-    others_are_unaffected(&h, b"after-forgery").await;
+    h.assert_others_unaffected(b"after-forgery").await;
 }
 
 /// A message cut short (its frame is whole, its fields are not): refused as
@@ -178,7 +150,7 @@ async fn a_truncated_message_is_refused(t: Transport) {
         1,
         "only the one opened"
     );
-    others_are_unaffected(&h, b"after-truncation").await;
+    h.assert_others_unaffected(b"after-truncation").await;
 }
 
 /// A's pull hello, sent by B: refused before anything of the batch is sent.
@@ -200,5 +172,5 @@ async fn a_pull_hello_replayed_by_another_key_is_refused(t: Transport) {
         h.stored(b"pulled").await.is_some(),
         "the batch is as it was"
     );
-    others_are_unaffected(&h, b"after-pull-replay").await;
+    h.assert_others_unaffected(b"after-pull-replay").await;
 }

@@ -372,6 +372,7 @@ async fn segment_replayed_from_another_transfer_is_refused(t: Transport) {
         plain
     );
     assert!(h.stored(b"replay-b").await.is_none());
+    h.assert_others_unaffected(b"after-replay").await;
 }
 
 async fn duplicate_segment_is_refused_and_the_first_copy_kept(t: Transport) {
@@ -421,6 +422,7 @@ async fn duplicate_segment_is_refused_and_the_first_copy_kept(t: Transport) {
             plain,
             "{name}"
         );
+        h.assert_others_unaffected(b"after-duplicates").await;
         h.server_manager.close();
     }
 }
@@ -1017,6 +1019,7 @@ async fn missing_segment_fails_the_completion(t: Transport) {
         retrieve_all(&h.server, &h.client_key(), b"gap").await,
         plain
     );
+    h.assert_others_unaffected(b"after-gap").await;
 }
 
 async fn wrong_completion_id_is_refused(t: Transport) {

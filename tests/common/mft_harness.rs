@@ -259,6 +259,34 @@ impl Harness {
         }
     }
 
+    /// An honest client of another key still sends and retrieves a batch
+    /// `batch_id`, and the store holds it exactly once: what an attack by this
+    /// harness's client must leave alone.
+    pub async fn assert_others_unaffected(&self, batch_id: &[u8]) {
+        let other = self.t.manager(ManagerConfig::default());
+        let sender = Sender::new(other.clone(), self.config()).unwrap();
+        let data = data(99, 3 * CHUNK as usize + 5);
+        sender
+            .send(std::io::Cursor::new(data.clone()), batch_id, b"")
+            .await
+            .unwrap();
+        let (mut back, _) = Retriever::new(other.clone(), self.config())
+            .unwrap()
+            .get(batch_id)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        back.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "another key's batch came back different");
+        let owner = other.identity().public_key();
+        let held = self.store.batches().await.unwrap();
+        let copies = held
+            .iter()
+            .filter(|b| b.batch_id == batch_id && b.sender == *owner.as_bytes())
+            .count();
+        assert_eq!(copies, 1, "another key's batch is stored exactly once");
+    }
+
     /// The batch `batch_id` the client key holds in the store.
     pub async fn stored(&self, batch_id: &[u8]) -> Option<BatchRecord> {
         self.store
