@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::{Error, Reason};
 use crate::registry::FlowSend;
@@ -26,21 +26,28 @@ use crate::registry::FlowSend;
 const PROGRESS_STEP: usize = 256 << 10;
 
 /// The running deadline of one half.
+///
+/// Cheap on the hot path: progress only clears `waiting_since`, and the one
+/// timer is armed when a wait starts and re-armed only when it fires early (the
+/// wait it was armed for ended meanwhile), not once per wait.
 #[derive(Default)]
 struct Deadline {
     idle: Option<Duration>,
+    /// When the current wait began; `None` while the operation is making progress.
+    waiting_since: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Deadline {
     fn set(&mut self, idle: Option<Duration>) {
         self.idle = idle;
+        self.waiting_since = None;
         self.sleep = None;
     }
 
     /// The operation moved bytes (or finished): the clock restarts.
     fn progressed(&mut self) {
-        self.sleep = None;
+        self.waiting_since = None;
     }
 
     /// The operation has to wait: an error once it has waited the idle timeout.
@@ -48,15 +55,21 @@ impl Deadline {
         let Some(idle) = self.idle else {
             return Poll::Pending;
         };
+        let due = *self.waiting_since.get_or_insert_with(Instant::now) + idle;
         let sleep = self
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.sleep = None;
-                Poll::Ready(Error::new(Reason::Stalled(idle)).into_io())
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => Poll::Pending,
+            if Instant::now() >= due {
+                self.waiting_since = None;
+                self.sleep = None;
+                return Poll::Ready(Error::new(Reason::Stalled(idle)).into_io());
+            }
+            // Armed for an earlier wait that has ended: wait for this one's due time.
+            sleep.as_mut().reset(due);
         }
     }
 
