@@ -271,9 +271,14 @@ pub struct GetArgs {
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Where to write the batch, or - for stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: String,
+    /// Where to write the batch: a file, a directory (`DIR/`: the batch's file name
+    /// inside it), or - for stdout. Default: the file name its metadata gives,
+    /// made safe, in the current directory.
+    #[arg(short, long, value_name = "FILE|DIR/|-")]
+    pub output: Option<String>,
+    /// Replace an existing file (it is replaced only once the batch verified).
+    #[arg(long)]
+    pub force: bool,
     /// Transport tuning (on a pull the server sends, so its controller matters most).
     #[command(flatten)]
     pub tuning: TuningArgs,

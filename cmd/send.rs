@@ -59,7 +59,8 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs());
-        let metadata = json!({ "name": name, "size": info.len(), "mtime": mtime });
+        let mode = std::os::unix::fs::PermissionsExt::mode(&info.permissions()) & 0o777;
+        let metadata = json!({ "name": name, "size": info.len(), "mtime": mtime, "mode": mode });
         (batch_id, Some(info.len()), metadata)
     };
     // The default metadata carries the SHA-256 of the data, computed by the sender

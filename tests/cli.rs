@@ -852,3 +852,116 @@ fn get_and_list_name_the_sender_when_ids_collide() {
     assert_eq!(listed[0]["sender"], a.as_str());
     drop(server);
 }
+
+/// `get` as cp and scp behave (issue 11): without `-o` the file takes the batch's
+/// name, made safe; `-o DIR/` writes inside the directory; an existing file is
+/// replaced only with `--force` (exit 2 otherwise); mode and mtime come back; and
+/// content whose SHA-256 is not the one its metadata claims is refused (exit 5)
+/// with nothing left behind.
+#[test]
+fn get_names_the_file_restores_its_attributes_and_never_overwrites_silently() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let client = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes");
+    let server = serve(
+        dir,
+        &["--senders", "allowed.txt", "--retrievers", "allowed.txt"],
+    );
+    let data = random_bytes(300_000, 77);
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, &data).expect("writes");
+    std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&notes)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("touch");
+    let send = |name: &str, metadata: Option<&str>| {
+        let mut args = vec![
+            "send",
+            name,
+            "--to",
+            &server.quic,
+            "--server-key",
+            &server.key,
+            "--key",
+            "client.key",
+        ];
+        if let Some(m) = metadata {
+            args.extend_from_slice(&["--metadata", m]);
+        }
+        let out = mftq_in(dir, &args, LONG);
+        assert_eq!(out.code(), Some(0), "send {name}: {}", out.explain());
+    };
+    send("notes.txt", None);
+    let out_dir = dir.join("out");
+    std::fs::create_dir(&out_dir).expect("mkdir");
+    let get = |batch: &str, extra: &[&str]| {
+        let mut args = vec![
+            "get",
+            batch,
+            "--from",
+            &server.quic,
+            "--server-key",
+            &server.key,
+            "--key",
+            "../client.key",
+        ];
+        args.extend_from_slice(extra);
+        mftq_in(&out_dir, &args, LONG)
+    };
+
+    // No -o: the batch's name, its bytes, its mode and mtime.
+    let first = get("notes.txt", &[]);
+    assert_eq!(first.code(), Some(0), "{}", first.explain());
+    let got = out_dir.join("notes.txt");
+    assert!(std::fs::read(&got).expect("the file") == data);
+    let meta = std::fs::metadata(&got).expect("metadata");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.modified().expect("mtime"), mtime);
+    // Again: refused without --force, the file untouched; replaced with it.
+    std::fs::write(&got, b"mine").expect("writes");
+    let again = get("notes.txt", &[]);
+    assert_eq!(again.code(), Some(2), "{}", again.explain());
+    assert!(again.stderr.contains("--force"), "{}", again.explain());
+    assert_eq!(std::fs::read(&got).expect("the file"), b"mine");
+    let forced = get("notes.txt", &["--force"]);
+    assert_eq!(forced.code(), Some(0), "{}", forced.explain());
+    assert!(std::fs::read(&got).expect("the file") == data);
+    // -o DIR/ writes inside it.
+    std::fs::create_dir(out_dir.join("sub")).expect("mkdir");
+    let into = get("notes.txt", &["-o", "sub/"]);
+    assert_eq!(into.code(), Some(0), "{}", into.explain());
+    assert!(std::fs::read(out_dir.join("sub/notes.txt")).expect("the file") == data);
+
+    // A name that tries to leave the directory stays in it.
+    std::fs::write(dir.join("escape.bin"), b"escaping").expect("writes");
+    send("escape.bin", Some(r#"{"name":"../escape.txt"}"#));
+    let escaped = get("escape.bin", &[]);
+    assert_eq!(escaped.code(), Some(0), "{}", escaped.explain());
+    assert_eq!(
+        std::fs::read(out_dir.join("escape.txt")).expect("inside"),
+        b"escaping"
+    );
+    assert!(!dir.join("escape.txt").exists(), "nothing written outside");
+
+    // Metadata that lies about the content: refused, nothing left behind.
+    std::fs::write(dir.join("liar.bin"), b"the real content").expect("writes");
+    let zeros = "0".repeat(64);
+    send(
+        "liar.bin",
+        Some(&format!(r#"{{"name":"liar.txt","sha256":"{zeros}"}}"#)),
+    );
+    let lied = get("liar.bin", &[]);
+    assert_eq!(lied.code(), Some(5), "{}", lied.explain());
+    assert!(lied.stderr.contains("SHA-256"), "{}", lied.explain());
+    assert!(!out_dir.join("liar.txt").exists());
+    assert!(
+        files_containing(&out_dir, "mftq-part").is_empty(),
+        "no part file left"
+    );
+}
