@@ -55,6 +55,10 @@ pub enum Command {
     Get(GetArgs),
     /// List the batches this key may retrieve.
     List(ListArgs),
+    /// List this key's open (interrupted or running) transfers on a server.
+    Transfers(TransfersArgs),
+    /// Abort this key's open transfer of a batch: the server deletes what it holds.
+    Abort(AbortArgs),
     /// Run everything on loopback over QUIC and HTTPS and compare them.
     Demo(DemoArgs),
     /// Measure throughput over loopback or an emulated WAN link, as a matrix.
@@ -231,6 +235,10 @@ pub struct SendArgs {
     /// The batch id (default: the file's name).
     #[arg(long, value_name = "ID")]
     pub batch_id: Option<String>,
+    /// On Ctrl-C, abort the transfer (the server deletes what it received)
+    /// instead of keeping it for a resume.
+    #[arg(long)]
+    pub cancel_on_interrupt: bool,
     /// Metadata as JSON text, or @FILE to read it from a file.
     #[arg(long, value_name = "JSON|@FILE")]
     pub metadata: Option<String>,
@@ -282,6 +290,37 @@ pub struct GetArgs {
     /// Transport tuning (on a pull the server sends, so its controller matters most).
     #[command(flatten)]
     pub tuning: TuningArgs,
+}
+
+/// `mftq transfers`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mftq transfers --to mftq://files.example:4433 --server-key HEX --key me.key")]
+pub struct TransfersArgs {
+    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to: String,
+    /// The client settings.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `mftq abort`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mftq abort big.iso --to mftq://files.example:4433 --server-key HEX --key me.key")]
+pub struct AbortArgs {
+    /// The batch id of the open transfer.
+    #[arg(value_name = "BATCH_ID")]
+    pub batch_id: String,
+    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to: String,
+    /// The client settings.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `mftq list`.

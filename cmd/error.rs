@@ -16,6 +16,8 @@ pub enum Exit {
     Network = 4,
     /// Data failed verification.
     Integrity = 5,
+    /// Interrupted (SIGINT), as shells report it: 128 + 2.
+    Interrupted = 130,
 }
 
 /// A failure to report: one line of message, the exit code, and the cause chain

@@ -6,6 +6,7 @@
 //! (see [`error::Exit`]): 0 success, 2 usage or bad input, 3 authentication or trust
 //! refused, 4 network unreachable, 5 integrity failure, 1 anything else.
 
+mod abort;
 mod access;
 mod args;
 mod bench;
@@ -83,6 +84,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Send(args) => send::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::List(args) => list::run(args).await,
+            Command::Transfers(args) => abort::list(args).await,
+            Command::Abort(args) => abort::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     })

@@ -10,7 +10,7 @@ use tokio::io::AsyncRead;
 
 use crate::args::SendArgs;
 use crate::client::Client;
-use crate::error::CliError;
+use crate::error::{CliError, Exit};
 use crate::output::{hex, human, mb_per_s, print_json, progress};
 
 /// Sends the batch and prints the receipt.
@@ -88,19 +88,29 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
     let bar = progress(size, "sending", json_out);
     let watcher = tokio::spawn(watch(sender.subscribe(), bar.clone()));
     let started = Instant::now();
-    let result = match fixed_metadata {
-        Some(metadata) => sender.send(reader, batch_id.as_bytes(), &metadata).await,
-        None => {
-            let path = args.file.clone();
-            let make = move |content: &mft::Content| {
-                if let Some(before) = before {
-                    before.unchanged(Path::new(&path), content.size)?;
-                }
-                let mut metadata = default_metadata;
-                metadata["sha256"] = json!(hex(&content.sha256));
-                Ok(metadata.to_string().into_bytes())
-            };
-            sender.send_with(reader, batch_id.as_bytes(), make).await
+    let sending = async {
+        match fixed_metadata {
+            Some(metadata) => sender.send(reader, batch_id.as_bytes(), &metadata).await,
+            None => {
+                let path = args.file.clone();
+                let make = move |content: &mft::Content| {
+                    if let Some(before) = before {
+                        before.unchanged(Path::new(&path), content.size)?;
+                    }
+                    let mut metadata = default_metadata;
+                    metadata["sha256"] = json!(hex(&content.sha256));
+                    Ok(metadata.to_string().into_bytes())
+                };
+                sender.send_with(reader, batch_id.as_bytes(), make).await
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = sending => result,
+        _ = tokio::signal::ctrl_c() => {
+            watcher.abort();
+            bar.finish_and_clear();
+            return Err(interrupted(&args, &batch_id, &sender).await);
         }
     };
     let elapsed = started.elapsed();
@@ -111,8 +121,9 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         let exists = e.refuse_code() == Some(mft::wire::RefuseCode::BatchExists);
         let mut err = CliError::mft(&format!("sending batch {batch_id:?}"), e);
         if exists {
-            err.message
-                .push_str(" (batch ids are unique per server: choose another --batch-id)");
+            err.message.push_str(
+                " (this key already sent a batch with this id: choose another --batch-id)",
+            );
         }
         err
     })?;
@@ -241,6 +252,46 @@ fn read_metadata(text: &str) -> Result<Vec<u8>, CliError> {
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| CliError::usage(format!("--metadata: not valid JSON: {e}")))?;
     Ok(bytes)
+}
+
+/// After Ctrl-C: abort the transfer if asked to, else say how to resume or abort
+/// it. The server keeps what it received either way until told or until its
+/// deadline, so a re-run resumes where this one stopped.
+async fn interrupted(args: &SendArgs, batch_id: &str, sender: &mft::Sender) -> CliError {
+    if args.cancel_on_interrupt {
+        return match crate::abort::abort_batch(sender, batch_id.as_bytes()).await {
+            Ok(Some(held)) => CliError::new(
+                Exit::Interrupted,
+                format!(
+                    "interrupted; batch {batch_id:?} aborted, the server deleted the {} it held",
+                    human(held)
+                ),
+            ),
+            Ok(None) => CliError::new(
+                Exit::Interrupted,
+                format!("interrupted before the server opened batch {batch_id:?}"),
+            ),
+            Err(e) => CliError::new(
+                Exit::Interrupted,
+                format!(
+                    "interrupted; aborting batch {batch_id:?} failed: {}",
+                    e.message
+                ),
+            ),
+        };
+    }
+    let client = &args.client;
+    CliError::new(
+        Exit::Interrupted,
+        format!(
+            "interrupted; the server keeps what it received of batch {batch_id:?}.\n  \
+             resume: run the same command again\n  \
+             abort:  mftq abort {batch_id:?} --to {} --server-key {} --key {}",
+            args.to,
+            client.server_key,
+            client.key.display()
+        ),
+    )
 }
 
 #[cfg(test)]

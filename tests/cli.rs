@@ -965,3 +965,106 @@ fn get_names_the_file_restores_its_attributes_and_never_overwrites_silently() {
         "no part file left"
     );
 }
+
+/// Bytes in the server's segment files.
+fn stored_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("data").join("segments"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Ctrl-C on `send` (issue 11): by default the server keeps what it received, the
+/// CLI exits 130 printing how to resume or abort, `mftq transfers` lists the
+/// transfer and `mftq abort` deletes it; with `--cancel-on-interrupt` it is
+/// aborted at once.
+#[test]
+fn an_interrupted_send_is_kept_listed_and_aborted_on_request() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let client = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes");
+    let server = serve(
+        dir,
+        &["--senders", "allowed.txt", "--retrievers", "allowed.txt"],
+    );
+    std::fs::write(dir.join("big.bin"), random_bytes(64 << 20, 5)).expect("writes");
+    let common = ["--server-key", server.key.as_str(), "--key", "client.key"];
+    let interrupt = |extra: &[&str]| {
+        let before = stored_bytes(dir);
+        let mut args = vec!["send", "big.bin", "--to", &server.quic, "--chunk", "4KiB"];
+        args.extend_from_slice(&["--streams", "1"]);
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        let mut child = Guard(
+            Command::new(BIN)
+                .args(&args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("send starts"),
+        );
+        let deadline = Instant::now() + LONG;
+        while stored_bytes(dir) < before + (1 << 20) {
+            assert!(
+                child.0.try_wait().expect("waits").is_none(),
+                "finished too soon"
+            );
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = child.0.id().to_string();
+        let status = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let mut stderr = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("reads");
+        let code = child.0.wait().expect("waits").code();
+        (code, stderr)
+    };
+    let transfers = || {
+        let mut args = vec!["transfers", "--to", &server.quic, "--json"];
+        args.extend_from_slice(&common);
+        let out = mftq_in(dir, &args, LONG);
+        assert_eq!(out.code(), Some(0), "{}", out.explain());
+        let listed: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        listed.as_array().expect("an array").clone()
+    };
+
+    let (code, stderr) = interrupt(&[]);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains("resume") && stderr.contains("mftq abort"),
+        "{stderr}"
+    );
+    let open = transfers();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["batch_id"], "big.bin");
+    assert!(open[0]["stored_bytes"].as_u64().unwrap_or(0) >= 1 << 20);
+    let mut args = vec!["abort", "big.bin", "--to", &server.quic];
+    args.extend_from_slice(&common);
+    let aborted = mftq_in(dir, &args, LONG);
+    assert_eq!(aborted.code(), Some(0), "{}", aborted.explain());
+    assert!(transfers().is_empty());
+    let again = mftq_in(dir, &args, LONG);
+    assert_eq!(again.code(), Some(1), "{}", again.explain());
+
+    let (code, stderr) = interrupt(&["--cancel-on-interrupt"]);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("aborted"), "{stderr}");
+    assert!(transfers().is_empty(), "cancelled at once");
+}

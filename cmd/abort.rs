@@ -1,0 +1,98 @@
+//! `mftq transfers` and `mftq abort`: what this key left open on a server, and
+//! ending one of those transfers at once (the server deletes what it holds).
+
+use serde_json::json;
+
+use crate::args::{AbortArgs, TransfersArgs};
+use crate::client::Client;
+use crate::error::CliError;
+use crate::output::{hex, human, print_json, utc};
+
+/// Lists this key's open transfers as a table (or JSON).
+pub async fn list(args: TransfersArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.client, Default::default(), "--to", &args.to)?;
+    let sender = mft::Sender::new(client.manager.clone(), client.config.clone())
+        .map_err(|e| CliError::mft("configuring the sender", e))?;
+    let open = sender.open_transfers().await;
+    client.manager.close();
+    let open = open.map_err(|e| CliError::mft("listing open transfers", e))?;
+    if args.client.json {
+        let list: Vec<_> = open
+            .iter()
+            .map(|o| {
+                json!({
+                    "batch_id": String::from_utf8_lossy(&o.batch_id),
+                    "transfer_id": hex(o.transfer_id.as_bytes()),
+                    "stored_segments": o.stored_segments,
+                    "stored_bytes": o.stored_bytes,
+                    "created_unix": o.created_unix,
+                    "deadline_unix": o.deadline_unix,
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(list));
+        return Ok(());
+    }
+    if open.is_empty() {
+        eprintln!("mftq: no open transfers for this key");
+        return Ok(());
+    }
+    println!(
+        "{:<40}  {:>10}  {:>8}  {:<20}  reclaimed after (UTC)",
+        "batch", "held", "segments", "opened (UTC)"
+    );
+    for o in &open {
+        println!(
+            "{:<40}  {:>10}  {:>8}  {:<20}  {}",
+            String::from_utf8_lossy(&o.batch_id),
+            human(o.stored_bytes),
+            o.stored_segments,
+            utc(o.created_unix),
+            utc(o.deadline_unix),
+        );
+    }
+    Ok(())
+}
+
+/// Aborts this key's open transfer of `args.batch_id`.
+pub async fn run(args: AbortArgs) -> Result<(), CliError> {
+    let client = Client::new(&args.client, Default::default(), "--to", &args.to)?;
+    let sender = mft::Sender::new(client.manager.clone(), client.config.clone())
+        .map_err(|e| CliError::mft("configuring the sender", e))?;
+    let outcome = abort_batch(&sender, args.batch_id.as_bytes()).await;
+    client.manager.close();
+    let held = outcome?;
+    let held = held.ok_or_else(|| {
+        CliError::other(format!(
+            "no open transfer of batch {:?} for this key",
+            args.batch_id
+        ))
+    })?;
+    if args.client.json {
+        print_json(&json!({ "batch_id": args.batch_id, "deleted_bytes": held }));
+    } else {
+        println!(
+            "aborted batch {}: the server deleted the {} it held",
+            args.batch_id,
+            human(held)
+        );
+    }
+    Ok(())
+}
+
+/// Aborts the open transfer of `batch_id`: the bytes the server held, or `None`
+/// if this key has none open for it.
+pub async fn abort_batch(sender: &mft::Sender, batch_id: &[u8]) -> Result<Option<u64>, CliError> {
+    let open = sender
+        .open_transfers()
+        .await
+        .map_err(|e| CliError::mft("listing open transfers", e))?;
+    let Some(entry) = open.into_iter().find(|o| &o.batch_id[..] == batch_id) else {
+        return Ok(None);
+    };
+    sender
+        .abort(entry.transfer_id)
+        .await
+        .map_err(|e| CliError::mft("aborting the transfer", e))?;
+    Ok(Some(entry.stored_bytes))
+}
