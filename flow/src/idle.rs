@@ -141,19 +141,22 @@ impl IdleSend {
     /// Writes every chunk whole and in order, each step of at most
     /// [`PROGRESS_STEP`] bytes within the idle timeout.
     pub(crate) async fn write_chunks(&mut self, chunks: &mut [Bytes]) -> io::Result<()> {
-        let Some(idle) = self.deadline.idle else {
+        if self.deadline.idle.is_none() {
             return self.inner.as_mut().write_chunks(chunks).await;
-        };
+        }
         for chunk in chunks.iter_mut() {
             let mut rest = std::mem::take(chunk);
             while !rest.is_empty() {
-                let step = rest.split_to(rest.len().min(PROGRESS_STEP));
-                let mut step = [step];
-                let write = self.inner.as_mut().write_chunks(&mut step);
-                match tokio::time::timeout(idle, write).await {
-                    Ok(result) => result?,
-                    Err(_) => return Err(Error::new(Reason::Stalled(idle)).into_io()),
-                }
+                let mut step = [rest.split_to(rest.len().min(PROGRESS_STEP))];
+                // A step done is progress; one that waits too long is stalled, as
+                // for every other write, under the same deadline.
+                let (inner, deadline) = (&mut self.inner, &mut self.deadline);
+                let mut write = inner.as_mut().write_chunks(&mut step);
+                std::future::poll_fn(|cx| {
+                    let polled = write.as_mut().poll(cx);
+                    deadline.watch(cx, polled)
+                })
+                .await?;
             }
         }
         Ok(())
