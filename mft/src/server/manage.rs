@@ -19,14 +19,14 @@ impl Server {
             .into_iter()
             .take(crate::wire::MAX_OPEN_ENTRIES)
         {
-            let segments = store.segments(record.transfer).await?;
+            let (stored_segments, stored_bytes) = self.held_by_transfer(record.transfer).await?;
             entries.push(OpenEntry {
                 transfer_id: record.transfer,
                 batch_id: stored_batch_id(&record.batch_id)?,
                 created_unix: record.created_unix,
                 deadline_unix: record.deadline_unix,
-                stored_segments: segments.len() as u64,
-                stored_bytes: segments.iter().map(|s| u64::from(s.len)).sum(),
+                stored_segments,
+                stored_bytes,
             });
         }
         Ok(Some(Message::OpenTransfers(OpenTransfers { entries })))

@@ -60,19 +60,26 @@ impl Server {
         self.inner.usage.by_key.lock().await.remove(key);
     }
 
+    /// How many segments the store holds for `transfer`, and their ciphertext
+    /// bytes: what an open transfer counts against its key's quota, and what
+    /// `ListOpen` reports.
+    pub(super) async fn held_by_transfer(
+        &self,
+        transfer: crate::wire::TransferId,
+    ) -> Result<(u64, u64), StoreError> {
+        let segments = self.inner.store.segments(transfer).await?;
+        let bytes = segments.iter().map(|s| u64::from(s.len)).sum();
+        Ok((segments.len() as u64, bytes))
+    }
+
     /// What `key` holds, from the store: the segments of its open transfers and
     /// the holdings of its namespace.
     async fn count_held(&self, key: &[u8; 32]) -> Result<Held, StoreError> {
         let store = &self.inner.store;
         let mut open = 0u64;
         for record in store.transfers_of(*key).await? {
-            let held: u64 = store
-                .segments(record.transfer)
-                .await?
-                .iter()
-                .map(|s| u64::from(s.len))
-                .sum();
-            open = open.saturating_add(held);
+            let (_, bytes) = self.held_by_transfer(record.transfer).await?;
+            open = open.saturating_add(bytes);
         }
         let stored = store.holdings(key).await?.bytes;
         Ok(Held { open, stored })
