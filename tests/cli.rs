@@ -2,11 +2,15 @@
 //! get, list, refusals and bad input with their exit codes. Every child process is
 //! bounded in time and killed if a test fails.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::stored_bytes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mftq");
 
@@ -179,6 +183,18 @@ fn files_containing(dir: &Path, part: &str) -> Vec<PathBuf> {
 
 const LONG: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(30);
+
+/// The allow-list flags for `allowed.txt`, which [`serve_one_client`] writes.
+const CLIENT_LISTS: [&str; 4] = ["--senders", "allowed.txt", "--retrievers", "allowed.txt"];
+
+/// A server in `dir` with a fresh key and `client.key` (also fresh) on both its
+/// lists.
+fn serve_one_client(dir: &Path) -> Server {
+    keygen(dir, "server.key");
+    let client = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes the list");
+    serve(dir, &CLIENT_LISTS)
+}
 
 #[test]
 fn serve_send_get_list_over_quic_and_https() {
@@ -687,11 +703,7 @@ fn send_resumes_after_the_server_is_killed() {
 fn interrupted_send_resumes(kill_server: bool) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    keygen(dir, "server.key");
-    let client_pub = keygen(dir, "client.key");
-    std::fs::write(dir.join("allowed.txt"), format!("{client_pub}\n")).expect("writes list");
-    let lists = ["--senders", "allowed.txt", "--retrievers", "allowed.txt"];
-    let mut server = serve(dir, &lists);
+    let mut server = serve_one_client(dir);
     let data = random_bytes(24 << 20, 7);
     std::fs::write(dir.join("big.bin"), &data).expect("writes input");
     // Small segments, one at a time: slow enough to interrupt part way.
@@ -725,17 +737,9 @@ fn interrupted_send_resumes(kill_server: bool) {
             .expect("send starts"),
     );
     // Interrupt it once the server holds some of the batch.
-    let segments = dir.join("data").join("segments");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let stored: u64 = std::fs::read_dir(&segments)
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        if stored >= 1 << 20 {
+        if stored_bytes(dir) >= 1 << 20 {
             break;
         }
         assert!(
@@ -753,7 +757,7 @@ fn interrupted_send_resumes(kill_server: bool) {
     let _ = first.0.kill();
     let _ = first.0.wait();
     if kill_server {
-        server = serve(dir, &lists);
+        server = serve(dir, &CLIENT_LISTS);
     }
     let args = send_args(&server);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -863,13 +867,7 @@ fn get_names_the_file_restores_its_attributes_and_never_overwrites_silently() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    keygen(dir, "server.key");
-    let client = keygen(dir, "client.key");
-    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes");
-    let server = serve(
-        dir,
-        &["--senders", "allowed.txt", "--retrievers", "allowed.txt"],
-    );
+    let server = serve_one_client(dir);
     let data = random_bytes(300_000, 77);
     let notes = dir.join("notes.txt");
     std::fs::write(&notes, &data).expect("writes");
@@ -966,17 +964,6 @@ fn get_names_the_file_restores_its_attributes_and_never_overwrites_silently() {
     );
 }
 
-/// Bytes in the server's segment files.
-fn stored_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("data").join("segments"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Ctrl-C on `send` (issue 11): by default the server keeps what it received, the
 /// CLI exits 130 printing how to resume or abort, `mftq transfers` lists the
 /// transfer and `mftq abort` deletes it; with `--cancel-on-interrupt` it is
@@ -985,13 +972,7 @@ fn stored_bytes(dir: &Path) -> u64 {
 fn an_interrupted_send_is_kept_listed_and_aborted_on_request() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path();
-    keygen(dir, "server.key");
-    let client = keygen(dir, "client.key");
-    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes");
-    let server = serve(
-        dir,
-        &["--senders", "allowed.txt", "--retrievers", "allowed.txt"],
-    );
+    let server = serve_one_client(dir);
     std::fs::write(dir.join("big.bin"), random_bytes(64 << 20, 5)).expect("writes");
     let common = ["--server-key", server.key.as_str(), "--key", "client.key"];
     let interrupt = |extra: &[&str]| {

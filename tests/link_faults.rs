@@ -185,13 +185,7 @@ impl Run<'_> {
 
     /// Bytes the server holds in segment files.
     fn stored(&self) -> u64 {
-        std::fs::read_dir(self.dir.join("data").join("segments"))
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        common::stored_bytes(self.dir)
     }
 }
 

@@ -15,7 +15,7 @@ use common::{Transport, init_tracing};
 use flow::{Identity, ManagerConfig};
 use mft::ServerConfig;
 use mft::handshake::ClientHandshake;
-use mft::wire::{BatchId, Codec, Message, RefuseCode, Segment, Tag};
+use mft::wire::{BatchId, Codec, Message, RefuseCode, Tag};
 
 on_every_transport!(
     a_hello_replayed_by_another_key_is_refused,
@@ -134,11 +134,10 @@ async fn a_truncated_message_is_refused(t: Transport) {
     let id = BatchId::new(b"cut".to_vec()).unwrap();
     let (_, hello) = ClientHandshake::push(h.client.identity(), &id, CHUNK, b"").unwrap();
     let segment = tr.segment(0, &data(5, 100));
-    let header = Segment::header(&segment.transfer_id, 0, segment.ciphertext.len() as u32);
-    let mut whole_segment = header.to_vec();
-    whole_segment.extend_from_slice(&segment.ciphertext);
-    whole_segment.extend_from_slice(&segment.signature.0);
-    for whole in [Message::Hello(hello).to_bytes().unwrap(), whole_segment] {
+    for whole in [
+        Message::Hello(hello).to_bytes().unwrap(),
+        Message::Segment(segment).to_bytes().unwrap(),
+    ] {
         for cut in [1, 20, whole.len() / 2] {
             let answer = ask(&raw, &whole[..whole.len() - cut]).await;
             refused_with(answer, RefuseCode::BadMessage);

@@ -12,7 +12,7 @@ use common::mft_harness::*;
 use common::{Transport, bounded, init_tracing};
 use flow::FlowWriter;
 use mft::ServerConfig;
-use mft::wire::{Message, RefuseCode, Segment};
+use mft::wire::{Codec, Message, RefuseCode, Segment};
 use tokio::io::AsyncWriteExt;
 
 on_every_transport!(
@@ -24,16 +24,9 @@ on_every_transport!(
 
 /// A segment as it goes on the wire: its length prefix, then its message.
 fn framed(segment: &Segment) -> Vec<u8> {
-    let header = Segment::header(
-        &segment.transfer_id,
-        segment.index,
-        segment.ciphertext.len() as u32,
-    );
-    let len = header.len() + segment.ciphertext.len() + segment.signature.0.len();
-    let mut frame = (len as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&header);
-    frame.extend_from_slice(&segment.ciphertext);
-    frame.extend_from_slice(&segment.signature.0);
+    let message = Message::Segment(segment.clone()).to_bytes().unwrap();
+    let mut frame = (message.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&message);
     frame
 }
 

@@ -490,3 +490,15 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Bytes in the segment files of a `mftq serve --data data` run in `dir`: how far
+/// a send has got, for tests that interrupt one part way.
+pub fn stored_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("data").join("segments"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
