@@ -81,6 +81,8 @@ fn codec(c: &mut Criterion) {
         completion_id: [6; 32],
         chain: ChainHash([7; 64]),
         sealed_metadata: Bytes::from(vec![0u8; 256]),
+        content_digest: [9; 32],
+        replace: false,
         signature: Signature([8; 64]),
     });
     let complete_bytes = Bytes::from(complete.to_bytes().expect("encodes"));

@@ -1,10 +1,12 @@
-//! `mftq transfers` and `mftq abort`: what this key left open on a server, and
-//! ending one of those transfers at once (the server deletes what it holds).
+//! `mftq transfers`, `mftq abort` and `mftq rm`: what this key left open on a
+//! server, ending one of those transfers at once (the server deletes what it
+//! holds), and deleting a stored batch.
 
 use serde_json::json;
 
-use crate::args::{AbortArgs, TransfersArgs};
+use crate::args::{AbortArgs, RmArgs, TransfersArgs};
 use crate::client::Client;
+use crate::client::parse_key;
 use crate::error::CliError;
 use crate::output::{hex, human, print_json, utc};
 
@@ -95,4 +97,36 @@ pub async fn abort_batch(sender: &mft::Sender, batch_id: &[u8]) -> Result<Option
         .await
         .map_err(|e| CliError::mft("aborting the transfer", e))?;
     Ok(Some(entry.stored_bytes))
+}
+
+/// Deletes the batch `args.batch_id` (of `--sender`, or this key's).
+pub async fn remove(args: RmArgs) -> Result<(), CliError> {
+    let owner = args
+        .sender
+        .as_deref()
+        .map(|text| parse_key("--sender", text))
+        .transpose()?;
+    let client = Client::new(&args.client, Default::default(), "--to", &args.to)?;
+    let sender = mft::Sender::new(client.manager.clone(), client.config.clone())
+        .map_err(|e| CliError::mft("configuring the sender", e))?;
+    let id = args.batch_id.as_bytes();
+    let outcome = match &owner {
+        Some(owner) => sender.delete_from(owner, id).await,
+        None => sender.delete(id).await,
+    };
+    client.manager.close();
+    let freed = outcome.map_err(|e| {
+        let missing = e.refuse_code() == Some(mft::wire::RefuseCode::NotFound);
+        let mut err = CliError::mft(&format!("deleting batch {:?}", args.batch_id), e);
+        if missing {
+            err.exit = crate::error::Exit::Usage;
+        }
+        err
+    })?;
+    if args.client.json {
+        print_json(&json!({ "batch_id": args.batch_id, "deleted": true, "size": freed }));
+    } else {
+        println!("deleted batch {} ({})", args.batch_id, human(freed));
+    }
+    Ok(())
 }

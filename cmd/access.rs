@@ -72,7 +72,8 @@ impl Access {
     }
 
     /// Whether the request may go ahead: senders send into their own
-    /// namespaces and may list them; retrievers retrieve and list every one.
+    /// namespaces and may list them and delete from them; retrievers retrieve
+    /// and list every one. Nobody deletes from another's namespace.
     pub fn allows(&self, request: &mft::Request<'_>) -> bool {
         let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
         let key = request.key;
@@ -83,6 +84,7 @@ impl Access {
                 lists.retrievers.contains(key)
                     || (request.own_namespace() && lists.senders.contains(key))
             }
+            mft::Direction::Delete => request.own_namespace() && lists.senders.contains(key),
         }
     }
 
@@ -138,6 +140,10 @@ mod tests {
         assert!(allows(&a, &a, mft::Direction::List));
         assert!(!allows(&a, &b, mft::Direction::List));
         assert!(allows(&b, &a, mft::Direction::List));
+        // A sender deletes its own batches; nobody deletes another's.
+        assert!(allows(&a, &a, mft::Direction::Delete));
+        assert!(!allows(&b, &a, mft::Direction::Delete));
+        assert!(!allows(&b, &b, mft::Direction::Delete));
 
         std::fs::write(&senders, format!("{b}\n")).expect("write");
         assert_eq!(access.reload().expect("reload"), vec![a]);

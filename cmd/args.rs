@@ -59,6 +59,11 @@ pub enum Command {
     Transfers(TransfersArgs),
     /// Abort this key's open transfer of a batch: the server deletes what it holds.
     Abort(AbortArgs),
+    /// Delete a stored batch: it is no longer listed or retrievable, and its
+    /// storage is freed.
+    Rm(RmArgs),
+    /// Check a receipt file written by `send --receipt`, offline.
+    VerifyReceipt(VerifyReceiptArgs),
     /// Run everything on loopback over QUIC and HTTPS and compare them.
     Demo(DemoArgs),
     /// Measure throughput over loopback or an emulated WAN link, as a matrix.
@@ -218,7 +223,10 @@ checksum is computed while the segments are sealed, so the file is read once, an
 a file whose size, mtime or inode changes during the send is refused before the
 batch completes (exit 5). For stdin there is no size or checksum. Running the same
 command again after an interruption resumes the batch: the server keeps the segments
-it stored and only the rest are sent.
+it stored and only the rest are sent; if the file changed since, the interrupted
+transfer is aborted and the file sent afresh. Sending a batch id this key holds
+already succeeds without sending if the content is the same (same size and SHA-256),
+and is refused otherwise unless --replace.
 
 --congestion picks the QUIC controller of this side, which is the one that
 matters on a push (default model); --rate sizes windows for the path's speed.")]
@@ -239,6 +247,14 @@ pub struct SendArgs {
     /// instead of keeping it for a resume.
     #[arg(long)]
     pub cancel_on_interrupt: bool,
+    /// Replace a batch of this id that this key holds: the old one stays
+    /// retrievable until the new one is complete, then is swapped out at once.
+    #[arg(long)]
+    pub replace: bool,
+    /// Write the server's signed receipt to FILE (JSON), to check later with
+    /// `mftq verify-receipt`.
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
     /// Metadata as JSON text, or @FILE to read it from a file.
     #[arg(long, value_name = "JSON|@FILE")]
     pub metadata: Option<String>,
@@ -323,6 +339,55 @@ pub struct AbortArgs {
     pub client: ClientArgs,
 }
 
+/// `mftq rm`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mftq rm report.pdf --to mftq://files.example:4433 --server-key HEX --key me.key
+
+A key deletes its own batches (when the server lets it send); another sender's batch
+only where the server's policy says so (--sender). Retrievals already under way
+finish; the storage is freed when they have.")]
+pub struct RmArgs {
+    /// The batch id.
+    #[arg(value_name = "BATCH_ID")]
+    pub batch_id: String,
+    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to: String,
+    /// The sender whose batch it is (64 hex digits; default: this key).
+    #[arg(long, value_name = "KEY")]
+    pub sender: Option<String>,
+    /// The client settings.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `mftq verify-receipt`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mftq send report.pdf --to mftq://files.example:4433 --server-key HEX --key me.key --receipt report.receipt
+  mftq verify-receipt report.receipt --server-key HEX --file report.pdf
+
+Offline: no server is contacted. Exit 0 if the server's signature verifies and every
+field says what the signed bytes say, 3 if another server signed it, 5 if it was
+tampered with or --file is not the content it receipts.")]
+pub struct VerifyReceiptArgs {
+    /// The receipt file.
+    #[arg(value_name = "FILE")]
+    pub receipt: PathBuf,
+    /// The server's public key (64 hex digits): the signer the receipt must name.
+    #[arg(long, value_name = "HEX")]
+    pub server_key: String,
+    /// Also check that this file is the content the receipt receipts (its SHA-256).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `mftq list`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -334,8 +399,12 @@ pub struct ListArgs {
     #[arg(long, value_name = "ENDPOINT")]
     pub from: String,
     /// Only this sender's batches (64 hex digits).
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", conflicts_with = "open")]
     pub sender: Option<String>,
+    /// This key's open (interrupted or running) transfers instead, as
+    /// `mftq transfers` shows them: held bytes, segments, age and deadline.
+    #[arg(long)]
+    pub open: bool,
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,

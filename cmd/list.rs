@@ -10,6 +10,13 @@ use crate::output::{human, metadata_json, metadata_summary, print_json, utc};
 
 /// Lists the batches as a table (or JSON).
 pub async fn run(args: ListArgs) -> Result<(), CliError> {
+    if args.open {
+        let transfers = crate::args::TransfersArgs {
+            to: args.from,
+            client: args.client,
+        };
+        return crate::abort::list(transfers).await;
+    }
     let sender = args
         .sender
         .as_deref()

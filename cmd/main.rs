@@ -20,6 +20,7 @@ mod keygen;
 mod list;
 mod output;
 mod pattern;
+mod receipt;
 mod send;
 mod serve;
 mod tuning;
@@ -72,13 +73,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let command = match cli.command {
         Command::Keygen(args) => return keygen::run(args),
         Command::Bench(args) => return bench::run(args),
+        Command::VerifyReceipt(args) => return receipt::verify(args),
         other => other,
     };
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::new(Exit::Other, format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match command {
-            Command::Keygen(_) | Command::Bench(_) => Ok(()),
+            Command::Keygen(_) | Command::Bench(_) | Command::VerifyReceipt(_) => Ok(()),
             Command::BenchPeer(args) => bench::peer::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Send(args) => send::run(args).await,
@@ -86,6 +88,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::List(args) => list::run(args).await,
             Command::Transfers(args) => abort::list(args).await,
             Command::Abort(args) => abort::run(args).await,
+            Command::Rm(args) => abort::remove(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     })

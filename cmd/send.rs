@@ -73,40 +73,51 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         None => None,
         Some(text) => Some(read_metadata(text)?),
     };
-    let reader: Box<dyn AsyncRead + Send + Unpin> = if stdin {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(
-            tokio::fs::File::open(&args.file)
-                .await
-                .map_err(|e| CliError::io(format!("input file {}", args.file), e))?,
-        )
-    };
-
+    config.replace(args.replace);
     let sender = mft::Sender::new(client.manager.clone(), config)
         .map_err(|e| CliError::mft("configuring the sender", e))?;
     let bar = progress(size, "sending", json_out);
     let watcher = tokio::spawn(watch(sender.subscribe(), bar.clone()));
+    let already = tokio::spawn(already_stored(sender.subscribe()));
     let started = Instant::now();
+    // A resumed transfer of other content (the file changed since it was
+    // interrupted) is aborted by the sender; then the file is sent once more,
+    // from its start, as a fresh transfer.
     let sending = async {
-        match fixed_metadata {
-            Some(metadata) => sender.send(reader, batch_id.as_bytes(), &metadata).await,
-            None => {
-                let path = args.file.clone();
-                let make = move |content: &mft::Content| {
-                    if let Some(before) = before {
-                        before.unchanged(Path::new(&path), content.size)?;
-                    }
-                    let mut metadata = default_metadata;
-                    metadata["sha256"] = json!(hex(&content.sha256));
-                    Ok(metadata.to_string().into_bytes())
-                };
-                sender.send_with(reader, batch_id.as_bytes(), make).await
+        let mut restarted = false;
+        loop {
+            let reader = open_input(&args.file).await?;
+            let sent = match &fixed_metadata {
+                Some(metadata) => sender.send(reader, batch_id.as_bytes(), metadata).await,
+                None => {
+                    let path = args.file.clone();
+                    let before = before.clone();
+                    let mut metadata = default_metadata.clone();
+                    let make = move |content: &mft::Content| {
+                        if let Some(before) = before {
+                            before.unchanged(Path::new(&path), content.size)?;
+                        }
+                        metadata["sha256"] = json!(hex(&content.sha256));
+                        Ok(metadata.to_string().into_bytes())
+                    };
+                    sender.send_with(reader, batch_id.as_bytes(), make).await
+                }
+            };
+            match sent {
+                Err(mft::Error::ContentChanged(_)) if !stdin && !restarted => {
+                    restarted = true;
+                    note(
+                        &bar,
+                        "mftq: the file changed since the interrupted send: sending it afresh"
+                            .into(),
+                    );
+                }
+                other => return Ok::<_, CliError>(other),
             }
         }
     };
     let result = tokio::select! {
-        result = sending => result,
+        result = sending => result?,
         _ = tokio::signal::ctrl_c() => {
             watcher.abort();
             bar.finish_and_clear();
@@ -121,12 +132,17 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         let exists = e.refuse_code() == Some(mft::wire::RefuseCode::BatchExists);
         let mut err = CliError::mft(&format!("sending batch {batch_id:?}"), e);
         if exists {
-            err.message.push_str(
-                " (this key already sent a batch with this id: choose another --batch-id)",
-            );
+            err.exit = Exit::Usage;
+            err.message
+                .push_str(" (use --replace to replace it, or choose another --batch-id)");
         }
         err
     })?;
+    drop(sender);
+    let already = already.await.unwrap_or(false);
+    if let Some(path) = &args.receipt {
+        crate::receipt::write(path, &receipt)?;
+    }
 
     if json_out {
         print_json(&json!({
@@ -139,23 +155,56 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             "completed_unix": receipt.completed_unix,
             "chain": hex(receipt.chain.as_bytes()),
             "signature": hex(receipt.signature.as_bytes()),
+            "content_sha256": hex(&receipt.content_digest),
+            "already_stored": already,
             "seconds": elapsed.as_secs_f64(),
         }));
     } else {
         println!("batch {}", String::from_utf8_lossy(&receipt.batch_id));
-        println!(
-            "sent {} in {} segments in {:.2?} ({:.1} MB/s)",
-            human(receipt.size),
-            receipt.segment_count,
-            elapsed,
-            mb_per_s(receipt.size, elapsed)
-        );
+        if already {
+            println!(
+                "already stored: the server holds the same {} (same SHA-256); nothing sent",
+                human(receipt.size)
+            );
+        } else {
+            println!(
+                "sent {} in {} segments in {:.2?} ({:.1} MB/s)",
+                human(receipt.size),
+                receipt.segment_count,
+                elapsed,
+                mb_per_s(receipt.size, elapsed)
+            );
+        }
         println!("size {}", receipt.size);
         println!("segments {}", receipt.segment_count);
         println!("transfer {}", hex(receipt.transfer_id.as_bytes()));
         println!("receipt signature {}", hex(receipt.signature.as_bytes()));
     }
     Ok(())
+}
+
+/// The input, opened (again) from its start.
+async fn open_input(file: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, CliError> {
+    if file == "-" {
+        return Ok(Box::new(tokio::io::stdin()));
+    }
+    let opened = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| CliError::io(format!("input file {file}"), e))?;
+    Ok(Box::new(opened))
+}
+
+/// Whether the sender reported the batch as stored already (same content).
+async fn already_stored(mut events: tokio::sync::broadcast::Receiver<mft::Event>) -> bool {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(mft::Event::AlreadyStored { .. }) => return true,
+            Ok(mft::Event::Completed { .. } | mft::Event::Failed { .. }) => return false,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return false,
+        }
+    }
 }
 
 /// Feeds the progress bar from the sender's events.
@@ -171,7 +220,7 @@ async fn watch(mut events: tokio::sync::broadcast::Receiver<mft::Event>, bar: Pr
                 &bar,
                 format!("mftq: resuming: the server holds {stored} segments"),
             ),
-            Ok(mft::Event::Completed { .. } | mft::Event::Failed { .. }) => return,
+            Ok(mft::Event::Completed { .. }) => return,
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }

@@ -1049,3 +1049,97 @@ fn an_interrupted_send_is_kept_listed_and_aborted_on_request() {
     assert!(stderr.contains("aborted"), "{stderr}");
     assert!(transfers().is_empty(), "cancelled at once");
 }
+
+/// Issue 11: a re-send of the same file succeeds without sending, other content
+/// under the id is refused unless `--replace`, the receipt file verifies offline
+/// (and a tampered one does not), and `rm` deletes a batch.
+#[test]
+fn resend_replace_receipt_and_rm() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server = serve_one_client(dir);
+    let file = dir.join("ledger.csv");
+    std::fs::write(&file, random_bytes(200_000, 81)).expect("writes");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend_from_slice(&["--server-key", &server.key, "--key", "client.key"]);
+        mftq_in(dir, &args, LONG)
+    };
+    let to = ["--to", server.quic.as_str()];
+    let send = |extra: &[&str]| {
+        let mut args = vec!["send", "ledger.csv"];
+        args.extend_from_slice(&to);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    let out = send(&["--receipt", "first.receipt"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let out = send(&[]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "the same file again: {}",
+        out.explain()
+    );
+    assert!(out.stdout.contains("already stored"), "{}", out.explain());
+
+    // The receipt verifies offline, also against the file it receipts.
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify-receipt",
+            "first.receipt",
+            "--server-key",
+            &server.key,
+        ];
+        args.extend_from_slice(extra);
+        mftq_in(dir, &args, SHORT)
+    };
+    let out = verify(&["--file", "ledger.csv"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(out.stdout.contains("receipt verified"), "{}", out.explain());
+
+    // Other content under the id: refused (exit 2, naming --replace), then replaced.
+    std::fs::write(&file, random_bytes(150_000, 82)).expect("writes");
+    let out = send(&[]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("--replace"), "{}", out.explain());
+    let out = send(&["--replace"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let got = dir.join("got.csv");
+    let out = run(&["get", "ledger.csv", "--from", &server.quic, "-o", "got.csv"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(std::fs::read(&got).expect("reads") == std::fs::read(&file).expect("reads"));
+    // The first receipt is not for the file as it is now.
+    let out = verify(&["--file", "ledger.csv"]);
+    assert_eq!(out.code(), Some(5), "{}", out.explain());
+
+    // A tampered receipt is refused.
+    let text = std::fs::read_to_string(dir.join("first.receipt")).expect("reads");
+    let tampered = text.replace("\"size\": 200000", "\"size\": 200001");
+    assert_ne!(tampered, text);
+    std::fs::write(dir.join("first.receipt"), tampered).expect("writes");
+    let out = verify(&[]);
+    assert_eq!(out.code(), Some(5), "{}", out.explain());
+    assert!(out.stderr.contains("tampered"), "{}", out.explain());
+
+    // rm deletes it; a second rm finds nothing (exit 2).
+    let out = run(&["rm", "ledger.csv", "--to", &server.quic]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(
+        out.stdout.contains("deleted batch ledger.csv"),
+        "{}",
+        out.explain()
+    );
+    let out = run(&[
+        "get",
+        "ledger.csv",
+        "--from",
+        &server.quic,
+        "-o",
+        "again.csv",
+    ]);
+    assert_ne!(out.code(), Some(0), "{}", out.explain());
+    let out = run(&["rm", "ledger.csv", "--to", &server.quic]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+}

@@ -63,6 +63,14 @@ pub enum Error {
     /// the metadata describes: the batch was not completed.
     #[error("the input changed while it was sent: {0}")]
     InputChanged(String),
+    /// A resumed transfer held segments of other content than the input's (the
+    /// input changed since the send was interrupted). That transfer was aborted
+    /// on the server; sending the input again, from its start, opens a fresh one.
+    #[error(
+        "the input is not what the interrupted transfer was sending: {0}; \
+         that transfer was aborted, so sending again starts afresh"
+    )]
+    ContentChanged(String),
     /// Reading the source or writing the output failed.
     #[error("i/o failed: {0}")]
     Io(#[from] std::io::Error),
@@ -98,7 +106,9 @@ impl Error {
             },
             Error::ServerAuth(_) => ErrorKind::Auth,
             Error::Protocol(_) => ErrorKind::Protocol,
-            Error::Integrity(_) | Error::InputChanged(_) => ErrorKind::Integrity,
+            Error::Integrity(_) | Error::InputChanged(_) | Error::ContentChanged(_) => {
+                ErrorKind::Integrity
+            }
             Error::Io(_) | Error::Store(_) => ErrorKind::Io,
             Error::RetriesExhausted { last, .. } => last.kind(),
         }

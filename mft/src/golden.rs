@@ -16,9 +16,9 @@ use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    Abort, Aborted, BatchId, Codec, Complete, DataKey, List, ListOpen, Listing, ListingEntry,
-    Message, OpenEntry, OpenTransfers, Position, PullSegment, Receipt, Refuse, RefuseCode, Resume,
-    Segment, SegmentAck, Signature, Signed, Stored,
+    Abort, Aborted, BatchId, Codec, Complete, Confirm, DataKey, Delete, Deleted, List, ListOpen,
+    Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Position, PullSegment, Receipt,
+    Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -33,7 +33,7 @@ impl Vectors {
 
     fn render(&self) -> String {
         let mut out = String::from(
-            "# mftq protocol version 3: golden vectors (see mft/src/golden.rs for the inputs)\n",
+            "# mftq protocol version 4: golden vectors (see mft/src/golden.rs for the inputs)\n",
         );
         for (name, bytes) in &self.0 {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -62,6 +62,7 @@ fn vectors() -> Vectors {
         &batch,
         chunk_size,
         b"voucher",
+        false,
         Ephemeral::from_secret([3; 32]),
     )
     .expect("the hello encodes");
@@ -162,6 +163,8 @@ fn vectors() -> Vectors {
         completion_id: push.completion_id,
         chain: chain.value(),
         sealed_metadata: Bytes::from(sealed_metadata.clone()),
+        content_digest: [0x55; 32],
+        replace: false,
         signature: Signature([0; 64]),
     };
     complete.sign(&sender).expect("the completion encodes");
@@ -178,6 +181,7 @@ fn vectors() -> Vectors {
         segment_count: 2,
         size,
         chain: chain.value(),
+        content_digest: [0x55; 32],
         completed_unix: 1_796_083_200,
         server: *server.public_key().as_bytes(),
         signature: Signature([0; 64]),
@@ -315,6 +319,38 @@ fn vectors() -> Vectors {
         .to_bytes()
         .expect("a vector encodes"),
     );
+    // Managing stored batches.
+    v.add(
+        "confirm",
+        Message::Confirm(Confirm {
+            batch_id: batch.clone(),
+            size,
+            content_digest: [0x55; 32],
+            voucher: Bytes::from_static(b"voucher"),
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    v.add(
+        "delete",
+        Message::Delete(Delete {
+            owner: Some(*sender.public_key().as_bytes()),
+            batch_id: batch.clone(),
+            voucher: Bytes::new(),
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    v.add(
+        "deleted",
+        Message::Deleted(Deleted {
+            owner: *sender.public_key().as_bytes(),
+            batch_id: batch.clone(),
+            size,
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
     v.add(
         "refuse",
         Message::Refuse(Refuse {
@@ -361,6 +397,7 @@ fn vectors() -> Vectors {
             sealed_metadata,
             chain: chain.value(),
             completed_unix: 1_796_083_200,
+            content_digest: [0x55; 32],
             receipt: receipt_bytes,
         })
         .expect("a record within its limits encodes"),

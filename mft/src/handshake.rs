@@ -212,6 +212,26 @@ impl ClientHandshake {
             batch_id,
             chunk_size,
             voucher,
+            false,
+            Ephemeral::generate(),
+        )
+    }
+
+    /// Starts a push that replaces the sender's batch `batch_id` if it holds one
+    /// (its hello and completion say so): the old batch stays visible until the
+    /// new one completes, and is swapped out then in one step.
+    pub fn replace(
+        identity: &Identity,
+        batch_id: &BatchId,
+        chunk_size: u32,
+        voucher: &[u8],
+    ) -> Result<(Self, Hello)> {
+        Self::push_with(
+            identity,
+            batch_id,
+            chunk_size,
+            voucher,
+            true,
             Ephemeral::generate(),
         )
     }
@@ -222,6 +242,7 @@ impl ClientHandshake {
         batch_id: &BatchId,
         chunk_size: u32,
         voucher: &[u8],
+        replace: bool,
         ephemeral: Ephemeral,
     ) -> Result<(Self, Hello)> {
         let mut hello = Hello {
@@ -230,6 +251,7 @@ impl ClientHandshake {
             sender: *identity.public_key().as_bytes(),
             chunk_size,
             voucher: Bytes::copy_from_slice(voucher),
+            replace,
             signature: Signature([0; 64]),
         };
         let signed = hello.sign(identity)?;

@@ -549,6 +549,8 @@ impl RawTransfer {
             completion_id,
             chain,
             sealed_metadata: sealed.into(),
+            content_digest: [0; 32],
+            replace: false,
             signature: Signature([0; 64]),
         };
         complete.sign(&self.identity).unwrap();

@@ -209,6 +209,22 @@ macro_rules! delegate_store {
             async fn batches(&self) -> mft::store::StoreResult<Vec<mft::store::BatchRecord>> {
                 self.$field.batches().await
             }
+            async fn remove_batch(
+                &self,
+                owner: &[u8; 32],
+                batch_id: &[u8],
+            ) -> mft::store::StoreResult<Option<mft::store::BatchRecord>> {
+                self.$field.remove_batch(owner, batch_id).await
+            }
+            async fn retired(&self) -> mft::store::StoreResult<Vec<mft::store::TransferId>> {
+                self.$field.retired().await
+            }
+            async fn forget_retired(
+                &self,
+                t: mft::store::TransferId,
+            ) -> mft::store::StoreResult<()> {
+                self.$field.forget_retired(t).await
+            }
         }
     };
 }
@@ -368,10 +384,12 @@ pub fn allow_only(key: flow::PeerKey) -> Policy {
     Arc::new(move |request| *request.key == key)
 }
 
-/// The server's authoriser: `senders` for sending, `retrievers` for retrieving.
+/// The server's authoriser: `senders` for sending (and deleting their own
+/// batches), `retrievers` for retrieving and listing.
 pub fn by_direction(senders: Policy, retrievers: Policy) -> impl mft::Authorize {
     move |request: &mft::Request<'_>| match request.direction {
         mft::Direction::Send => senders(request),
+        mft::Direction::Delete => request.own_namespace() && senders(request),
         mft::Direction::Retrieve | mft::Direction::List => retrievers(request),
     }
 }

@@ -84,6 +84,7 @@ pub struct ClientConfig {
     pub(super) retries: u32,
     pub(super) dial_timeout: Duration,
     pub(super) voucher: Vec<u8>,
+    pub(super) replace: bool,
 }
 
 impl ClientConfig {
@@ -99,6 +100,7 @@ impl ClientConfig {
             retries: 5,
             dial_timeout: Duration::from_secs(10),
             voucher: Vec::new(),
+            replace: false,
         }
     }
 
@@ -148,6 +150,15 @@ impl ClientConfig {
     /// An application token (a JWT, say) for the server's authoriser.
     pub fn voucher(&mut self, voucher: impl Into<Vec<u8>>) -> &mut Self {
         self.voucher = voucher.into();
+        self
+    }
+
+    /// Whether a send replaces a batch of the same id that this key holds
+    /// (default false: such a send succeeds only if the batch holds the same
+    /// content, and then returns its stored receipt). The old batch stays
+    /// retrievable until the new one completes, and is swapped out at once.
+    pub fn replace(&mut self, replace: bool) -> &mut Self {
+        self.replace = replace;
         self
     }
 

@@ -45,6 +45,16 @@ pub enum Event {
         /// Segments the server already holds.
         stored: u64,
     },
+    /// The server holds this batch already, with the same content (its size and
+    /// SHA-256): nothing was sent, and its stored receipt stands.
+    AlreadyStored {
+        /// Plaintext size.
+        size: u64,
+    },
+    /// The transfer this send resumed held segments of other content (the input
+    /// changed since it was interrupted): it was aborted, so the next send of
+    /// this batch starts afresh.
+    Restarted,
     /// The batch is complete and receipted.
     Completed {
         /// Plaintext size.

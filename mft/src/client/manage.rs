@@ -1,12 +1,12 @@
-//! A sender's view of what it left open on the server: its open transfers, and
-//! aborting one (what the server holds of it is deleted at once).
+//! A sender's view of what it left on the server: its open transfers, aborting
+//! one (what the server holds of it is deleted at once), and deleting a batch.
 
 use flow::Manager;
 
 use super::{ClientConfig, open_flow};
 use crate::error::{Error, Result};
 use crate::session;
-use crate::wire::{Abort, ListOpen, Message, OpenEntry, TransferId, kind};
+use crate::wire::{Abort, BatchId, Delete, ListOpen, Message, OpenEntry, TransferId, kind};
 
 /// The open transfers of our key on the server, in batch-id order.
 pub(super) async fn open_transfers(
@@ -36,4 +36,27 @@ pub(super) async fn abort(
         ));
     }
     Ok(())
+}
+
+/// Deletes the batch `batch_id` of `owner` (ours if `None`); its size.
+pub(super) async fn delete(
+    manager: &Manager,
+    config: &ClientConfig,
+    owner: Option<[u8; 32]>,
+    batch_id: BatchId,
+) -> Result<u64> {
+    let (mut reader, mut writer) = open_flow(manager, config).await?;
+    let request = Message::Delete(Delete {
+        owner,
+        batch_id: batch_id.clone(),
+        voucher: bytes::Bytes::from(config.voucher.clone()),
+    });
+    let deleted = session::request(&mut reader, &mut writer, &request, kind::Deleted).await?;
+    let ours = *manager.identity().public_key().as_bytes();
+    if deleted.batch_id != batch_id || deleted.owner != owner.unwrap_or(ours) {
+        return Err(Error::Protocol(
+            "the server confirmed deleting another batch".into(),
+        ));
+    }
+    Ok(deleted.size)
 }

@@ -23,7 +23,8 @@ use crate::handshake::{ClientHandshake, PushSecret};
 use crate::proto::retry::{Attempts, Verdict};
 use crate::session;
 use crate::wire::{
-    self, BatchId, Complete, Message, Resume, Signature, Signed, Stored, TransferId, kind,
+    self, BatchId, Complete, Confirm, Message, RefuseCode, Resume, Signature, Signed, Stored,
+    TransferId, kind,
 };
 
 mod config;
@@ -62,10 +63,6 @@ enum Metadata {
 }
 
 impl Metadata {
-    fn is_deferred(&self) -> bool {
-        matches!(self, Metadata::Deferred(_))
-    }
-
     /// Checks metadata known up front against `limit`.
     fn check_fixed(&self, limit: u32, whose: &str) -> Result<()> {
         match self {
@@ -207,8 +204,44 @@ impl Sender {
         manage::abort(&self.manager, &self.config, transfer).await
     }
 
+    /// Deletes this key's batch `batch_id`: it is no longer listed or retrievable
+    /// (retrievals already under way finish), and the server frees its storage
+    /// and its share of the key's quota. Returns the batch's plaintext size.
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
+    /// let freed = sender.delete(b"report-2026-11").await?;
+    /// println!("freed {freed} bytes");
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, batch_id: &[u8]) -> Result<u64> {
+        manage::delete(&self.manager, &self.config, None, check_batch_id(batch_id)?).await
+    }
+
+    /// Deletes `owner`'s batch `batch_id`, as a key the server's policy lets
+    /// delete others' batches ([`Direction::Delete`](crate::Direction::Delete)).
+    /// A batch this key may not delete is not found, as a missing one.
+    pub async fn delete_from(&self, owner: &flow::PeerKey, batch_id: &[u8]) -> Result<u64> {
+        let owner = Some(*owner.as_bytes());
+        manage::delete(
+            &self.manager,
+            &self.config,
+            owner,
+            check_batch_id(batch_id)?,
+        )
+        .await
+    }
+
     /// Sends everything `reader` yields as batch `batch_id` with `metadata`, and
     /// returns the server's verified receipt.
+    ///
+    /// If this key holds a batch `batch_id` already, the send succeeds without
+    /// sending anything when that batch has the same size and SHA-256 as the
+    /// input (reading the input once to tell), returning the stored receipt;
+    /// otherwise it is refused as `BatchExists`, unless the config says to
+    /// [replace](ClientConfig::replace) it. A send that resumes an interrupted
+    /// transfer of other content fails as [`Error::ContentChanged`] after
+    /// aborting that transfer, so sending the input again starts afresh.
     pub async fn send(
         &self,
         reader: impl AsyncRead + Unpin + Send + 'static,
@@ -284,7 +317,14 @@ impl Sender {
             batch_id: batch_id.to_vec(),
         });
         let mut attempts = Attempts::new(self.config.retries);
-        let opened = self.open(&batch_id, &mut attempts).await?;
+        let opened = match self.open(&batch_id, &mut attempts).await {
+            Ok(opened) => opened,
+            // The batch exists: sending the same content again is a success.
+            Err(e) if e.refuse_code() == Some(RefuseCode::BatchExists) && !self.config.replace => {
+                return self.confirm_same(reader, &batch_id, &mut attempts).await;
+            }
+            Err(e) => return Err(e),
+        };
         metadata.check_fixed(opened.secret.max_metadata, "server's")?;
         let pool = Arc::new(BufferPool::default());
         // The producer stays a few sealed segments ahead of the flows.
@@ -296,10 +336,10 @@ impl Sender {
             opened.secret.clone(),
             batch_id.to_vec(),
             Outlet { tx, first_is_last },
-            metadata.is_deferred(),
             pool.clone(),
         )));
         let transfer_id = opened.secret.transfer_id;
+        let resumed = !opened.secret.new_transfer;
         let shared = Shared::new(
             self,
             transfer_id,
@@ -321,11 +361,72 @@ impl Sender {
         let metadata = metadata.finish(&produced.content, opened.secret.max_metadata)?;
         let complete = self.completion(&opened.secret, &produced, &metadata)?;
         let progress = shared.stored_count();
-        let receipt = retrying(&mut attempts, Some(&self.events), progress, || {
+        let completed = retrying(&mut attempts, Some(&self.events), progress, || {
             self.complete(&complete)
         })
-        .await?;
+        .await;
+        let receipt = match completed {
+            Ok(receipt) => receipt,
+            // A resumed transfer whose stored segments do not chain with ours
+            // holds other content: end it, so the next send starts afresh
+            // instead of resuming it again.
+            Err(e) if resumed && e.refuse_code() == Some(RefuseCode::ChainMismatch) => {
+                return Err(self.restart(transfer_id, e).await);
+            }
+            Err(e) => return Err(e),
+        };
         self.check_receipt(&receipt, &batch_id, &complete)?;
+        Ok(receipt)
+    }
+
+    /// Aborts a resumed transfer found to hold other content, and says so.
+    async fn restart(&self, transfer_id: TransferId, refused: Error) -> Error {
+        match self.abort(transfer_id).await {
+            Ok(()) => {
+                let _ = self.events.send(Event::Restarted);
+                Error::ContentChanged(refused.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not abort the transfer of other content");
+                refused
+            }
+        }
+    }
+
+    /// Answers a send refused because the batch exists: reads the rest of the
+    /// input (nothing of it was sent), and asks the server whether its batch holds
+    /// the same size and SHA-256. If it does, its stored receipt is the answer;
+    /// if not, the refusal says so.
+    async fn confirm_same(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &BatchId,
+        attempts: &mut Attempts,
+    ) -> Result<Receipt> {
+        let (size, content_digest) = digest_all(reader).await?;
+        let confirm = Message::Confirm(Confirm {
+            batch_id: batch_id.clone(),
+            size,
+            content_digest,
+            voucher: Bytes::from(self.config.voucher.clone()),
+        });
+        let receipt = retrying(attempts, Some(&self.events), 0, || async {
+            let (mut reader, mut writer) = self.flow().await?;
+            session::request(&mut reader, &mut writer, &confirm, kind::Receipt).await
+        })
+        .await?;
+        self.check_signed_by_server(&receipt)?;
+        let ours = *self.manager.identity().public_key().as_bytes();
+        if receipt.batch_id != *batch_id
+            || receipt.sender != ours
+            || receipt.size != size
+            || receipt.content_digest != content_digest
+        {
+            return Err(Error::ServerAuth(
+                "the stored receipt does not describe this content".into(),
+            ));
+        }
+        let _ = self.events.send(Event::AlreadyStored { size });
         Ok(receipt)
     }
 
@@ -410,7 +511,12 @@ impl Sender {
     }
 
     async fn handshake(&self, batch_id: &BatchId) -> Result<(PushSecret, String, Duration)> {
-        let (handshake, hello) = ClientHandshake::push(
+        let start = if self.config.replace {
+            ClientHandshake::replace
+        } else {
+            ClientHandshake::push
+        };
+        let (handshake, hello) = start(
             self.manager.identity(),
             batch_id,
             self.config.chunk_size,
@@ -454,6 +560,8 @@ impl Sender {
             completion_id: secret.completion_id,
             chain: produced.chain,
             sealed_metadata: Bytes::from(sealed_metadata),
+            content_digest: produced.content.sha256,
+            replace: self.config.replace,
             signature: Signature([0; 64]),
         };
         complete.sign(self.manager.identity())?;
@@ -466,18 +574,24 @@ impl Sender {
         session::request(&mut reader, &mut writer, &message, kind::Receipt).await
     }
 
-    fn check_receipt(
-        &self,
-        receipt: &Receipt,
-        batch_id: &BatchId,
-        complete: &Complete,
-    ) -> Result<()> {
+    /// Checks that the server we trust signed `receipt`.
+    fn check_signed_by_server(&self, receipt: &Receipt) -> Result<()> {
         let server = self.config.server_key.as_bytes();
         if receipt.server != *server || !receipt.verify(server) {
             return Err(Error::ServerAuth(
                 "the receipt's signature does not verify".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn check_receipt(
+        &self,
+        receipt: &Receipt,
+        batch_id: &BatchId,
+        complete: &Complete,
+    ) -> Result<()> {
+        self.check_signed_by_server(receipt)?;
         let ours = *self.manager.identity().public_key().as_bytes();
         if receipt.batch_id != *batch_id
             || receipt.transfer_id != complete.transfer_id
@@ -485,6 +599,7 @@ impl Sender {
             || receipt.segment_count != complete.segment_count
             || receipt.size != complete.size
             || receipt.chain != complete.chain
+            || receipt.content_digest != complete.content_digest
         {
             return Err(Error::ServerAuth(
                 "the receipt does not describe the batch sent".into(),
@@ -492,6 +607,24 @@ impl Sender {
         }
         Ok(())
     }
+}
+
+/// Reads `reader` to its end: its size and SHA-256.
+async fn digest_all(mut reader: impl AsyncRead + Unpin) -> Result<(u64, [u8; 32])> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hasher.finalize().into()))
 }
 
 async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowReader, FlowWriter)> {

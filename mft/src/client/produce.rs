@@ -27,7 +27,7 @@ pub(super) struct Sealer {
     pub(super) identity: flow::Identity,
     pub(super) transfer_id: TransferId,
     /// SHA-256 of the plaintext so far.
-    pub(super) hasher: Option<Sha256>,
+    pub(super) hasher: Sha256,
 }
 
 /// One chunk sealed and signed: the ciphertext (tag at its end), the tag, and the
@@ -51,21 +51,18 @@ impl Sealed {
 }
 
 impl Sealer {
-    /// The sealer of `secret`'s transfer, signing as `identity`, hashing the
-    /// plaintext if `digest`.
-    fn new(secret: &PushSecret, identity: flow::Identity, digest: bool) -> Self {
+    /// The sealer of `secret`'s transfer, signing as `identity`.
+    fn new(secret: &PushSecret, identity: flow::Identity) -> Self {
         Sealer {
             cipher: Cipher::new(secret.data_key.expose()),
             identity,
             transfer_id: secret.transfer_id,
-            hasher: digest.then(Sha256::new),
+            hasher: Sha256::new(),
         }
     }
 
     pub(super) fn seal(&mut self, index: u64, mut buf: BytesMut) -> Sealed {
-        if let Some(hasher) = &mut self.hasher {
-            hasher.update(&buf);
-        }
+        self.hasher.update(&buf);
         let tag = crypto::seal_segment(&self.cipher, &self.transfer_id, index, &mut buf);
         let signature = Segment::sign_parts(
             &self.identity,
@@ -96,11 +93,9 @@ impl Sealer {
         .map_err(|e| Error::Io(std::io::Error::other(e)))
     }
 
-    /// The SHA-256 of the plaintext sealed, if it was asked for (else zeros).
+    /// The SHA-256 of the plaintext sealed.
     fn digest(self) -> [u8; 32] {
-        self.hasher
-            .map(|h| h.finalize().into())
-            .unwrap_or([0u8; 32])
+        self.hasher.finalize().into()
     }
 }
 
@@ -168,7 +163,6 @@ pub(super) async fn produce(
     secret: PushSecret,
     batch_id: Vec<u8>,
     out: Outlet,
-    digest: bool,
     pool: Arc<BufferPool>,
 ) -> Result<Produced> {
     let Outlet { tx, first_is_last } = out;
@@ -176,7 +170,7 @@ pub(super) async fn produce(
     let chunk = secret.chunk_size as usize;
     let capacity = chunk + wire::TAG_LEN;
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
-    let mut sealer = Sealer::new(&secret, identity, digest);
+    let mut sealer = Sealer::new(&secret, identity);
     let (mut index, mut size) = (0u64, 0u64);
     let mut next = read_chunk(&mut reader, chunk, pool.take(capacity)).await?;
     // An empty input makes no segments.

@@ -26,6 +26,15 @@ pub(crate) fn repeats(batch: &BatchRecord, completion_id: &[u8; 32], claim: &Com
         && claim.size == batch.size
         && claim.chain.matches(&batch.chain)
         && claim.sealed_metadata[..] == batch.sealed_metadata[..]
+        && claim.content_digest == batch.content_digest
+}
+
+/// Whether a stored `batch` holds the content a sender would send again: the
+/// same plaintext size and the same declared SHA-256. A batch stored without a
+/// declared digest (all zeros) confirms nothing, so it is never taken for
+/// another's content.
+pub(crate) fn confirms(batch: &BatchRecord, size: u64, content_digest: &[u8; 32]) -> bool {
+    batch.content_digest != [0; 32] && batch.content_digest == *content_digest && batch.size == size
 }
 
 #[cfg(test)]
@@ -46,6 +55,7 @@ mod tests {
             sealed_metadata: vec![7; 20],
             chain: ChainHash([3; 64]),
             completed_unix: 5,
+            content_digest: [6; 32],
             receipt: vec![],
         }
     }
@@ -58,6 +68,8 @@ mod tests {
             completion_id: [4; 32],
             chain: ChainHash([3; 64]),
             sealed_metadata: Bytes::from(vec![7; 20]),
+            content_digest: [6; 32],
+            replace: false,
             signature: Signature([0; 64]),
         }
     }
@@ -73,7 +85,8 @@ mod tests {
     fn only_the_same_claim_with_the_secret_repeats() {
         assert!(repeats(&stored(), &[4; 32], &claim()));
         assert!(!repeats(&stored(), &[5; 32], &claim()), "wrong secret");
-        let changes: [fn(&mut Complete); 5] = [
+        let changes: [fn(&mut Complete); 6] = [
+            |c| c.content_digest[0] ^= 1,
             |c| c.transfer_id = TransferId([9; 16]),
             |c| c.segment_count += 1,
             |c| c.size -= 1,
@@ -85,5 +98,21 @@ mod tests {
             change(&mut other);
             assert!(!repeats(&stored(), &[4; 32], &other), "{other:?}");
         }
+    }
+
+    #[test]
+    fn only_the_same_declared_content_confirms() {
+        let batch = stored();
+        assert!(confirms(&batch, 9000, &[6; 32]));
+        assert!(!confirms(&batch, 9001, &[6; 32]), "another size");
+        assert!(!confirms(&batch, 9000, &[7; 32]), "another digest");
+        let undeclared = BatchRecord {
+            content_digest: [0; 32],
+            ..stored()
+        };
+        assert!(
+            !confirms(&undeclared, 9000, &[0; 32]),
+            "no declared digest confirms nothing"
+        );
     }
 }

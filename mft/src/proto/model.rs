@@ -200,6 +200,7 @@ impl Model {
                     chain: t.chain,
                     completed_unix: self.now,
                     receipt: Vec::new(),
+                    content_digest: [0; 32],
                 });
                 Outcome::Receipt
             }
@@ -255,6 +256,8 @@ fn claim(b: &Batch, kind: Claim) -> Complete {
         completion_id: [9; 32],
         chain,
         sealed_metadata: Bytes::new(),
+        content_digest: [0; 32],
+        replace: false,
         signature: Signature([0; 64]),
     }
 }

@@ -14,6 +14,9 @@ pub enum Direction {
     /// metadata. Asked once per namespace and listing page, with an empty batch
     /// id, so a listing costs one question per sender, not one per batch.
     List,
+    /// Delete a completed batch of the owner's namespace (its owner, or a key
+    /// the policy lets delete others' batches).
+    Delete,
 }
 
 /// One request to authorise: who asks, with which voucher, for which batch of
@@ -31,7 +34,7 @@ pub struct Request<'a> {
     pub owner: &'a [u8; 32],
     /// The batch id (opaque bytes; empty for [`Direction::List`]).
     pub batch_id: &'a [u8],
-    /// Send or retrieve.
+    /// What it wants to do.
     pub direction: Direction,
 }
 
@@ -72,6 +75,8 @@ impl<'a> Request<'a> {
 ///     Direction::Send => *r.key == alice,
 ///     Direction::List => r.owner == alice.as_bytes(),
 ///     Direction::Retrieve => r.owner == alice.as_bytes() && r.batch_id.starts_with(b"public/"),
+///     // Alice may delete her own batches; nobody may delete anyone else's.
+///     Direction::Delete => *r.key == alice && r.own_namespace(),
 /// };
 /// let request = Request::new(&alice, b"", alice.as_bytes(), b"public/x", Direction::Send);
 /// assert!(mft::Authorize::authorize(&policy, &request));

@@ -17,6 +17,7 @@ use crate::wire::{self, Codec, Message, Refuse, RefuseCode};
 
 mod at_rest;
 mod authorize;
+mod batches;
 mod config;
 mod manage;
 mod pending;
@@ -78,6 +79,8 @@ struct Inner {
     started_unix: u64,
     /// What each key holds, for its quotas.
     usage: quota::Usage,
+    /// Transfers being read by retrievals, which keeps their data if retired.
+    readers: batches::Readers,
 }
 
 impl fmt::Debug for Server {
@@ -162,6 +165,7 @@ impl ServerBuilder {
                 open: Mutex::new(HashMap::new()),
                 started_unix: now_unix(),
                 usage: quota::Usage::default(),
+                readers: batches::Readers::default(),
             }),
         }
     }
@@ -230,6 +234,7 @@ impl Server {
                     if let Err(e) = server.reclaim_expired().await {
                         tracing::warn!(error = %e, "reclaiming expired transfers failed");
                     }
+                    server.reclaim_retired_now().await;
                 }
             }
         });
@@ -469,6 +474,8 @@ impl Server {
             Ok(Message::List(list)) => self.handle_list(peer, &list).await,
             Ok(Message::ListOpen(_)) => self.handle_list_open(peer).await,
             Ok(Message::Abort(abort)) => self.handle_abort(peer, abort.transfer_id).await,
+            Ok(Message::Delete(delete)) => self.handle_delete(peer, &delete).await,
+            Ok(Message::Confirm(confirm)) => self.handle_confirm(peer, &confirm).await,
             Ok(other) => Err(refusal(
                 RefuseCode::BadMessage,
                 format!("{} cannot start a flow", other.name()),

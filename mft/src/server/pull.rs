@@ -33,6 +33,7 @@ impl Server {
         let batch = self
             .visible_batch(&peer, &hello.voucher, hello.owner, &hello.batch_id)
             .await?;
+        let (batch, _reading) = self.start_reading(batch).await?;
         let secret = self.pull_secret(&batch).await?;
         let accept = handshake::accept_pull(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
@@ -228,16 +229,20 @@ impl Server {
         batch_id: &[u8],
     ) -> Result<(BatchReader, BatchInfo)> {
         let owner = owner.map(|o| *o.as_bytes());
+        // A refusal, as the error a remote retriever would get.
+        let refused = |Refusal(refuse)| Error::Refused {
+            code: refuse.code,
+            message: refuse.message,
+            retry_after: None,
+        };
         let batch = self
             .visible_batch(requester, &[], owner, batch_id)
             .await
-            .map_err(|Refusal(refuse)| Error::Refused {
-                code: refuse.code,
-                message: refuse.message,
-                retry_after: None,
-            })?;
+            .map_err(refused)?;
+        let (batch, reading) = self.start_reading(batch).await.map_err(refused)?;
         let secret = self.pull_secret(&batch).await?;
         let source = StoreSource {
+            _reading: reading,
             store: self.inner.store.clone(),
             transfer: batch.transfer,
             layout: BatchLayout::new(batch.chunk_size),
@@ -249,6 +254,8 @@ impl Server {
 
 /// Stored segments as a [`SegmentSource`].
 struct StoreSource {
+    /// Keeps the batch's data while it is read, should it be removed meanwhile.
+    _reading: super::batches::Reading,
     store: Arc<dyn Store>,
     transfer: TransferId,
     layout: BatchLayout,

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, PeerKey};
 
 use super::{Direction, Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
@@ -105,14 +104,18 @@ impl Server {
             )
         })?;
         let store = &self.inner.store;
-        if store
-            .batch(peer.as_bytes(), &hello.batch_id)
-            .await?
-            .is_some()
+        // A replacement opens beside the batch it replaces, which stays visible
+        // until the replacement completes.
+        if !hello.replace
+            && store
+                .batch(peer.as_bytes(), &hello.batch_id)
+                .await?
+                .is_some()
         {
             return Err(refusal(
                 RefuseCode::BatchExists,
-                "this key already holds a batch with this id",
+                "this key already holds a batch with this id (confirm the same \
+                 content, or replace it)",
             ));
         }
         // The same sender opening the same batch again resumes its open transfer,
@@ -490,13 +493,9 @@ impl Server {
                 "this transfer was completed with other content; its batch stays as stored",
             ));
         }
-        match Message::from_bytes(Bytes::from(batch.receipt)) {
-            Ok(receipt @ Message::Receipt(_)) => {
-                tracing::info!(%peer, %transfer, "completion repeated; stored receipt returned");
-                Ok(Some(receipt))
-            }
-            _ => Err(StoreError::Corrupt(format!("receipt of batch transfer {transfer}")).into()),
-        }
+        let receipt = super::batches::stored_receipt(&batch)?;
+        tracing::info!(%peer, %transfer, "completion repeated; stored receipt returned");
+        Ok(Some(receipt))
     }
 
     /// Checks a completion against the stored segments, stores the batch and signs
@@ -508,7 +507,7 @@ impl Server {
         complete: &Complete,
     ) -> Result<Option<Message>, Refusal> {
         let tally = self.check_completion(open, complete).await?;
-        let receipt = self.sign_receipt(&open.record, &tally)?;
+        let receipt = self.sign_receipt(&open.record, &tally, complete.content_digest)?;
         let transfer = open.record.transfer;
         let record = BatchRecord {
             batch_id: open.record.batch_id.clone(),
@@ -520,12 +519,19 @@ impl Server {
             sealed_metadata: complete.sealed_metadata.to_vec(),
             chain: tally.chain,
             completed_unix: receipt.completed_unix,
+            content_digest: complete.content_digest,
             receipt: Message::Receipt(receipt.clone())
                 .to_bytes()
                 .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?,
         };
-        match self.inner.store.complete_transfer(record).await {
-            Ok(()) => {}
+        let store = &self.inner.store;
+        let stored = if complete.replace {
+            store.complete_replacing(record).await
+        } else {
+            store.complete_transfer(record).await.map(|()| None)
+        };
+        let replaced = match stored {
+            Ok(replaced) => replaced,
             Err(StoreError::AlreadyExists(_)) => {
                 return Err(refusal(
                     RefuseCode::BatchExists,
@@ -533,9 +539,13 @@ impl Server {
                 ));
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         self.lock_open().remove(&transfer);
         self.recount_quota(&open.record.sender).await;
+        if let Some(old) = replaced {
+            tracing::info!(%peer, %transfer, replaced = %old.transfer, "batch replaced");
+            self.reclaim_retired_now().await;
+        }
         tracing::info!(%peer, %transfer, segments = tally.count, bytes = tally.size, "batch completed");
         Ok(Some(Message::Receipt(receipt)))
     }
@@ -591,7 +601,12 @@ impl Server {
     }
 
     /// The server's signed receipt for the batch `record` becomes.
-    fn sign_receipt(&self, record: &TransferRecord, tally: &Tally) -> Result<Receipt, Refusal> {
+    fn sign_receipt(
+        &self,
+        record: &TransferRecord,
+        tally: &Tally,
+        content_digest: [u8; 32],
+    ) -> Result<Receipt, Refusal> {
         let mut receipt = Receipt {
             batch_id: stored_batch_id(&record.batch_id)?,
             transfer_id: record.transfer,
@@ -599,6 +614,7 @@ impl Server {
             segment_count: tally.count,
             size: tally.size,
             chain: tally.chain,
+            content_digest,
             completed_unix: now_unix(),
             server: *self.inner.identity.public_key().as_bytes(),
             signature: Signature([0; 64]),

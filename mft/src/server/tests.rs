@@ -56,6 +56,7 @@ async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
             chain: crate::wire::ChainHash([0; 64]),
             completed_unix: 1,
             receipt: vec![],
+            content_digest: [0; 32],
         })
         .await
         .unwrap();

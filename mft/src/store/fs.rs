@@ -67,6 +67,9 @@ pub(super) const OWNERS_BY_BATCH: TableDefinition<&[u8], &[u8]> =
 /// Sender → how many batches it holds and their plaintext bytes (u64 BE each):
 /// the namespaces, for listings, and what each holds, for quotas.
 pub(super) const BATCH_OWNERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batch_owners");
+/// Transfer id (16 bytes) → nothing: transfers of removed or replaced batches
+/// whose segments and secret are still to be deleted.
+pub(super) const RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retired");
 /// Before namespaces: batch id → record, and transfer id → batch id. A store
 /// that still has them is moved into the tables above when opened.
 pub(super) const LEGACY_BATCHES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("batches");
@@ -161,6 +164,7 @@ impl FsStore {
             BATCHES,
             BATCHES_BY_TRANSFER,
             OWNERS_BY_BATCH,
+            RETIRED,
         ] {
             tx.open_table(table).or_db()?;
         }
@@ -723,6 +727,33 @@ impl Store for FsStore {
         self.inner.forget_dir_synced(transfer);
         Ok(())
     }
+
+    async fn complete_replacing(&self, batch: BatchRecord) -> StoreResult<Option<BatchRecord>> {
+        let transfer = batch.transfer;
+        let value = encode_batch(&batch)?;
+        let replaced = Arc::new(Mutex::new(None));
+        let slot = replaced.clone();
+        self.write(move |tx| {
+            // Refused before anything is written: a second batch of one transfer.
+            if tx
+                .open_table(BATCHES_BY_TRANSFER)
+                .or_db()?
+                .get(transfer.0.as_slice())
+                .or_db()?
+                .is_some()
+            {
+                return Err(StoreError::AlreadyExists(format!(
+                    "a batch of transfer {transfer}"
+                )));
+            }
+            *lock(&slot) = retire_batch(tx, &batch.sender, &batch.batch_id)?;
+            insert_batch(tx, &batch, &value)?;
+            remove_transfer(tx, transfer)
+        })
+        .await?;
+        self.inner.forget_dir_synced(transfer);
+        Ok(lock(&replaced).take())
+    }
 }
 
 #[async_trait]
@@ -908,6 +939,50 @@ impl BatchStore for FsStore {
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         self.run(|inner| inner.batches()).await
     }
+
+    async fn remove_batch(
+        &self,
+        owner: &[u8; 32],
+        batch_id: &[u8],
+    ) -> StoreResult<Option<BatchRecord>> {
+        let (owner, batch_id) = (*owner, batch_id.to_vec());
+        let removed = Arc::new(Mutex::new(None));
+        let slot = removed.clone();
+        self.write(move |tx| {
+            *lock(&slot) = retire_batch(tx, &owner, &batch_id)?;
+            Ok(())
+        })
+        .await?;
+        Ok(lock(&removed).take())
+    }
+
+    async fn retired(&self) -> StoreResult<Vec<TransferId>> {
+        self.run(|inner| {
+            let tx = inner.db.begin_read().or_db()?;
+            let table = tx.open_table(RETIRED).or_db()?;
+            let mut out = Vec::new();
+            for entry in table.iter().or_db()? {
+                let (k, _) = entry.or_db()?;
+                let id = <[u8; 16]>::try_from(k.value()).map_err(|_| {
+                    StoreError::Corrupt("a retired transfer id that is not 16 bytes".into())
+                })?;
+                out.push(TransferId(id));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn forget_retired(&self, transfer: TransferId) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.open_table(RETIRED)
+                .or_db()?
+                .remove(transfer.0.as_slice())
+                .or_db()?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Inserts an open transfer's record and its batch-index entry into `tx`, refusing
@@ -1030,6 +1105,53 @@ fn insert_batch(tx: &WriteTransaction, record: &BatchRecord, value: &[u8]) -> St
         .insert(record.sender.as_slice(), encode_holdings(&held).as_slice())
         .or_db()?;
     Ok(())
+}
+
+/// Removes `owner`'s batch `batch_id` with its index entries from `tx`, takes it
+/// off the owner's holdings (the owner leaves the namespaces when it holds none)
+/// and records its transfer as retired; returns it, or `None` if there is none.
+/// Nothing it can refuse comes after a write.
+fn retire_batch(
+    tx: &WriteTransaction,
+    owner: &[u8; 32],
+    batch_id: &[u8],
+) -> StoreResult<Option<BatchRecord>> {
+    let key = owned_key(owner, batch_id);
+    let mut table = tx.open_table(BATCHES).or_db()?;
+    let record = match table.get(key.as_slice()).or_db()? {
+        Some(v) => decode_batch(v.value(), &key)?,
+        None => return Ok(None),
+    };
+    let mut owners = tx.open_table(BATCH_OWNERS).or_db()?;
+    let held = match owners.get(owner.as_slice()).or_db()? {
+        Some(v) => decode_holdings(v.value())?,
+        None => Holdings::default(),
+    };
+    table.remove(key.as_slice()).or_db()?;
+    tx.open_table(BATCHES_BY_TRANSFER)
+        .or_db()?
+        .remove(record.transfer.0.as_slice())
+        .or_db()?;
+    tx.open_table(OWNERS_BY_BATCH)
+        .or_db()?
+        .remove(owners_key(batch_id, owner).as_slice())
+        .or_db()?;
+    let held = Holdings {
+        batches: held.batches.saturating_sub(1),
+        bytes: held.bytes.saturating_sub(record.size),
+    };
+    if held.batches == 0 {
+        owners.remove(owner.as_slice()).or_db()?;
+    } else {
+        owners
+            .insert(owner.as_slice(), encode_holdings(&held).as_slice())
+            .or_db()?;
+    }
+    tx.open_table(RETIRED)
+        .or_db()?
+        .insert(record.transfer.0.as_slice(), &[][..])
+        .or_db()?;
+    Ok(Some(record))
 }
 
 /// A [`BATCH_OWNERS`] value.

@@ -4,7 +4,7 @@
 //! [`FsStore`](super::FsStore), so a test that passes against it says something about
 //! the real store too; only durability is missing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -27,6 +27,8 @@ pub struct MemoryStore {
     transfers: Mutex<BTreeMap<TransferId, TransferRecord>>,
     /// By (sender, batch id), which orders them as the trait promises.
     batches: Mutex<BTreeMap<OwnedId, BatchRecord>>,
+    /// Transfers of removed or replaced batches whose data is still held.
+    retired: Mutex<BTreeSet<TransferId>>,
 }
 
 /// A batch's full name: its sender, then its id.
@@ -67,8 +69,34 @@ fn span(offset: u64, len: usize) -> StoreResult<(usize, usize)> {
     }
 }
 
-/// The defaults: every operation here is atomic on its own.
-impl Store for MemoryStore {}
+/// The defaults, but for a replacement: every other operation here is atomic on
+/// its own.
+#[async_trait]
+impl Store for MemoryStore {
+    async fn complete_replacing(&self, batch: BatchRecord) -> StoreResult<Option<BatchRecord>> {
+        let transfer = batch.transfer;
+        let old = {
+            // One lock over the swap: no reader sees the id missing between.
+            let mut batches = lock(&self.batches);
+            let key = (batch.sender, batch.batch_id.clone());
+            if batches
+                .iter()
+                .any(|(k, b)| b.transfer == transfer && *k != key)
+            {
+                return Err(StoreError::AlreadyExists(format!(
+                    "a batch of transfer {transfer}"
+                )));
+            }
+            let old = batches.insert(key, batch);
+            if let Some(old) = &old {
+                lock(&self.retired).insert(old.transfer);
+            }
+            old
+        };
+        self.delete_transfer(transfer).await?;
+        Ok(old)
+    }
+}
 
 #[async_trait]
 impl SecretStore for MemoryStore {
@@ -328,6 +356,28 @@ impl BatchStore for MemoryStore {
 
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>> {
         Ok(lock(&self.batches).values().cloned().collect())
+    }
+
+    async fn remove_batch(
+        &self,
+        owner: &[u8; 32],
+        batch_id: &[u8],
+    ) -> StoreResult<Option<BatchRecord>> {
+        let mut batches = lock(&self.batches);
+        let old = batches.remove(&(*owner, batch_id.to_vec()));
+        if let Some(old) = &old {
+            lock(&self.retired).insert(old.transfer);
+        }
+        Ok(old)
+    }
+
+    async fn retired(&self) -> StoreResult<Vec<TransferId>> {
+        Ok(lock(&self.retired).iter().copied().collect())
+    }
+
+    async fn forget_retired(&self, transfer: TransferId) -> StoreResult<()> {
+        lock(&self.retired).remove(&transfer);
+        Ok(())
     }
 }
 

@@ -81,6 +81,9 @@ pub struct BatchRecord {
     pub chain: ChainHash,
     /// When it completed, seconds since the Unix epoch.
     pub completed_unix: u64,
+    /// The SHA-256 of the plaintext as its sender declared it (all zeros: not
+    /// declared): a re-send of the same content is recognised by it.
+    pub content_digest: [u8; 32],
     /// The server-signed receipt, as returned to the sender.
     pub receipt: Vec<u8>,
 }
@@ -210,6 +213,22 @@ pub trait BatchStore: Send + Sync + fmt::Debug {
     /// Every completed batch, sorted by sender, then batch id. A full scan, for
     /// tools and tests: the server never calls it.
     async fn batches(&self) -> StoreResult<Vec<BatchRecord>>;
+    /// Removes `owner`'s batch `batch_id` from its namespace and every index
+    /// (its holdings shrink by it) and returns it, durably; `None` if there is no
+    /// such batch. In the same step its transfer is recorded as retired: its
+    /// segments and secret stay until the server, once no retrieval reads them,
+    /// deletes them and calls [`BatchStore::forget_retired`]. So a crash between
+    /// the two leaks nothing: [`BatchStore::retired`] still names it.
+    async fn remove_batch(
+        &self,
+        owner: &[u8; 32],
+        batch_id: &[u8],
+    ) -> StoreResult<Option<BatchRecord>>;
+    /// The transfers of removed or replaced batches whose data is still held.
+    async fn retired(&self) -> StoreResult<Vec<TransferId>>;
+    /// Forgets a retired transfer, once its segments and secret are deleted
+    /// (missing is not an error).
+    async fn forget_retired(&self, transfer: TransferId) -> StoreResult<()>;
 }
 
 /// What one sender's namespace holds.
@@ -262,5 +281,18 @@ pub trait Store: SecretStore + SegmentStore + TransferStore + BatchStore {
         let transfer = batch.transfer;
         self.put_batch(batch).await?;
         self.delete_transfer(transfer).await
+    }
+
+    /// Completes a transfer that replaces its sender's batch of the same id, if
+    /// there is one: that batch is removed and retired (as
+    /// [`BatchStore::remove_batch`] does) and returned, and the new one recorded,
+    /// as [`Store::complete_transfer`] does. Readers must see the old batch or
+    /// the new one, never neither: the default runs the steps one after the
+    /// other, so a store whose steps are not one atomic write should override
+    /// it (both stores here do).
+    async fn complete_replacing(&self, batch: BatchRecord) -> StoreResult<Option<BatchRecord>> {
+        let old = self.remove_batch(&batch.sender, &batch.batch_id).await?;
+        self.complete_transfer(batch).await?;
+        Ok(old)
     }
 }

@@ -15,8 +15,12 @@ use crate::wire::{
     Writer,
 };
 
-/// The first byte of every encoded transfer and batch record.
+/// The first byte of every encoded transfer and batch record. Version 2 batch
+/// records end with the declared content digest; version 1 ones (read still)
+/// have none, which reads as all zeros: not declared.
 const RECORD_VERSION: u8 = 1;
+/// The version of batch records written now.
+const BATCH_RECORD_VERSION: u8 = 2;
 
 /// Longest receipt a batch record holds: an encoded receipt is about 500 bytes.
 const MAX_RECEIPT: usize = 4096;
@@ -61,7 +65,7 @@ impl Codec for TransferRecord {
 
 impl Codec for BatchRecord {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.u8(RECORD_VERSION)
+        w.u8(BATCH_RECORD_VERSION)
             .bytes32("batch id", &self.batch_id, MAX_BATCH_ID)?
             .put(&self.transfer.0)
             .put(&self.sender)
@@ -75,12 +79,16 @@ impl Codec for BatchRecord {
             )?
             .put(&self.chain.0)
             .u64(self.completed_unix)
-            .bytes32("receipt", &self.receipt, MAX_RECEIPT)?;
+            .bytes32("receipt", &self.receipt, MAX_RECEIPT)?
+            .put(&self.content_digest);
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
-        read_version(r)?;
+        let version = match r.u8("version")? {
+            v @ (RECORD_VERSION | BATCH_RECORD_VERSION) => v,
+            _ => return Err(DecodeError::Invalid("record version")),
+        };
         Ok(BatchRecord {
             batch_id: r.bytes32("batch id", MAX_BATCH_ID)?.to_vec(),
             transfer: TransferId(r.array("transfer id")?),
@@ -92,6 +100,11 @@ impl Codec for BatchRecord {
             chain: ChainHash(r.array("chain hash")?),
             completed_unix: r.u64("completion time")?,
             receipt: r.bytes32("receipt", MAX_RECEIPT)?.to_vec(),
+            content_digest: if version == RECORD_VERSION {
+                [0; 32]
+            } else {
+                r.array("content digest")?
+            },
         })
     }
 }

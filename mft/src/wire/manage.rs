@@ -1,10 +1,14 @@
-//! The messages by which a sender manages what it left open: which of its
-//! transfers the server holds, and ending one at once rather than at its deadline.
+//! The messages by which a sender manages what it left open and what it stored:
+//! which of its transfers the server holds, ending one at once rather than at its
+//! deadline, deleting a batch, and confirming that a batch holds what it would
+//! send again.
 
 use super::codec::{Codec, DecodeError, EncodeError, Reader, Writer};
+use super::pull::{read_key_option, write_key_option};
 use super::push::{read_batch_id, read_version};
 use super::values::{BatchId, TransferId};
-use super::{MAX_BATCH_ID, VERSION};
+use super::{MAX_BATCH_ID, MAX_VOUCHER, VERSION};
+use bytes::Bytes;
 
 /// Most entries in one [`OpenTransfers`].
 pub const MAX_OPEN_ENTRIES: usize = 1024;
@@ -139,6 +143,106 @@ impl Codec for Aborted {
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(Aborted {
             transfer_id: TransferId(r.array("transfer id")?),
+        })
+    }
+}
+
+/// Deletes a completed batch: client → server, first message of its flow. The
+/// batch leaves its namespace at once (retrievals that started before it finish);
+/// its data is freed when the last of them ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delete {
+    /// Whose namespace: `None` is the requester's own. Another's batch may be
+    /// deleted only by a key the server's policy authorises to.
+    pub owner: Option<[u8; 32]>,
+    /// The batch.
+    pub batch_id: BatchId,
+    /// An optional application token, handed to the authoriser.
+    pub voucher: Bytes,
+}
+
+impl Codec for Delete {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(VERSION);
+        write_key_option(w, self.owner.as_ref());
+        w.bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
+            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(Delete {
+            owner: read_key_option(r, "owner")?,
+            batch_id: read_batch_id(r)?,
+            voucher: r.bytes16("voucher", MAX_VOUCHER)?,
+        })
+    }
+}
+
+/// The batch was deleted: server → client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// The namespace it was in.
+    pub owner: [u8; 32],
+    /// The batch.
+    pub batch_id: BatchId,
+    /// Its plaintext size, now freed from the owner's quota.
+    pub size: u64,
+}
+
+impl Codec for Deleted {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.put(&self.owner)
+            .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
+            .u64(self.size);
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Deleted {
+            owner: r.array("owner")?,
+            batch_id: read_batch_id(r)?,
+            size: r.u64("size")?,
+        })
+    }
+}
+
+/// Asks whether the requester's batch `batch_id` holds exactly this content:
+/// client → server, first message of its flow, sent by a sender whose hello was
+/// refused as `BatchExists`. Answered with the batch's stored
+/// [`Receipt`](super::Receipt) if its declared size and content digest are these
+/// (so sending the same file again succeeds), else refused as `BatchExists`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confirm {
+    /// The batch, in the requester's namespace.
+    pub batch_id: BatchId,
+    /// The plaintext size the sender has.
+    pub size: u64,
+    /// The SHA-256 of the plaintext the sender has.
+    pub content_digest: [u8; 32],
+    /// The application token its hello carried, handed to the authoriser (as
+    /// a send).
+    pub voucher: Bytes,
+}
+
+impl Codec for Confirm {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(VERSION)
+            .bytes16("batch id", &self.batch_id, MAX_BATCH_ID)?
+            .u64(self.size)
+            .put(&self.content_digest)
+            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(Confirm {
+            batch_id: read_batch_id(r)?,
+            size: r.u64("size")?,
+            content_digest: r.array("content digest")?,
+            voucher: r.bytes16("voucher", MAX_VOUCHER)?,
         })
     }
 }

@@ -18,7 +18,9 @@ mod tests;
 mod values;
 
 pub use codec::{Codec, DecodeError, EncodeError, Reader, Writer};
-pub use manage::{Abort, Aborted, ListOpen, MAX_OPEN_ENTRIES, OpenEntry, OpenTransfers};
+pub use manage::{
+    Abort, Aborted, Confirm, Delete, Deleted, ListOpen, MAX_OPEN_ENTRIES, OpenEntry, OpenTransfers,
+};
 pub use pull::{
     List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, Position, PullHello, PullSegment,
 };
@@ -31,9 +33,10 @@ pub use values::{BadBatchId, BatchId, ChainHash, DataKey, Signature, Tag, Transf
 
 /// The protocol version this code speaks; others are refused, never downgraded.
 /// Version 2 added the new-transfer flag to the push secret; version 3 put batches
-/// in their senders' namespaces, so a pull hello and a list name the sender
-/// (`docs/PROTOCOL.md`).
-pub const VERSION: u8 = 3;
+/// in their senders' namespaces, so a pull hello and a list name the sender;
+/// version 4 added replacing and deleting batches, the declared content digest of
+/// a completion and its receipt, and confirming a re-send (`docs/PROTOCOL.md`).
+pub const VERSION: u8 = 4;
 
 /// Longest batch id, in bytes.
 pub const MAX_BATCH_ID: usize = 256;
@@ -66,6 +69,7 @@ mod ty {
     pub(super) const SEGMENT_ACK: u8 = 0x11;
     pub(super) const COMPLETE: u8 = 0x20;
     pub(super) const RECEIPT: u8 = 0x21;
+    pub(super) const CONFIRM: u8 = 0x22;
     pub(super) const RESUME: u8 = 0x30;
     pub(super) const STORED: u8 = 0x31;
     pub(super) const PULL_HELLO: u8 = 0x40;
@@ -77,6 +81,8 @@ mod ty {
     pub(super) const OPEN_TRANSFERS: u8 = 0x61;
     pub(super) const ABORT: u8 = 0x62;
     pub(super) const ABORTED: u8 = 0x63;
+    pub(super) const DELETE: u8 = 0x64;
+    pub(super) const DELETED: u8 = 0x65;
     pub(super) const REFUSE: u8 = 0x7f;
 }
 
@@ -171,6 +177,8 @@ messages! {
     Complete(Complete) = COMPLETE,
     /// See [`Receipt`].
     Receipt(Receipt) = RECEIPT,
+    /// See [`Confirm`].
+    Confirm(Confirm) = CONFIRM,
     /// See [`Resume`].
     Resume(Resume) = RESUME,
     /// See [`Stored`].
@@ -193,6 +201,10 @@ messages! {
     Abort(Abort) = ABORT,
     /// See [`Aborted`].
     Aborted(Aborted) = ABORTED,
+    /// See [`Delete`].
+    Delete(Delete) = DELETE,
+    /// See [`Deleted`].
+    Deleted(Deleted) = DELETED,
     /// See [`Refuse`].
     Refuse(Refuse) = REFUSE,
 }

@@ -113,7 +113,7 @@ impl Codec for PullSegment {
 }
 
 /// Writes an optional 32-byte key: a flag byte (0 or 1), then the key if present.
-fn write_key_option(w: &mut Writer, key: Option<&[u8; 32]>) {
+pub(super) fn write_key_option(w: &mut Writer, key: Option<&[u8; 32]>) {
     match key {
         None => {
             w.u8(0);
@@ -125,7 +125,10 @@ fn write_key_option(w: &mut Writer, key: Option<&[u8; 32]>) {
 }
 
 /// Reads what [`write_key_option`] wrote; a flag other than 0 or 1 is invalid.
-fn read_key_option(r: &mut Reader, what: &'static str) -> Result<Option<[u8; 32]>, DecodeError> {
+pub(super) fn read_key_option(
+    r: &mut Reader,
+    what: &'static str,
+) -> Result<Option<[u8; 32]>, DecodeError> {
     match r.u8(what)? {
         0 => Ok(None),
         1 => Ok(Some(r.array(what)?)),

@@ -36,8 +36,28 @@ pub struct Hello {
     pub chunk_size: u32,
     /// An optional application token (a JWT, say), handed to the authoriser.
     pub voucher: Bytes,
+    /// The sender means to replace a batch of this id it holds already: the
+    /// hello is not refused as `BatchExists`, and the completion (which says so
+    /// too) swaps the new batch in for the old one at once.
+    pub replace: bool,
     /// Ed25519 by `sender` over [`Hello::signed_bytes`].
     pub signature: Signature,
+}
+
+/// The flags byte of a [`Hello`] or a [`Complete`]: bit 0 is `replace`; every
+/// other bit must be clear, so a later version can give them meanings.
+const FLAG_REPLACE: u8 = 0x01;
+
+fn write_flags(replace: bool) -> u8 {
+    if replace { FLAG_REPLACE } else { 0 }
+}
+
+fn read_flags(r: &mut Reader, field: &'static str) -> Result<bool, DecodeError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        FLAG_REPLACE => Ok(true),
+        _ => Err(DecodeError::Invalid(field)),
+    }
 }
 
 impl Hello {
@@ -55,7 +75,8 @@ impl Hello {
             .put(&self.client_ephemeral)
             .put(&self.sender)
             .u32(self.chunk_size)
-            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?;
+            .bytes16("voucher", &self.voucher, MAX_VOUCHER)?
+            .u8(write_flags(self.replace));
         Ok(())
     }
 }
@@ -75,6 +96,7 @@ impl Codec for Hello {
             sender: r.array("sender key")?,
             chunk_size: r.u32("chunk size")?,
             voucher: r.bytes16("voucher", MAX_VOUCHER)?,
+            replace: read_flags(r, "hello flags (unknown bits set)")?,
             signature: Signature(r.array("signature")?),
         })
     }
@@ -246,6 +268,14 @@ pub struct Complete {
     pub chain: ChainHash,
     /// The metadata, AES-256-GCM under the data key.
     pub sealed_metadata: Bytes,
+    /// The SHA-256 of the plaintext, as the sender declares it (all zeros:
+    /// not declared). The server cannot check it (it sees the data out of
+    /// order); it keeps it, so a re-send of the same content is recognised, and
+    /// signs it into the receipt as declared. Retrievers check it end to end.
+    pub content_digest: [u8; 32],
+    /// Replace the sender's batch of this id, if it holds one (see
+    /// [`Hello::replace`]); without it, an existing batch refuses the completion.
+    pub replace: bool,
     /// Ed25519 by the sender over [`Complete::signed_bytes`].
     pub signature: Signature,
 }
@@ -265,7 +295,9 @@ impl Complete {
             .u64(self.size)
             .put(&self.completion_id)
             .put(&self.chain.0)
-            .bytes32("metadata", &self.sealed_metadata, MAX_METADATA + TAG_LEN)?;
+            .bytes32("metadata", &self.sealed_metadata, MAX_METADATA + TAG_LEN)?
+            .put(&self.content_digest)
+            .u8(write_flags(self.replace));
         Ok(())
     }
 }
@@ -285,6 +317,8 @@ impl Codec for Complete {
             completion_id: r.array("completion id")?,
             chain: ChainHash(r.array("chain hash")?),
             sealed_metadata: r.bytes32("metadata", MAX_METADATA + TAG_LEN)?,
+            content_digest: r.array("content digest")?,
+            replace: read_flags(r, "completion flags (unknown bits set)")?,
             signature: Signature(r.array("signature")?),
         })
     }
@@ -305,6 +339,9 @@ pub struct Receipt {
     pub size: u64,
     /// The verified chain hash.
     pub chain: ChainHash,
+    /// The SHA-256 of the plaintext as the sender declared it in its completion
+    /// (all zeros: not declared): signed here as declared, not as checked.
+    pub content_digest: [u8; 32],
     /// When the server completed it, seconds since the Unix epoch.
     pub completed_unix: u64,
     /// The server's key.
@@ -329,6 +366,7 @@ impl Receipt {
             .u64(self.segment_count)
             .u64(self.size)
             .put(&self.chain.0)
+            .put(&self.content_digest)
             .u64(self.completed_unix)
             .put(&self.server);
         Ok(())
@@ -350,6 +388,7 @@ impl Codec for Receipt {
             segment_count: r.u64("segment count")?,
             size: r.u64("size")?,
             chain: ChainHash(r.array("chain hash")?),
+            content_digest: r.array("content digest")?,
             completed_unix: r.u64("completion time")?,
             server: r.array("server key")?,
             signature: Signature(r.array("signature")?),

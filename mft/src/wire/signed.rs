@@ -21,6 +21,7 @@ use crate::crypto::{self, context};
 ///     sender: *sender.public_key().as_bytes(),
 ///     chunk_size: 1 << 20,
 ///     voucher: Bytes::new(),
+///     replace: false,
 ///     signature: Signature([0; 64]),
 /// };
 /// hello.sign(&sender).unwrap();
@@ -163,6 +164,8 @@ mod tests {
             completion_id: [2; 32],
             chain: crate::wire::ChainHash([3; 64]),
             sealed_metadata: Bytes::new(),
+            content_digest: [0; 32],
+            replace: false,
             signature: Signature([0; 64]),
         };
         complete.sign(&id).unwrap();

@@ -66,6 +66,7 @@ fn message() -> impl Strategy<Value = Message> {
                         sender,
                         chunk_size,
                         voucher,
+                        replace: false,
                         signature,
                     })
                 }
@@ -131,6 +132,8 @@ fn message() -> impl Strategy<Value = Message> {
                         completion_id,
                         chain,
                         sealed_metadata,
+                        content_digest: [0; 32],
+                        replace: false,
                         signature,
                     })
                 }
@@ -165,6 +168,7 @@ fn message() -> impl Strategy<Value = Message> {
                         segment_count,
                         size,
                         chain,
+                        content_digest: [0; 32],
                         completed_unix,
                         server,
                         signature,
@@ -353,6 +357,7 @@ fn unknown_versions_are_refused() {
         sender: [2; 32],
         chunk_size: 1 << 20,
         voucher: Bytes::new(),
+        replace: false,
         signature: Signature([3; 64]),
     };
     // Version 1 (before the push secret's new-transfer flag) and the next one.
@@ -376,6 +381,7 @@ fn encoders_refuse_fields_over_their_bounds_instead_of_truncating() {
         sender: [2; 32],
         chunk_size: 1 << 20,
         voucher: Bytes::from(vec![1; MAX_VOUCHER + 1]),
+        replace: false,
         signature: Signature([3; 64]),
     };
     assert_eq!(

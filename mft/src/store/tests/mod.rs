@@ -47,6 +47,7 @@ fn batch_record(batch_id: &[u8], n: u8) -> BatchRecord {
         chain: ChainHash([n.wrapping_add(1); 64]),
         completed_unix: 1_800_000_000 + u64::from(n),
         receipt: vec![0xee, n, 0, 0xff],
+        content_digest: [0; 32],
     }
 }
 
@@ -539,6 +540,110 @@ async fn batch_ids_are_per_sender(s: &dyn Store) {
     assert_eq!(s.holdings(&[0x31; 32]).await.unwrap(), Holdings::default());
 }
 
+async fn a_removed_batch_leaves_every_index_and_is_retired(s: &dyn Store) {
+    let a = owner(1);
+    let kept = owned(a, b"kept", 1);
+    let gone = owned(a, b"gone", 2);
+    s.put_batch(kept.clone()).await.unwrap();
+    s.put_batch(gone.clone()).await.unwrap();
+    assert_eq!(s.remove_batch(&a, b"missing").await.unwrap(), None);
+    assert_eq!(
+        s.remove_batch(&owner(9), b"gone").await.unwrap(),
+        None,
+        "another owner"
+    );
+    assert_eq!(
+        s.remove_batch(&a, b"gone").await.unwrap(),
+        Some(gone.clone())
+    );
+    assert_eq!(s.batch(&a, b"gone").await.unwrap(), None);
+    assert_eq!(s.batch_of_transfer(gone.transfer).await.unwrap(), None);
+    assert_eq!(
+        s.owners_of(b"gone", 10).await.unwrap(),
+        Vec::<[u8; 32]>::new()
+    );
+    assert_eq!(s.batches_of(&a, b"", 10).await.unwrap(), vec![kept.clone()]);
+    assert_eq!(
+        s.holdings(&a).await.unwrap(),
+        Holdings {
+            batches: 1,
+            bytes: kept.size
+        }
+    );
+    assert_eq!(s.retired().await.unwrap(), vec![gone.transfer]);
+    // The last batch gone, the owner leaves the namespaces.
+    s.remove_batch(&a, b"kept").await.unwrap();
+    assert_eq!(
+        s.batch_owners(None, 10).await.unwrap(),
+        Vec::<[u8; 32]>::new()
+    );
+    assert_eq!(s.holdings(&a).await.unwrap(), Holdings::default());
+    let mut retired = s.retired().await.unwrap();
+    retired.sort();
+    assert_eq!(retired, vec![kept.transfer, gone.transfer]);
+    s.forget_retired(gone.transfer).await.unwrap();
+    s.forget_retired(tid(200)).await.unwrap();
+    assert_eq!(s.retired().await.unwrap(), vec![kept.transfer]);
+    // The id is free again.
+    s.put_batch(owned(a, b"gone", 3)).await.unwrap();
+}
+
+async fn a_replacement_swaps_batches_in_one_step(s: &dyn Store) {
+    let a = owner(1);
+    let old = owned(a, b"report", 1);
+    s.put_batch(old.clone()).await.unwrap();
+    let t = TransferRecord {
+        sender: a,
+        ..transfer_record(2, b"report", 0)
+    };
+    s.put_transfer_with_secret(t.clone(), b"sealed".to_vec())
+        .await
+        .unwrap();
+    let new = BatchRecord {
+        transfer: t.transfer,
+        ..owned(a, b"report", 2)
+    };
+    // A batch naming a transfer that delivered another is refused, and nothing moves.
+    let clash = BatchRecord {
+        transfer: old.transfer,
+        ..owned(a, b"other", 3)
+    };
+    s.put_batch(owned(a, b"other", 4)).await.unwrap();
+    assert_already_exists(s.complete_replacing(clash).await);
+    assert_eq!(s.batch(&a, b"report").await.unwrap(), Some(old.clone()));
+    assert_eq!(s.retired().await.unwrap(), Vec::new());
+
+    assert_eq!(
+        s.complete_replacing(new.clone()).await.unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(s.batch(&a, b"report").await.unwrap(), Some(new.clone()));
+    assert_eq!(
+        s.batch_of_transfer(new.transfer).await.unwrap(),
+        Some(new.clone())
+    );
+    assert_eq!(s.batch_of_transfer(old.transfer).await.unwrap(), None);
+    assert_eq!(
+        s.transfer(t.transfer).await.unwrap(),
+        None,
+        "the open transfer closed"
+    );
+    assert_eq!(s.retired().await.unwrap(), vec![old.transfer]);
+    assert_eq!(s.holdings(&a).await.unwrap().batches, 2);
+    // Replacing what is not there just completes.
+    let t2 = TransferRecord {
+        sender: a,
+        ..transfer_record(5, b"fresh", 0)
+    };
+    s.put_transfer(t2.clone()).await.unwrap();
+    let fresh = BatchRecord {
+        transfer: t2.transfer,
+        ..owned(a, b"fresh", 5)
+    };
+    assert_eq!(s.complete_replacing(fresh.clone()).await.unwrap(), None);
+    assert_eq!(s.batch(&a, b"fresh").await.unwrap(), Some(fresh));
+}
+
 /// Runs each suite function against a fresh MemoryStore and a fresh FsStore.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -578,4 +683,6 @@ conformance!(
     hostile_batch_ids_are_just_bytes,
     batches_round_trip,
     batch_ids_are_per_sender,
+    a_removed_batch_leaves_every_index_and_is_retired,
+    a_replacement_swaps_batches_in_one_step,
 );

@@ -36,6 +36,7 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
         proptest::collection::vec(any::<u8>(), 0..64),
         proptest::collection::vec(any::<u8>(), 64),
         proptest::collection::vec(any::<u8>(), 0..64),
+        any::<[u8; 32]>(),
     )
         .prop_map(
             |(
@@ -46,6 +47,7 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
                 meta,
                 chain,
                 receipt,
+                content_digest,
             )| {
                 let mut c = [0u8; 64];
                 c.copy_from_slice(&chain);
@@ -60,6 +62,7 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
                     chain: ChainHash(c),
                     completed_unix,
                     receipt,
+                    content_digest,
                 }
             },
         )
@@ -89,6 +92,16 @@ proptest! {
         let mut longer = bytes.clone();
         longer.push(0);
         prop_assert!(decode_batch(&longer, &owned_key(&r.sender, &r.batch_id)).is_err());
+    }
+
+    #[test]
+    fn a_version_1_batch_record_reads_as_declaring_no_digest(r in arb_batch()) {
+        // Version 1 is version 2 without the trailing digest.
+        let mut bytes = encode_batch(&r).unwrap();
+        bytes.truncate(bytes.len() - 32);
+        bytes[0] = 1;
+        let read = decode_batch(&bytes, &owned_key(&r.sender, &r.batch_id)).unwrap();
+        prop_assert_eq!(read, BatchRecord { content_digest: [0; 32], ..r });
     }
 
     #[test]
