@@ -390,6 +390,10 @@ impl Worker {
     fn skip_duplicate(&mut self) {
         skip_duplicate(&self.shared, &mut self.outstanding);
         self.flow = None;
+        // What was requeued must still go out: a worker that had seen the queue
+        // run dry would otherwise end with it in the retry queue, unsent (seen
+        // as "10 of 24 segments acknowledged" after a killed send resumed).
+        self.drained = false;
     }
 }
 
