@@ -160,7 +160,7 @@ async fn a_pull_hello_replayed_by_another_key_is_refused(t: Transport) {
         .await
         .unwrap();
     let id = BatchId::new(b"pulled".to_vec()).unwrap();
-    let (_, hello) = ClientHandshake::pull(h.client.identity(), None, &id, b"").unwrap();
+    let (_, hello) = ClientHandshake::pull(h.client.identity(), None, &id, b"", None).unwrap();
     let answer = ask(
         &stranger(&h),
         &Message::PullHello(hello).to_bytes().unwrap(),

@@ -102,6 +102,7 @@ impl Error {
                 | RefuseCode::IdentityMismatch
                 | RefuseCode::BadSignature => ErrorKind::Auth,
                 RefuseCode::BadSegment | RefuseCode::ChainMismatch => ErrorKind::Integrity,
+                RefuseCode::BadRange => ErrorKind::BadArg,
                 _ => ErrorKind::Refused,
             },
             Error::ServerAuth(_) => ErrorKind::Auth,

@@ -16,9 +16,9 @@ use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    Abort, Aborted, BatchId, Codec, Complete, Confirm, DataKey, Delete, Deleted, List, ListOpen,
-    Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Position, PullSegment, Receipt,
-    Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
+    Abort, Aborted, BatchId, ByteRange, Codec, Complete, Confirm, DataKey, Delete, Deleted, List,
+    ListOpen, Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Position, PullSegment,
+    Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -32,8 +32,9 @@ impl Vectors {
     }
 
     fn render(&self) -> String {
-        let mut out = String::from(
-            "# mftq protocol version 4: golden vectors (see mft/src/golden.rs for the inputs)\n",
+        let mut out = format!(
+            "# mftq protocol version {}: golden vectors (see mft/src/golden.rs for the inputs)\n",
+            crate::wire::VERSION
         );
         for (name, bytes) in &self.0 {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -192,13 +193,14 @@ fn vectors() -> Vectors {
         .expect("a vector encodes");
     v.add("receipt", &receipt_bytes);
 
-    // The pull handshake and a pulled segment.
+    // The pull handshake of the second segment's bytes, and that segment.
     let retriever = identity(5);
     let (client, pull_hello) = ClientHandshake::pull_with(
         &retriever,
         None,
         &batch,
         b"",
+        ByteRange::new(u64::from(chunk_size), size),
         Ephemeral::from_secret([6; 32]),
     )
     .expect("the pull hello encodes");

@@ -14,8 +14,8 @@ use flow::{Identity, PeerKey};
 use crate::crypto::{self, Cipher, Ephemeral, context};
 use crate::error::{Error, Result};
 use crate::wire::{
-    self, Accept, BatchId, ChainHash, Codec, DataKey, DecodeError, EncodeError, Hello, PullHello,
-    Reader, Signature, Signed, TransferId, Writer,
+    self, Accept, BatchId, ByteRange, ChainHash, Codec, DataKey, DecodeError, EncodeError, Hello,
+    PullHello, Reader, Signature, Signed, TransferId, Writer,
 };
 
 /// The nonce of the sealed handshake secret: the handshake key is used once.
@@ -267,14 +267,23 @@ impl ClientHandshake {
     }
 
     /// Starts a pull of `batch_id` from `owner`'s namespace (`None`: the server
-    /// resolves it): the signed [`PullHello`] to send.
+    /// resolves it), of the whole batch or of `range`: the signed [`PullHello`]
+    /// to send.
     pub fn pull(
         identity: &Identity,
         owner: Option<[u8; 32]>,
         batch_id: &BatchId,
         voucher: &[u8],
+        range: Option<ByteRange>,
     ) -> Result<(Self, PullHello)> {
-        Self::pull_with(identity, owner, batch_id, voucher, Ephemeral::generate())
+        Self::pull_with(
+            identity,
+            owner,
+            batch_id,
+            voucher,
+            range,
+            Ephemeral::generate(),
+        )
     }
 
     /// [`ClientHandshake::pull`] with a given one-time key (fixed in test vectors).
@@ -283,6 +292,7 @@ impl ClientHandshake {
         owner: Option<[u8; 32]>,
         batch_id: &BatchId,
         voucher: &[u8],
+        range: Option<ByteRange>,
         ephemeral: Ephemeral,
     ) -> Result<(Self, PullHello)> {
         let mut hello = PullHello {
@@ -291,6 +301,7 @@ impl ClientHandshake {
             client_ephemeral: ephemeral.public(),
             retriever: *identity.public_key().as_bytes(),
             voucher: Bytes::copy_from_slice(voucher),
+            range,
             signature: Signature([0; 64]),
         };
         let signed = hello.sign(identity)?;
@@ -592,7 +603,7 @@ mod tests {
             sender: [7; 32],
             sealed_metadata: vec![8; 40],
         };
-        let (hs, hello) = ClientHandshake::pull(&client, None, &batch(), b"").unwrap();
+        let (hs, hello) = ClientHandshake::pull(&client, None, &batch(), b"", None).unwrap();
         let hash = check_pull_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_pull(&server, &hello, &hash, &pull_secret).unwrap();
         assert_eq!(

@@ -74,7 +74,7 @@ pub mod wire;
 
 pub use crate::client::{
     BatchSummary, ClientConfig, Content, DEFAULT_TARGET_RATE, Event, InFlight, MAX_BYTES_IN_FLIGHT,
-    MAX_SEGMENTS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT, Receipt, Retriever, Sender,
+    MAX_SEGMENTS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT, Pull, Receipt, Retriever, Sender,
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::server::{

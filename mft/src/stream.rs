@@ -4,6 +4,7 @@
 //! in a clean end of file. Memory stays bounded: a few segments in flight.
 
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,8 +17,8 @@ use tokio::sync::mpsc;
 use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PullSecret;
-use crate::proto::layout::BatchLayout;
-use crate::wire::{self, Tag, TransferId};
+use crate::proto::layout::{BatchLayout, Covering};
+use crate::wire::{self, ByteRange, ChainHash, Tag, TransferId};
 
 /// Plaintext segments buffered between the verifier and the reader.
 const BUFFERED_SEGMENTS: usize = 4;
@@ -34,14 +35,21 @@ pub trait SegmentSource: Send + 'static {
 pub struct BatchInfo {
     /// The batch id.
     pub batch_id: Vec<u8>,
-    /// Plaintext size in bytes.
+    /// Plaintext size in bytes of the whole batch.
     pub size: u64,
-    /// Number of segments.
+    /// Number of segments in the whole batch.
     pub segment_count: u64,
     /// Who sent it.
     pub sender: PeerKey,
     /// The metadata the sender attached (verified).
     pub metadata: Bytes,
+    /// The plaintext bytes the reader yields: `0..size` for the whole batch, or
+    /// the range asked for.
+    pub range: Range<u64>,
+    /// The chain hash over the batch's segments. It names this exact content: a
+    /// batch replaced under the same id has another, so a partial download can
+    /// tell whether what it holds still belongs to the batch.
+    pub chain: ChainHash,
 }
 
 /// The plaintext of a batch, verified as it is read.
@@ -80,11 +88,13 @@ impl AsyncRead for BatchReader {
 }
 
 /// Checks the metadata now and starts verifying segments from `source` in the
-/// background, returning the reader of the plaintext.
+/// background, returning the reader of the plaintext: of the whole batch, or of
+/// `range` (which must lie within it).
 pub(crate) fn open_batch(
     batch_id: &[u8],
     secret: PullSecret,
     source: impl SegmentSource,
+    range: Option<ByteRange>,
 ) -> Result<(BatchReader, BatchInfo)> {
     let cipher = Cipher::new(secret.data_key.expose());
     let metadata = crypto::open(
@@ -96,17 +106,39 @@ pub(crate) fn open_batch(
     .map_err(|_| Error::Integrity("the metadata fails authentication".into()))?;
     let sender = PeerKey::from_bytes(secret.sender)
         .map_err(|_| Error::Integrity("the sender key is invalid".into()))?;
+    let layout = BatchLayout::new(secret.chunk_size);
+    let plan = match range {
+        None => Plan::Whole,
+        Some(range) => Plan::Part {
+            range,
+            covering: layout.covering(range, secret.size).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "the range {}-{} ends past the batch's {} bytes",
+                    range.start,
+                    range.end - 1,
+                    secret.size
+                ))
+            })?,
+        },
+    };
     let info = BatchInfo {
         batch_id: batch_id.to_vec(),
         size: secret.size,
         segment_count: secret.segment_count,
         sender,
         metadata: Bytes::from(metadata),
+        range: range.map_or(0..secret.size, |r| r.start..r.end),
+        chain: secret.chain,
     };
     let (tx, rx) = mpsc::channel(BUFFERED_SEGMENTS);
     let mut chain = Chain::new(&secret.transfer_id, batch_id);
     tokio::spawn(async move {
-        let result = verify_segments(&secret, &cipher, &mut chain, source, &tx).await;
+        let result = match plan {
+            Plan::Whole => verify_segments(&secret, &cipher, &mut chain, source, &tx).await,
+            Plan::Part { range, covering } => {
+                verify_part(&secret, &cipher, range, covering, source, &tx).await
+            }
+        };
         if let Err(e) = result {
             let _ = tx
                 .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
@@ -122,6 +154,42 @@ pub(crate) fn open_batch(
     ))
 }
 
+/// What a reader yields.
+enum Plan {
+    /// Every segment, the chain checked before the end.
+    Whole,
+    /// The bytes of `range`, from the segments that cover it.
+    Part {
+        range: ByteRange,
+        covering: Covering,
+    },
+}
+
+/// The next segment from `source`, which must be segment `expected` of the batch,
+/// in its place and size: its ciphertext.
+async fn next_in_place(
+    source: &mut impl SegmentSource,
+    layout: &BatchLayout,
+    expected: u64,
+    count: u64,
+    what: &str,
+) -> Result<Bytes> {
+    let (index, ciphertext) = source.next_segment().await?.ok_or_else(|| {
+        Error::Integrity(format!(
+            "the {what} ended before segment {expected} of {count}"
+        ))
+    })?;
+    if index != expected {
+        return Err(Error::Integrity(format!(
+            "segment {index} arrived where segment {expected} belongs"
+        )));
+    }
+    layout
+        .check_place(index, ciphertext.len(), count)
+        .map_err(|e| Error::Integrity(e.message()))?;
+    Ok(ciphertext)
+}
+
 async fn verify_segments(
     secret: &PullSecret,
     cipher: &Cipher,
@@ -133,26 +201,20 @@ async fn verify_segments(
     let mut total = 0u64;
     let mut held: Option<Bytes> = None;
     for expected in 0..secret.segment_count {
-        let (index, ciphertext) = source.next_segment().await?.ok_or_else(|| {
-            Error::Integrity(format!(
-                "the batch ended after {expected} of {} segments",
-                secret.segment_count
-            ))
-        })?;
-        if index != expected {
-            return Err(Error::Integrity(format!(
-                "segment {index} arrived where segment {expected} belongs"
-            )));
-        }
+        let ciphertext = next_in_place(
+            &mut source,
+            &layout,
+            expected,
+            secret.segment_count,
+            "batch",
+        )
+        .await?;
         let last = expected + 1 == secret.segment_count;
         let len = ciphertext.len();
-        layout
-            .check_place(index, len, secret.segment_count)
-            .map_err(|e| Error::Integrity(e.message()))?;
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&ciphertext[len - wire::TAG_LEN..]);
         chain.push(len as u32, &Tag(tag));
-        let plaintext = open_segment(cipher, secret.transfer_id, index, ciphertext).await?;
+        let plaintext = open_segment(cipher, secret.transfer_id, expected, ciphertext).await?;
         total += plaintext.len() as u64;
         if last {
             // Held until the whole batch checks out, so a reader never sees a clean
@@ -173,6 +235,61 @@ async fn verify_segments(
     }
     if source.next_segment().await?.is_some() {
         return Err(Error::Integrity("segments after the last one".into()));
+    }
+    if let Some(last) = held {
+        let _ = tx.send(Ok(last)).await;
+    }
+    Ok(())
+}
+
+/// The bytes of `range`: each covering segment checked for its place and tag, the
+/// first and last cut to the range. The chain binds the whole batch, so it cannot
+/// be checked here; each segment's tag binds it to its index and transfer, and
+/// the count of bytes to the range, so nothing else can pass for the range.
+async fn verify_part(
+    secret: &PullSecret,
+    cipher: &Cipher,
+    range: ByteRange,
+    covering: Covering,
+    mut source: impl SegmentSource,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+) -> Result<()> {
+    let layout = BatchLayout::new(secret.chunk_size);
+    let mut skip = covering.skip as usize;
+    let mut left = range.len();
+    let mut held: Option<Bytes> = None;
+    for expected in covering.segments.clone() {
+        let ciphertext = next_in_place(
+            &mut source,
+            &layout,
+            expected,
+            secret.segment_count,
+            "range",
+        )
+        .await?;
+        let mut plaintext = open_segment(cipher, secret.transfer_id, expected, ciphertext).await?;
+        if plaintext.len() < skip {
+            return Err(Error::Integrity(format!(
+                "segment {expected} is shorter than its place in the batch"
+            )));
+        }
+        plaintext.advance(std::mem::take(&mut skip));
+        let take = (plaintext.len() as u64).min(left);
+        plaintext.truncate(take as usize);
+        left -= take;
+        if let Some(before) = held.replace(plaintext)
+            && tx.send(Ok(before)).await.is_err()
+        {
+            return Ok(()); // the reader was dropped
+        }
+    }
+    if left != 0 {
+        return Err(Error::Integrity(format!(
+            "the segments of the range hold {left} bytes fewer than it"
+        )));
+    }
+    if source.next_segment().await?.is_some() {
+        return Err(Error::Integrity("segments after the range".into()));
     }
     if let Some(last) = held {
         let _ = tx.send(Ok(last)).await;

@@ -43,7 +43,7 @@ pub use config::{
 };
 pub use events::{Content, Event};
 use produce::{BufferPool, Outlet, Produced, produce};
-pub use retriever::{BatchSummary, Retriever};
+pub use retriever::{BatchSummary, Pull, Retriever};
 use retry::{exhausted, judge, retrying};
 use segments::{Shared, send_segments};
 

@@ -1,5 +1,7 @@
 //! [`Retriever`]: pulling a batch back, and listing what a key may retrieve.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, Manager, PeerKey};
 
@@ -11,7 +13,7 @@ use crate::proto::layout::BatchLayout;
 use crate::proto::retry::Attempts;
 use crate::session;
 use crate::stream::{BatchInfo, BatchReader, SegmentSource};
-use crate::wire::{self, BatchId, Codec, Message, kind};
+use crate::wire::{self, BatchId, ByteRange, Codec, Message, kind};
 
 /// Pulls batches from one server.
 ///
@@ -44,7 +46,7 @@ impl Retriever {
     /// retrieve, and refuses with [`RefuseCode::Ambiguous`](crate::wire::RefuseCode)
     /// if there are several (then use [`Retriever::get_from`]).
     pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
-        self.get_batch(None, batch_id).await
+        self.pull(&Pull::batch(batch_id)).await
     }
 
     /// Starts retrieving `batch_id` of `owner`'s namespace; see [`Retriever::get`].
@@ -53,17 +55,39 @@ impl Retriever {
         owner: &PeerKey,
         batch_id: &[u8],
     ) -> Result<(BatchReader, BatchInfo)> {
-        self.get_batch(Some(*owner.as_bytes()), batch_id).await
+        self.pull(&Pull::batch(batch_id).sender(*owner)).await
     }
 
-    async fn get_batch(
-        &self,
-        owner: Option<[u8; 32]>,
-        batch_id: &[u8],
-    ) -> Result<(BatchReader, BatchInfo)> {
-        let batch_id = &check_batch_id(batch_id)?;
+    /// Starts a retrieval described by `request`: a batch, of a named sender or
+    /// not, whole or a byte range of it. A range is verified segment by segment
+    /// as it is read; only the segments that hold it cross the network, so a
+    /// download that was cut off resumes by asking for what it lacks.
+    ///
+    /// ```no_run
+    /// # async fn demo(retriever: mft::Retriever) -> mft::Result<()> {
+    /// use tokio::io::AsyncReadExt;
+    /// // The second MiB of the batch.
+    /// let request = mft::Pull::batch(b"backup.tar").range(1 << 20..2 << 20);
+    /// let (mut data, info) = retriever.pull(&request).await?;
+    /// let mut bytes = Vec::new();
+    /// data.read_to_end(&mut bytes).await?;
+    /// assert_eq!(bytes.len() as u64, info.range.end - info.range.start);
+    /// # Ok(()) }
+    /// ```
+    pub async fn pull(&self, request: &Pull) -> Result<(BatchReader, BatchInfo)> {
+        let batch_id = &check_batch_id(&request.batch_id)?;
+        let range = match &request.range {
+            None => None,
+            Some(r) => Some(ByteRange::new(r.start, r.end).ok_or_else(|| {
+                Error::config("range", format!("{}..{} holds no bytes", r.start, r.end))
+            })?),
+        };
+        let owner = request.sender.map(|k| *k.as_bytes());
         let mut attempts = Attempts::new(self.config.retries);
-        retrying(&mut attempts, None, 0, || self.try_get(owner, batch_id)).await
+        retrying(&mut attempts, None, 0, || {
+            self.try_get(owner, batch_id, range)
+        })
+        .await
     }
 
     /// Every batch this key may see, with its metadata, in (sender, batch id) order.
@@ -125,10 +149,11 @@ impl Retriever {
         &self,
         owner: Option<[u8; 32]>,
         batch_id: &BatchId,
+        range: Option<ByteRange>,
     ) -> Result<(BatchReader, BatchInfo)> {
         let identity = self.manager.identity();
         let (handshake, hello) =
-            ClientHandshake::pull(identity, owner, batch_id, &self.config.voucher)?;
+            ClientHandshake::pull(identity, owner, batch_id, &self.config.voucher, range)?;
         let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
         let hello = Message::PullHello(hello);
         let accept = session::request(&mut reader, &mut writer, &hello, kind::PullAccept).await?;
@@ -147,7 +172,44 @@ impl Retriever {
                 reader,
                 _writer: writer,
             },
+            range,
         )
+    }
+}
+
+/// What [`Retriever::pull`] retrieves: a batch, by id, of one sender's namespace
+/// or of whichever the server resolves, whole or a byte range of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pull {
+    batch_id: Vec<u8>,
+    sender: Option<PeerKey>,
+    range: Option<Range<u64>>,
+}
+
+impl Pull {
+    /// The whole batch `batch_id`, resolved by the server among the senders this
+    /// key may retrieve from.
+    pub fn batch(batch_id: &[u8]) -> Self {
+        Pull {
+            batch_id: batch_id.to_vec(),
+            sender: None,
+            range: None,
+        }
+    }
+
+    /// Only in `sender`'s namespace.
+    pub fn sender(mut self, sender: PeerKey) -> Self {
+        self.sender = Some(sender);
+        self
+    }
+
+    /// Only the plaintext bytes of `range` (end exclusive). It must hold at least
+    /// one byte and end within the batch: otherwise the pull fails, with
+    /// [`Error::Config`] for an empty range and a
+    /// [`BadRange`](crate::wire::RefuseCode::BadRange) refusal for one past the end.
+    pub fn range(mut self, range: Range<u64>) -> Self {
+        self.range = Some(range);
+        self
     }
 }
 

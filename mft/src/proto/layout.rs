@@ -5,7 +5,7 @@
 
 use crate::crypto::Chain;
 use crate::store::SegmentInfo;
-use crate::wire::{ChainHash, TAG_LEN, TransferId};
+use crate::wire::{ByteRange, ChainHash, TAG_LEN, TransferId};
 
 /// The segment layout of one transfer: every segment but the last is one full chunk
 /// sealed (chunk size plus the tag); the last holds the rest, at least its tag.
@@ -72,6 +72,15 @@ impl LayoutError {
     }
 }
 
+/// The segments a byte range lies in: see [`BatchLayout::covering`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Covering {
+    /// Their indices.
+    pub(crate) segments: std::ops::Range<u64>,
+    /// Plaintext bytes of the first segment before the range starts.
+    pub(crate) skip: u64,
+}
+
 /// What stored segments add up to, once they check out against a claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Tally {
@@ -131,6 +140,22 @@ impl BatchLayout {
             return Err(LayoutError::WrongLength { index, len });
         }
         Ok(())
+    }
+
+    /// The segments that hold `range` of a batch of `size` plaintext bytes, as a
+    /// range of indices, and how many bytes of the first of them come before the
+    /// range; `None` if the range ends past the batch. Every segment but the last
+    /// holds a full chunk, so this needs no more than the chunk size.
+    pub(crate) fn covering(&self, range: ByteRange, size: u64) -> Option<Covering> {
+        if range.end > size || self.chunk_size == 0 {
+            return None;
+        }
+        let chunk = u64::from(self.chunk_size);
+        let first = range.start / chunk;
+        Some(Covering {
+            segments: first..(range.end - 1) / chunk + 1,
+            skip: range.start - first * chunk,
+        })
     }
 
     /// Checks stored `segments` (sorted by index) against a completion's claim of
@@ -195,6 +220,37 @@ mod tests {
 
     fn layout() -> BatchLayout {
         BatchLayout::new(CHUNK)
+    }
+
+    fn range(start: u64, end: u64) -> ByteRange {
+        ByteRange::new(start, end).expect("a range that is not empty")
+    }
+
+    #[test]
+    fn a_range_is_covered_by_the_segments_it_touches() {
+        let chunk = u64::from(CHUNK);
+        let size = 3 * chunk + 10;
+        let cover = |start, end| layout().covering(range(start, end), size);
+        assert_eq!(
+            cover(0, size).map(|c| (c.segments, c.skip)),
+            Some((0..4, 0))
+        );
+        assert_eq!(cover(0, 1).map(|c| (c.segments, c.skip)), Some((0..1, 0)));
+        // The last byte of a chunk, and the first of the next.
+        assert_eq!(
+            cover(chunk - 1, chunk + 1).map(|c| (c.segments, c.skip)),
+            Some((0..2, chunk - 1))
+        );
+        assert_eq!(
+            cover(chunk, 2 * chunk).map(|c| (c.segments, c.skip)),
+            Some((1..2, 0))
+        );
+        assert_eq!(
+            cover(size - 1, size).map(|c| (c.segments, c.skip)),
+            Some((3..4, 10 - 1))
+        );
+        assert_eq!(cover(0, size + 1), None);
+        assert_eq!(cover(size, size + 1), None);
     }
 
     #[test]

@@ -34,14 +34,36 @@ impl Server {
             .visible_batch(&peer, &hello.voucher, hello.owner, &hello.batch_id)
             .await?;
         let (batch, _reading) = self.start_reading(batch).await?;
+        let layout = BatchLayout::new(batch.chunk_size);
+        let wanted = match hello.range {
+            None => 0..batch.segment_count,
+            Some(range) => {
+                layout
+                    .covering(range, batch.size)
+                    .ok_or_else(|| {
+                        refusal(
+                            RefuseCode::BadRange,
+                            format!(
+                                "the range {}-{} ends past the batch's {} bytes",
+                                range.start,
+                                range.end - 1,
+                                batch.size
+                            ),
+                        )
+                    })?
+                    .segments
+            }
+        };
         let secret = self.pull_secret(&batch).await?;
         let accept = handshake::accept_pull(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
         session::send(writer, &Message::PullAccept(accept))
             .await
             .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
-        let layout = BatchLayout::new(batch.chunk_size);
-        for s in self.batch_segments(&batch).await? {
+        let mut segments = self.batch_segments(&batch).await?;
+        segments.retain(|s| wanted.contains(&s.index));
+        let (mut sent_segments, mut sent_bytes) = (0u64, 0u64);
+        for s in segments {
             let data = self
                 .inner
                 .store
@@ -55,9 +77,18 @@ impl Server {
                 tracing::debug!(%peer, error = %e, "retriever went away");
                 return Ok(None);
             }
+            sent_segments += 1;
+            sent_bytes += u64::from(s.len);
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
-        tracing::info!(%peer, batch = batch.transfer.to_hex(), "batch retrieved");
+        tracing::info!(
+            %peer,
+            batch = batch.transfer.to_hex(),
+            segments = sent_segments,
+            bytes = sent_bytes,
+            ranged = hello.range.is_some(),
+            "batch retrieved"
+        );
         Ok(None)
     }
 
@@ -248,7 +279,7 @@ impl Server {
             layout: BatchLayout::new(batch.chunk_size),
             segments: self.batch_segments(&batch).await?.into_iter(),
         };
-        crate::stream::open_batch(&batch.batch_id, secret, source)
+        crate::stream::open_batch(&batch.batch_id, secret, source, None)
     }
 }
 

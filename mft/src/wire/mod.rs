@@ -22,7 +22,8 @@ pub use manage::{
     Abort, Aborted, Confirm, Delete, Deleted, ListOpen, MAX_OPEN_ENTRIES, OpenEntry, OpenTransfers,
 };
 pub use pull::{
-    List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, Position, PullHello, PullSegment,
+    ByteRange, List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, Position, PullHello,
+    PullSegment,
 };
 pub use push::{
     Accept, Complete, Hello, Receipt, Resume, SEGMENT_HEADER_LEN, Segment, SegmentAck, Stored,
@@ -35,8 +36,9 @@ pub use values::{BadBatchId, BatchId, ChainHash, DataKey, Signature, Tag, Transf
 /// Version 2 added the new-transfer flag to the push secret; version 3 put batches
 /// in their senders' namespaces, so a pull hello and a list name the sender;
 /// version 4 added replacing and deleting batches, the declared content digest of
-/// a completion and its receipt, and confirming a re-send (`docs/PROTOCOL.md`).
-pub const VERSION: u8 = 4;
+/// a completion and its receipt, and confirming a re-send; version 5 added byte
+/// ranges to the pull hello and the `BadRange` refusal (`docs/PROTOCOL.md`).
+pub const VERSION: u8 = 5;
 
 /// Longest batch id, in bytes.
 pub const MAX_BATCH_ID: usize = 256;

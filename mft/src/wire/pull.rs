@@ -25,8 +25,38 @@ pub struct PullHello {
     pub retriever: [u8; 32],
     /// An optional application token, handed to the authoriser.
     pub voucher: Bytes,
+    /// Only these plaintext bytes; `None` for the whole batch. The server sends
+    /// the segments that hold them, and the retriever cuts them to the range.
+    pub range: Option<ByteRange>,
     /// Ed25519 by `retriever` over [`PullHello::signed_bytes`].
     pub signature: Signature,
+}
+
+/// A part of a batch's plaintext: the bytes from `start` up to, not including,
+/// `end`. Never empty: `start < end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The first byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// `start..end`, or `None` if that is empty.
+    pub fn new(start: u64, end: u64) -> Option<Self> {
+        (start < end).then_some(ByteRange { start, end })
+    }
+
+    /// Its length in bytes (at least 1).
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Never: a range holds at least one byte. (For the `len` convention.)
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 impl PullHello {
@@ -47,7 +77,31 @@ impl PullHello {
             &self.voucher,
             MAX_VOUCHER,
         )?;
+        match self.range {
+            None => {
+                w.u8(0);
+            }
+            Some(range) => {
+                w.u8(1).u64(range.start).u64(range.end);
+            }
+        }
         Ok(())
+    }
+}
+
+/// Reads an optional [`ByteRange`]: a flag byte (0 or 1), then start and end; an
+/// empty or inverted range is invalid.
+fn read_range(r: &mut Reader) -> Result<Option<ByteRange>, DecodeError> {
+    match r.u8("range flag")? {
+        0 => Ok(None),
+        1 => {
+            let start = r.u64("range start")?;
+            let end = r.u64("range end")?;
+            ByteRange::new(start, end)
+                .map(Some)
+                .ok_or(DecodeError::Invalid("empty byte range"))
+        }
+        _ => Err(DecodeError::Invalid("range presence flag")),
     }
 }
 
@@ -66,6 +120,7 @@ impl Codec for PullHello {
             client_ephemeral: r.array("client ephemeral key")?,
             retriever: r.array("retriever key")?,
             voucher: r.bytes16("voucher", MAX_VOUCHER)?,
+            range: read_range(r)?,
             signature: Signature(r.array("signature")?),
         })
     }

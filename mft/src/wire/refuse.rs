@@ -84,6 +84,9 @@ refuse_codes! {
     /// The key would hold more bytes than its quota allows (in open transfers, or
     /// in all); retrying does not help until it completes, aborts or deletes.
     QuotaExceeded = 19,
+    /// A pull asked for bytes the batch does not hold (its range ends past the
+    /// batch's size); not retried.
+    BadRange = 20,
 }
 
 impl fmt::Display for RefuseCode {
@@ -163,7 +166,7 @@ mod tests {
     #[test]
     fn every_known_code_has_its_own_number_and_round_trips() {
         let numbers: Vec<u16> = RefuseCode::KNOWN.iter().map(|c| c.as_u16()).collect();
-        assert_eq!(numbers, (1..=19).collect::<Vec<_>>());
+        assert_eq!(numbers, (1..=20).collect::<Vec<_>>());
         for &code in RefuseCode::KNOWN {
             assert_eq!(RefuseCode::from_u16(code.as_u16()), code);
         }

@@ -184,16 +184,18 @@ fn message() -> impl Strategy<Value = Message> {
             array(),
             array(),
             bytes(64),
+            proptest::option::of((any::<u64>(), any::<u64>())),
             array()
         )
             .prop_map(
-                |(batch_id, owner, client_ephemeral, retriever, voucher, signature)| {
+                |(batch_id, owner, client_ephemeral, retriever, voucher, range, signature)| {
                     Message::PullHello(PullHello {
                         batch_id,
                         owner,
                         client_ephemeral,
                         retriever,
                         voucher,
+                        range: range.and_then(|(a, b)| ByteRange::new(a.min(b), a.max(b))),
                         signature,
                     })
                 }
