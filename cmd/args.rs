@@ -303,6 +303,11 @@ pub struct GetArgs {
     /// Replace an existing file (it is replaced only once the batch verified).
     #[arg(long)]
     pub force: bool,
+    /// Only these bytes of the batch: START-END (END included, as in HTTP) or
+    /// START- (to its end). Each segment is verified; the batch's SHA-256 is not
+    /// checked (it covers the whole), nor its mode and mtime restored.
+    #[arg(long, value_name = "START-END")]
+    pub range: Option<String>,
     /// Transport tuning (on a pull the server sends, so its controller matters most).
     #[command(flatten)]
     pub tuning: TuningArgs,

@@ -1,16 +1,22 @@
-//! `mftq get`: pull a batch back, verified, into a file (renamed into place only
-//! once everything verified) or stdout.
+//! `mftq get`: pull a batch back, verified, into a file or stdout. A file is
+//! written to a part file beside it and renamed into place only once everything
+//! verified; a `get` that was cut off resumes from its part file when run again.
+//! `--range` fetches part of a batch.
+
+mod part;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
+use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::args::GetArgs;
 use crate::client::{Client, parse_key};
 use crate::error::{CliError, Exit};
 use crate::output::{human, mb_per_s, metadata_json, print_json, progress};
+use part::{PartFile, PartOf};
 
 /// A temporary file removed when dropped, unless kept.
 struct TempFile {
@@ -26,13 +32,22 @@ impl Drop for TempFile {
     }
 }
 
-/// Retrieves the batch and prints its description.
+/// What was fetched, for the summary.
+struct Fetched {
+    /// Bytes that crossed the network.
+    fetched: u64,
+    /// Where the fetch resumed a part file (0: from the start).
+    resumed_from: u64,
+}
+
+/// Retrieves the batch (or a range of it) and prints its description.
 pub async fn run(args: GetArgs) -> Result<(), CliError> {
     let sender = args
         .sender
         .as_deref()
         .map(|text| parse_key("--sender", text))
         .transpose()?;
+    let range = args.range.as_deref().map(parse_range).transpose()?;
     let client = Client::new(&args.client, (&args.tuning).into(), "--from", &args.from)?;
     let json_out = args.client.json;
     // Where it goes may depend on its metadata: checked up front where it can be.
@@ -42,12 +57,28 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
 
     let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
-    let started = Instant::now();
-    let got = match &sender {
-        Some(sender) => retriever.get_from(sender, args.batch_id.as_bytes()).await,
-        None => retriever.get(args.batch_id.as_bytes()).await,
+    let mut request = mft::Pull::batch(args.batch_id.as_bytes());
+    if let Some(sender) = sender {
+        request = request.sender(sender);
+    }
+    let pull = |request: mft::Pull| {
+        let retriever = &retriever;
+        let batch_id = args.batch_id.clone();
+        async move {
+            retriever
+                .pull(&request)
+                .await
+                .map_err(|e| get_error(&batch_id, e))
+        }
     };
-    let (mut batch, info) = got.map_err(|e| get_error(&args.batch_id, e))?;
+    let started = Instant::now();
+    // A range with an end is asked for at once; otherwise the batch's size (and,
+    // for a resume, where its part file ends) is known only from its description.
+    let first = match range {
+        Some((start, Some(end))) => request.clone().range(start..end),
+        _ => request.clone(),
+    };
+    let (batch, info) = pull(first).await?;
     let metadata: Option<serde_json::Value> = serde_json::from_slice(&info.metadata).ok();
     let target = target(args.output.as_deref(), metadata.as_ref(), &args.batch_id)?;
     if let Target::File(path) = &target
@@ -59,77 +90,81 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
             path.display()
         )));
     }
-    let expected = metadata.as_ref().and_then(expected_sha256);
-    let bar = progress(Some(info.size), "receiving", json_out);
 
-    let copied = match &target {
-        Target::Stdout => {
-            let mut out = tokio::io::stdout();
-            let n = copy(&mut batch, &mut out, &bar).await;
-            let flushed = out.flush().await;
-            let copied = n.and_then(|n| {
-                flushed
-                    .map(|_| n)
-                    .map_err(|e| CliError::io("writing stdout", e))
-            });
-            copied.and_then(|(n, digest)| check_digest(expected, digest).map(|()| n))
-        }
-        Target::File(output) => {
-            let dir = match output.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let name = output
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut suffix = [0u8; 6];
-            mft::crypto::fill_random(&mut suffix);
-            let temp = TempFile {
-                path: dir.join(format!(".{name}.{}.mftq-part", crate::output::hex(&suffix))),
-                keep: false,
-            };
-            match write_file(&mut batch, &temp.path, &bar).await {
-                Ok((n, digest)) if n == info.size => {
-                    check_digest(expected, digest)?;
-                    if let Some(metadata) = &metadata {
-                        restore_attributes(&temp.path, metadata)?;
-                    }
-                    tokio::fs::rename(&temp.path, output)
-                        .await
-                        .map_err(|e| CliError::io(format!("{}", output.display()), e))?;
-                    let mut temp = temp;
-                    temp.keep = true;
-                    Ok(n)
+    let copied = match range {
+        Some((start, end)) => {
+            let (batch, info) = match end {
+                Some(_) => (batch, info),
+                None if start == 0 => (batch, info),
+                None => {
+                    drop(batch);
+                    let (batch, info) = pull(request.clone().range(start..info.size)).await?;
+                    (batch, info)
                 }
-                Ok((n, _)) => Err(CliError::new(
-                    Exit::Integrity,
-                    format!(
-                        "batch {:?}: got {n} bytes, expected {}",
-                        args.batch_id, info.size
-                    ),
-                )),
-                Err(e) => Err(e),
-            }
+            };
+            let len = info.range.end - info.range.start;
+            let bar = progress(Some(len), "receiving", json_out);
+            let copied = write_plain(batch, &target, &bar)
+                .await
+                .map(|(n, _)| Fetched {
+                    fetched: n,
+                    resumed_from: 0,
+                });
+            bar.finish_and_clear();
+            copied.map(|fetched| (fetched, info))
+        }
+        None => {
+            let bar = progress(Some(info.size), "receiving", json_out);
+            let copied = match &target {
+                Target::Stdout => {
+                    let expected = metadata.as_ref().and_then(expected_sha256);
+                    write_plain(batch, &target, &bar)
+                        .await
+                        .and_then(|(n, digest)| check_digest(expected, digest).map(|()| n))
+                        .map(|n| Fetched {
+                            fetched: n,
+                            resumed_from: 0,
+                        })
+                }
+                Target::File(path) => {
+                    let of = PartOf {
+                        sender: &info.sender,
+                        batch_id: &info.batch_id,
+                        chain: &info.chain,
+                        size: info.size,
+                    };
+                    let reopen = |from: u64| pull(request.clone().range(from..info.size));
+                    write_resumable(batch, path, &of, metadata.as_ref(), reopen, &bar).await
+                }
+            };
+            bar.finish_and_clear();
+            copied.map(|fetched| (fetched, info))
         }
     };
-    bar.finish_and_clear();
     client.manager.close();
-    let bytes = copied?;
+    let (fetched, info) = copied?;
     let elapsed = started.elapsed();
+    let bytes = info.range.end - info.range.start;
 
-    let summary = json!({
+    let mut summary = json!({
+        "schema": "mftq-get/1",
         "batch_id": String::from_utf8_lossy(&info.batch_id),
         "size": info.size,
         "segments": info.segment_count,
         "sender": info.sender.to_string(),
         "metadata": metadata_json(&info.metadata),
+        "chain": crate::output::hex(&info.chain.0),
         "output": match &target {
             Target::Stdout => "-".to_string(),
             Target::File(path) => path.display().to_string(),
         },
+        "fetched": fetched.fetched,
+        "resumed_from": fetched.resumed_from,
         "seconds": elapsed.as_secs_f64(),
     });
+    if range.is_some() {
+        summary["range"] = json!({ "start": info.range.start, "end": info.range.end });
+    }
     // With -o -, stdout carries the data: the description goes to stderr.
     let to_stdout = matches!(target, Target::Stdout);
     if json_out && !to_stdout {
@@ -137,13 +172,28 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
     } else if json_out {
         eprintln!("{summary}");
     } else {
+        let what = match range {
+            Some(_) => format!(
+                "bytes {}-{} of {}",
+                info.range.start,
+                info.range.end.saturating_sub(1),
+                human(info.size)
+            ),
+            None => format!("{} in {} segments", human(bytes), info.segment_count),
+        };
+        let resumed = match fetched.resumed_from {
+            0 => String::new(),
+            from => format!(
+                "\nresumed a part file at {}: fetched {}",
+                human(from),
+                human(fetched.fetched)
+            ),
+        };
         let text = format!(
-            "batch {}\nreceived {} in {} segments in {:.2?} ({:.1} MB/s), verified\nsender {}\nmetadata {}",
+            "batch {}\nreceived {what} in {:.2?} ({:.1} MB/s), verified{resumed}\nsender {}\nmetadata {}",
             String::from_utf8_lossy(&info.batch_id),
-            human(bytes),
-            info.segment_count,
             elapsed,
-            mb_per_s(bytes, elapsed),
+            mb_per_s(fetched.fetched, elapsed),
             info.sender,
             String::from_utf8_lossy(&info.metadata),
         );
@@ -154,6 +204,32 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `--range START-END` (bytes, END included, as in HTTP) or `START-` (to the
+/// end): the start and the end exclusive, if given.
+fn parse_range(text: &str) -> Result<(u64, Option<u64>), CliError> {
+    let bad = |why: &str| CliError::usage(format!("--range {text}: {why}"));
+    let (start, end) = text
+        .split_once('-')
+        .ok_or_else(|| bad("expected START-END or START- (byte offsets)"))?;
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| bad(&format!("{s:?} is not a byte offset")))
+    };
+    let start = number(start)?;
+    if end.trim().is_empty() {
+        return Ok((start, None));
+    }
+    let last = number(end)?;
+    if last < start {
+        return Err(bad("END is before START"));
+    }
+    let end = last
+        .checked_add(1)
+        .ok_or_else(|| bad("END is past any batch"))?;
+    Ok((start, Some(end)))
 }
 
 /// A retrieval failure, with a clear message for an unknown batch.
@@ -174,44 +250,215 @@ fn get_error(batch_id: &str, e: mft::Error) -> CliError {
     CliError::mft(&format!("retrieving batch {batch_id:?}"), e)
 }
 
-/// Writes the batch to a new file at `path`, durably: its length and SHA-256.
-async fn write_file(
-    batch: &mut mft::BatchReader,
-    path: &Path,
+/// Writes verified plaintext to stdout, or to a new file at the target (through a
+/// temporary name, renamed once it all arrived): its length and SHA-256.
+async fn write_plain(
+    mut batch: mft::BatchReader,
+    target: &Target,
     bar: &indicatif::ProgressBar,
 ) -> Result<(u64, [u8; 32]), CliError> {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .await
-        .map_err(|e| CliError::io(format!("creating {}", path.display()), e))?;
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    let n = copy(batch, &mut out, bar).await?;
-    out.flush()
-        .await
-        .map_err(|e| CliError::io(format!("writing {}", path.display()), e))?;
-    out.get_ref()
-        .sync_all()
-        .await
-        .map_err(|e| CliError::io(format!("writing {}", path.display()), e))?;
-    Ok(n)
+    match target {
+        Target::Stdout => {
+            let mut out = tokio::io::stdout();
+            let mut sink = Plain::new(&mut out);
+            let n = copy(&mut batch, &mut sink, bar).await?;
+            let digest = sink.sha.finalize().into();
+            out.flush()
+                .await
+                .map_err(|e| CliError::io("writing stdout", e))?;
+            Ok((n, digest))
+        }
+        Target::File(output) => {
+            let (dir, name) = dir_and_name(output);
+            let mut suffix = [0u8; 6];
+            mft::crypto::fill_random(&mut suffix);
+            let mut temp = TempFile {
+                path: dir.join(format!(".{name}.{}.tmp", crate::output::hex(&suffix))),
+                keep: false,
+            };
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp.path)
+                .await
+                .map_err(|e| CliError::io(format!("creating {}", temp.path.display()), e))?;
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            let mut sink = Plain::new(&mut out);
+            let n = copy(&mut batch, &mut sink, bar).await?;
+            let digest = sink.sha.finalize().into();
+            let io = |e| CliError::io(format!("writing {}", output.display()), e);
+            out.flush().await.map_err(io)?;
+            out.get_ref().sync_all().await.map_err(io)?;
+            tokio::fs::rename(&temp.path, output).await.map_err(io)?;
+            temp.keep = true;
+            Ok((n, digest))
+        }
+    }
 }
 
-/// Copies verified plaintext, advancing the bar: its length and SHA-256. A
+/// Writes the whole batch to `path` through its part file: resuming one that
+/// holds a verified start of this batch (fetching only the rest, by `reopen`
+/// from an offset), keeping it on a failure that a re-run can resume, and
+/// removing it when its data fails verification. The SHA-256 of the whole file
+/// is checked against the metadata's; a resumed file that fails it is fetched
+/// once more from the start.
+async fn write_resumable<F, Fut>(
+    batch: mft::BatchReader,
+    path: &Path,
+    of: &PartOf<'_>,
+    metadata: Option<&serde_json::Value>,
+    reopen: F,
+    bar: &indicatif::ProgressBar,
+) -> Result<Fetched, CliError>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(mft::BatchReader, mft::BatchInfo), CliError>>,
+{
+    let expected = metadata.and_then(expected_sha256);
+    let mut first = Some(batch);
+    loop {
+        let (mut part, resumed_from) = PartFile::open(path, of).await?;
+        let whole = first.take();
+        let reader = match (resumed_from, whole) {
+            (0, Some(whole)) => Some(whole),
+            (0, None) => Some(reopen(0).await?.0),
+            (from, _) if from == of.size => None,
+            (from, _) => {
+                notice(
+                    bar,
+                    format!(
+                        "resuming {} from {} of {}",
+                        path.display(),
+                        human(from),
+                        human(of.size)
+                    ),
+                );
+                Some(reopen(from).await?.0)
+            }
+        };
+        bar.set_position(resumed_from);
+        bar.reset_eta();
+        let mut fetched = 0;
+        if let Some(mut reader) = reader {
+            let copied = tokio::select! {
+                copied = copy(&mut reader, &mut part, bar) => copied,
+                _ = tokio::signal::ctrl_c() => Err(CliError::new(
+                    Exit::Interrupted,
+                    format!("interrupted while receiving {}", path.display()),
+                )),
+            };
+            match copied {
+                Ok(n) => fetched = n,
+                Err(e) if e.exit == Exit::Integrity => {
+                    part.discard();
+                    return Err(e);
+                }
+                Err(mut e) => {
+                    if part.checkpoint().await.is_ok() && part.written() > 0 {
+                        e.message.push_str(&format!(
+                            "; {} of {} are kept in {}: run the same command again to resume",
+                            human(part.written()),
+                            human(of.size),
+                            part.path().display()
+                        ));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let digest = part.close().await?;
+        if part.written() != of.size {
+            let written = part.written();
+            part.discard();
+            return Err(CliError::new(
+                Exit::Integrity,
+                format!("got {written} bytes, expected {}", of.size),
+            ));
+        }
+        if let Err(e) = check_digest(expected, digest) {
+            part.discard();
+            if resumed_from > 0 {
+                notice(
+                    bar,
+                    format!(
+                        "the resumed part file of {} did not verify; fetching it all again",
+                        path.display()
+                    ),
+                );
+                continue;
+            }
+            return Err(e);
+        }
+        if let Some(metadata) = metadata {
+            restore_attributes(part.path(), metadata)?;
+        }
+        part.finish(path)?;
+        return Ok(Fetched {
+            fetched,
+            resumed_from,
+        });
+    }
+}
+
+/// A line for the person at the terminal, on stderr (above the bar if one is
+/// drawn), so stdout stays the summary or the data.
+fn notice(bar: &indicatif::ProgressBar, text: String) {
+    if bar.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        bar.println(text);
+    }
+}
+
+/// Where verified bytes go as they arrive.
+trait Sink {
+    /// Takes the next bytes.
+    async fn put(&mut self, bytes: &[u8]) -> Result<(), CliError>;
+}
+
+impl Sink for PartFile {
+    async fn put(&mut self, bytes: &[u8]) -> Result<(), CliError> {
+        self.write(bytes).await
+    }
+}
+
+/// A writer, and the SHA-256 of what went into it.
+struct Plain<W> {
+    out: W,
+    sha: sha2::Sha256,
+}
+
+impl<W> Plain<W> {
+    fn new(out: W) -> Self {
+        Plain {
+            out,
+            sha: sha2::Sha256::new(),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Sink for Plain<W> {
+    async fn put(&mut self, bytes: &[u8]) -> Result<(), CliError> {
+        self.sha.update(bytes);
+        self.out
+            .write_all(bytes)
+            .await
+            .map_err(|e| CliError::io("writing the output", e))
+    }
+}
+
+/// Copies verified plaintext into `sink`, advancing the bar: the bytes copied. A
 /// verification failure (an `InvalidData` read error) is an integrity error.
 async fn copy(
     batch: &mut (impl AsyncRead + Unpin),
-    out: &mut (impl AsyncWrite + Unpin),
+    sink: &mut impl Sink,
     bar: &indicatif::ProgressBar,
-) -> Result<(u64, [u8; 32]), CliError> {
-    use sha2::Digest;
+) -> Result<u64, CliError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
-    let mut sha = sha2::Sha256::new();
     loop {
         let n = match batch.read(&mut buf).await {
-            Ok(0) => return Ok((total, sha.finalize().into())),
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 return Err(CliError::new(
@@ -236,13 +483,23 @@ async fn copy(
                 });
             }
         };
-        sha.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .await
-            .map_err(|e| CliError::io("writing the output", e))?;
+        sink.put(&buf[..n]).await?;
         total += n as u64;
-        bar.set_position(total);
+        bar.inc(n as u64);
     }
+}
+
+/// The directory and file name of `path`.
+fn dir_and_name(path: &Path) -> (PathBuf, String) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, name)
 }
 
 /// Where a batch goes.
@@ -383,6 +640,17 @@ mod tests {
         assert_eq!(safe_file_name("bad\nname").as_deref(), Some("bad_name"));
         for unusable in ["", ".", "..", "dir/", "  ", "x/.."] {
             assert_eq!(safe_file_name(unusable), None, "{unusable:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_parse_as_in_http() {
+        assert_eq!(parse_range("0-0").ok(), Some((0, Some(1))));
+        assert_eq!(parse_range("100-199").ok(), Some((100, Some(200))));
+        assert_eq!(parse_range("5-").ok(), Some((5, None)));
+        for bad in ["", "5", "-5", "9-3", "a-b", "1-x", "0-18446744073709551615"] {
+            let err = parse_range(bad).expect_err(bad);
+            assert!(err.message.contains("--range"), "{bad}: {}", err.message);
         }
     }
 

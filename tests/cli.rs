@@ -1143,3 +1143,106 @@ fn resend_replace_receipt_and_rm() {
     let out = run(&["rm", "ledger.csv", "--to", &server.quic]);
     assert_eq!(out.code(), Some(2), "{}", out.explain());
 }
+
+#[test]
+fn get_resumes_its_part_file_cleans_stale_ones_and_fetches_ranges() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server = serve_one_client(dir);
+    let data = random_bytes(3_000_000, 91);
+    std::fs::write(dir.join("big.bin"), &data).expect("writes");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend_from_slice(&["--server-key", &server.key, "--key", "client.key"]);
+        mftq_in(dir, &args, LONG)
+    };
+    let get = |extra: &[&str]| {
+        let mut args = vec!["get", "big.bin", "--from", server.quic.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let summary: serde_json::Value = if out.code() == Some(0) {
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.explain()))
+        } else {
+            serde_json::Value::Null
+        };
+        (out, summary)
+    };
+    let out = run(&["send", "big.bin", "--to", &server.quic]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let (out, full) = get(&["-o", "full.bin"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(full["resumed_from"], 0);
+    assert_eq!(full["fetched"], data.len());
+
+    // A part file as an interrupted get leaves it: a verified start recorded in
+    // its state, and bytes after it that may not have reached the disk.
+    let part = dir.join(".resumed.bin.mftq-part");
+    let state = dir.join(".resumed.bin.mftq-part.state");
+    let verified = 1_048_576 + 100;
+    let leave_part = |prefix: &[u8], chain: &str| {
+        let mut bytes = prefix.to_vec();
+        bytes.extend_from_slice(&[0xee; 500]);
+        std::fs::write(&part, bytes).expect("writes the part");
+        let record = serde_json::json!({
+            "schema": "mftq-part/1",
+            "sender": full["sender"],
+            "batch_id": "big.bin",
+            "chain": chain,
+            "size": data.len(),
+            "verified": prefix.len(),
+        });
+        std::fs::write(&state, record.to_string()).expect("writes the state");
+    };
+    let chain = full["chain"]
+        .as_str()
+        .expect("the chain is named")
+        .to_string();
+    leave_part(&data[..verified], &chain);
+    let old_style = dir.join(".resumed.bin.0123456789ab.mftq-part");
+    std::fs::write(&old_style, b"an earlier attempt").expect("writes");
+    let (out, resumed) = get(&["-o", "resumed.bin"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(resumed["resumed_from"], verified, "{}", out.explain());
+    assert_eq!(resumed["fetched"], data.len() - verified);
+    assert!(std::fs::read(dir.join("resumed.bin")).expect("reads") == data);
+    for gone in [&part, &state, &old_style] {
+        assert!(!gone.exists(), "{} is removed", gone.display());
+    }
+
+    // A part file whose start is wrong fails the SHA-256, and is fetched afresh.
+    let mut spoiled = data[..verified].to_vec();
+    spoiled[10] ^= 1;
+    leave_part(&spoiled, &chain);
+    let (out, again) = get(&["-o", "resumed.bin", "--force"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(out.stderr.contains("did not verify"), "{}", out.explain());
+    assert_eq!(again["resumed_from"], 0);
+    assert!(std::fs::read(dir.join("resumed.bin")).expect("reads") == data);
+
+    // One for other content (the batch was replaced since) is not resumed.
+    leave_part(&data[..verified], &"00".repeat(64));
+    let (out, fresh) = get(&["-o", "resumed.bin", "--force"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(fresh["resumed_from"], 0);
+    assert!(
+        !out.stderr.contains("resuming"),
+        "not even tried: {}",
+        out.explain()
+    );
+    assert!(!part.exists() && !state.exists());
+
+    // Ranges: inclusive ends, open ends, and one past the batch refused.
+    let (out, ranged) = get(&["--range", "1000-1999", "-o", "range.bin"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(ranged["range"]["start"], 1000);
+    assert!(std::fs::read(dir.join("range.bin")).expect("reads") == data[1000..2000]);
+    let (out, _) = get(&["--range", "2999000-", "-o", "tail.bin"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(std::fs::read(dir.join("tail.bin")).expect("reads") == data[2_999_000..]);
+    let (out, _) = get(&["--range", "0-3000000", "-o", "past.bin"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("3000000 bytes"), "{}", out.explain());
+    assert!(!dir.join("past.bin").exists());
+    let (out, _) = get(&["--range", "9-3"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+}
