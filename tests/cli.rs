@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::stored_bytes;
+use common::{sha256_hex, stored_bytes};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mftq");
 
@@ -786,15 +786,6 @@ fn interrupted_send_resumes(kill_server: bool) {
     );
     assert_eq!(get.code(), Some(0), "{}", get.explain());
     assert!(std::fs::read(dir.join("back.bin")).expect("output") == data);
-}
-
-/// The SHA-256 of `data` in lowercase hex, as `mftq send` puts it in the metadata.
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Batch ids are per sender: two senders send the same file name, a retriever

@@ -70,6 +70,7 @@ mod server;
 mod session;
 pub mod store;
 mod stream;
+pub mod tree;
 pub mod wire;
 
 pub use crate::client::{

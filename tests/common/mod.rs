@@ -520,3 +520,12 @@ pub fn stored_bytes(dir: &std::path::Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The SHA-256 of `data` in lowercase hex, as `mftq send` puts it in the metadata.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -119,6 +119,11 @@ impl Reader {
         Reader { buf, pos: 0 }
     }
 
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     fn take(&mut self, n: usize, field: &'static str) -> Result<Bytes, DecodeError> {
         if self.buf.len() - self.pos < n {
             return Err(DecodeError::Truncated(field));

@@ -7,7 +7,7 @@
 //! Signed messages are [`Signed`], which fixes each one's signature context.
 //! `docs/PROTOCOL.md` §8 is the normative description and names the types as here.
 
-mod codec;
+pub(crate) mod codec;
 mod manage;
 mod pull;
 mod push;
