@@ -216,7 +216,14 @@ pub struct ClientArgs {
 Examples:
   mftq send report.pdf --to mftq://files.example:4433 --server-key HEX --key me.key
   mftq send big.iso --to quic://10.0.0.5:4433 --server-key HEX --key me.key --streams 32
+  mftq send -r photos/ --to mftq://files.example:4433 --server-key HEX --key me.key
+  mftq send a.csv b.csv notes/ -r --batch-id monday --to mftq://files.example:4433 ...
   tar c dir | mftq send - --batch-id dir.tar --to https://host:4433 --server-key HEX --key me.key
+
+Several files, or a directory with -r, go as one tree batch: the files' bytes, then
+a manifest of every entry's relative path, kind, size, mode, mtime and SHA-256
+(symbolic links are kept as links; ones leading out of what is sent, and sockets
+or devices, are left out with a warning). `mftq get` restores the tree.
 
 The default metadata is JSON with the file's name, size, mtime and SHA-256; the
 checksum is computed while the segments are sealed, so the file is read once, and
@@ -231,9 +238,13 @@ and is refused otherwise unless --replace.
 --congestion picks the QUIC controller of this side, which is the one that
 matters on a push (default model); --rate sizes windows for the path's speed.")]
 pub struct SendArgs {
-    /// The file to send, or - for stdin.
-    #[arg(value_name = "FILE")]
-    pub file: String,
+    /// The file to send, or - for stdin; several files or directories (with -r)
+    /// go as one tree batch.
+    #[arg(value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<String>,
+    /// Send directories with everything in them.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
     /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
     #[arg(long, value_name = "ENDPOINT")]
     pub to: String,
@@ -273,13 +284,26 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
-  mftq get report.pdf --from mftq://files.example:4433 --server-key HEX --key me.key -o report.pdf
+  mftq get report.pdf --from mftq://files.example:4433 --server-key HEX --key me.key
+  mftq get report.pdf --from mftq://files.example:4433 ... -o archive/ --force
   mftq get dir.tar --from https://host:4433 --server-key HEX --key me.key -o - | tar x
+  mftq get monday --from mftq://files.example:4433 ... -o restored/
+  mftq get monday --from mftq://files.example:4433 ... --list
+  mftq get monday --from mftq://files.example:4433 ... --file reports/q3.csv -o -
+  mftq get big.iso --from mftq://files.example:4433 ... --range 0-1048575 -o head.bin
 
-The batch is written to a temporary file beside the output and renamed only once
-every segment and the whole batch verified; on any failure nothing is left behind.
-With -o - the data goes to stdout as it verifies (a failure then ends it early with
-an error).")]
+A file is written to a part file beside the output (.NAME.mftq-part) and renamed into
+place only once every segment and its SHA-256 verified, with its mode and mtime
+restored. A get that is cut off keeps the verified part: run the same command again
+and it fetches only the rest. With -o - the data goes to stdout as it verifies (a
+failure then ends it early with an error).
+
+A tree batch (sent as several files, or a directory with -r) is restored into -o DIR
+(created if missing) or the current directory: its manifest is checked first, and one
+with an absolute path, a .., a duplicate, a control character or a link leading out of
+the target is refused before anything is written. Each file's SHA-256 is checked, and
+entries appear only once all of them verified. An existing entry is not replaced
+without --force.")]
 pub struct GetArgs {
     /// The batch id.
     #[arg(value_name = "BATCH_ID")]
@@ -300,9 +324,22 @@ pub struct GetArgs {
     /// made safe, in the current directory.
     #[arg(short, long, value_name = "FILE|DIR/|-")]
     pub output: Option<String>,
-    /// Replace an existing file (it is replaced only once the batch verified).
+    /// Replace an existing file, or a tree's existing entries (only once the
+    /// batch verified).
     #[arg(long)]
     pub force: bool,
+    /// Of a tree batch, fetch only this file (its path in the tree, as `mftq get`
+    /// lists it with --list): -o names the file or the directory it goes in.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["list", "range"])]
+    pub file: Option<String>,
+    /// Of a tree batch, print the manifest (path, kind, size, mode, mtime) and
+    /// fetch nothing else.
+    #[arg(long, conflicts_with = "range")]
+    pub list: bool,
+    /// Refuse a tree whose names collide when case is ignored (for
+    /// case-insensitive file systems).
+    #[arg(long)]
+    pub case_insensitive: bool,
     /// Only these bytes of the batch: START-END (END included, as in HTTP) or
     /// START- (to its end). Each segment is verified; the batch's SHA-256 is not
     /// checked (it covers the whole), nor its mode and mtime restored.

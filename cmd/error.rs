@@ -103,6 +103,25 @@ impl CliError {
         }
     }
 
+    /// A tree that could not be sent or restored: a hostile manifest, a file that
+    /// fails its SHA-256 or changed while it was sent is an integrity failure;
+    /// something in the way or an unusable input is bad input.
+    pub fn tree(doing: &str, e: mft::tree::TreeError) -> Self {
+        use mft::tree::TreeError as T;
+        let exit = match e {
+            T::Transfer(inner) => return Self::mft(doing, inner),
+            T::Io { path, source } => return Self::io(path.display(), source),
+            T::Hostile(_) | T::Integrity(_) | T::Changed(_) => Exit::Integrity,
+            T::Exists(_) | T::InTheWay { .. } | T::BadInput { .. } | T::Invalid(_) => Exit::Usage,
+            _ => Exit::Other,
+        };
+        CliError {
+            exit,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+
     /// Prints `mftq: <message>`, and the cause chain when `verbose`.
     pub fn print(&self, verbose: bool) {
         eprintln!("mftq: {}", self.message);

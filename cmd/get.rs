@@ -1,9 +1,11 @@
 //! `mftq get`: pull a batch back, verified, into a file or stdout. A file is
 //! written to a part file beside it and renamed into place only once everything
 //! verified; a `get` that was cut off resumes from its part file when run again.
-//! `--range` fetches part of a batch.
+//! `--range` fetches part of a batch; a tree batch is restored into a directory
+//! (see `tree`).
 
 mod part;
+mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -74,12 +76,37 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
     let started = Instant::now();
     // A range with an end is asked for at once; otherwise the batch's size (and,
     // for a resume, where its part file ends) is known only from its description.
+    // --list and --file need only the description (and then the manifest), so
+    // they ask for the first byte.
+    let tree_only = args.list || args.file.is_some();
     let first = match range {
         Some((start, Some(end))) => request.clone().range(start..end),
+        None if tree_only => request.clone().range(0..1),
         _ => request.clone(),
     };
-    let (batch, info) = pull(first).await?;
+    let (batch, info) = match retriever.pull(&first).await {
+        // An empty batch has no first byte, and is no tree either.
+        Err(e) if tree_only && e.refuse_code() == Some(mft::wire::RefuseCode::BadRange) => {
+            return Err(not_a_tree(&args.batch_id));
+        }
+        pulled => pulled.map_err(|e| get_error(&args.batch_id, e))?,
+    };
     let metadata: Option<serde_json::Value> = serde_json::from_slice(&info.metadata).ok();
+    if tree_only && !tree::is_tree(metadata.as_ref()) {
+        return Err(not_a_tree(&args.batch_id));
+    }
+    if range.is_none() && tree::is_tree(metadata.as_ref()) {
+        drop(batch);
+        let batch = tree::TreeBatch {
+            retriever: &retriever,
+            request: &request,
+            info: &info,
+            metadata: metadata.as_ref(),
+        };
+        let done = tree::get(&args, &batch, started).await;
+        client.manager.close();
+        return done;
+    }
     let target = target(args.output.as_deref(), metadata.as_ref(), &args.batch_id)?;
     if let Target::File(path) = &target
         && !args.force
@@ -230,6 +257,14 @@ fn parse_range(text: &str) -> Result<(u64, Option<u64>), CliError> {
         .checked_add(1)
         .ok_or_else(|| bad("END is past any batch"))?;
     Ok((start, Some(end)))
+}
+
+/// `--list` or `--file` of a batch that is one file.
+fn not_a_tree(batch_id: &str) -> CliError {
+    CliError::usage(format!(
+        "batch {batch_id:?} is one file, not a tree: --list and --file are for trees \
+         (sent as several files or a directory)"
+    ))
 }
 
 /// A retrieval failure, with a clear message for an unknown batch.
@@ -508,10 +543,12 @@ enum Target {
     File(PathBuf),
 }
 
-/// Refuses an `-o` whose directory does not exist, before anything is fetched.
+/// Refuses an `-o` that cannot be written, before anything is fetched: the
+/// directory it names or writes in must exist (`DIR/` may be missing if its
+/// parent exists, since a tree batch creates it).
 fn check_output_dir(output: &str) -> Result<(), CliError> {
     let path = Path::new(output);
-    let dir = if output.ends_with('/') || path.is_dir() {
+    let dir = if path.is_dir() {
         path
     } else {
         match path.parent() {
@@ -548,8 +585,11 @@ fn target(
     };
     Ok(match output {
         Some("-") => Target::Stdout,
-        Some(o) if o.ends_with('/') || Path::new(o).is_dir() => {
-            Target::File(Path::new(o).join(default_name()?))
+        Some(o) if Path::new(o).is_dir() => Target::File(Path::new(o).join(default_name()?)),
+        Some(o) if o.ends_with('/') => {
+            return Err(CliError::usage(format!(
+                "-o {o}: directory does not exist (only a tree batch creates it)"
+            )));
         }
         Some(o) => {
             if Path::new(o).file_name().is_none() {

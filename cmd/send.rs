@@ -1,7 +1,8 @@
-//! `mftq send`: push a file (or stdin) to a server as a batch, with a progress bar,
+//! `mftq send`: push a file (or stdin, or a tree of files and directories) to a
+//! server as a batch, with a progress bar,
 //! and print the server's signed receipt.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, UNIX_EPOCH};
 
 use indicatif::ProgressBar;
@@ -31,44 +32,8 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
     let json_out = args.client.json;
 
     // Everything local is checked before anything is sent.
-    let stdin = args.file == "-";
-    let (batch_id, size, default_metadata) = if stdin {
-        let batch_id = args
-            .batch_id
-            .clone()
-            .ok_or_else(|| CliError::usage("sending stdin (-) needs --batch-id ID"))?;
-        let metadata = json!({ "name": batch_id });
-        (batch_id, None, metadata)
-    } else {
-        let path = Path::new(&args.file);
-        let info = std::fs::metadata(path)
-            .map_err(|e| CliError::io(format!("input file {}", path.display()), e))?;
-        if !info.is_file() {
-            return Err(CliError::usage(format!(
-                "input file {}: not a regular file",
-                path.display()
-            )));
-        }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| args.file.clone());
-        let batch_id = args.batch_id.clone().unwrap_or_else(|| name.clone());
-        let mtime = info
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
-        let mode = std::os::unix::fs::PermissionsExt::mode(&info.permissions()) & 0o777;
-        let metadata = json!({ "name": name, "size": info.len(), "mtime": mtime, "mode": mode });
-        (batch_id, Some(info.len()), metadata)
-    };
-    // The default metadata carries the SHA-256 of the data, computed by the sender
-    // as the segments are sealed and added when the data has streamed: the file is
-    // read once. A file that changed meanwhile is refused before completion.
-    let before = (!stdin)
-        .then(|| FileState::of(Path::new(&args.file)))
-        .transpose()?;
+    let input = Input::from_args(&args)?;
+    let (batch_id, size, default_metadata) = input.describe(&args)?;
     let fixed_metadata: Option<Vec<u8>> = match &args.metadata {
         None => None,
         Some(text) => Some(read_metadata(text)?),
@@ -86,16 +51,15 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
     let sending = async {
         let mut restarted = false;
         loop {
-            let reader = open_input(&args.file).await?;
+            let reader = input.open().await?;
             let sent = match &fixed_metadata {
                 Some(metadata) => sender.send(reader, batch_id.as_bytes(), metadata).await,
                 None => {
-                    let path = args.file.clone();
-                    let before = before.clone();
+                    let check = input.change_check();
                     let mut metadata = default_metadata.clone();
                     let make = move |content: &mft::Content| {
-                        if let Some(before) = before {
-                            before.unchanged(Path::new(&path), content.size)?;
+                        if let Some((path, before)) = check {
+                            before.unchanged(&path, content.size)?;
                         }
                         metadata["sha256"] = json!(hex(&content.sha256));
                         Ok(metadata.to_string().into_bytes())
@@ -104,7 +68,7 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
                 }
             };
             match sent {
-                Err(mft::Error::ContentChanged(_)) if !stdin && !restarted => {
+                Err(mft::Error::ContentChanged(_)) if !input.is_stdin() && !restarted => {
                     restarted = true;
                     note(
                         &bar,
@@ -183,15 +147,143 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The input, opened (again) from its start.
-async fn open_input(file: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, CliError> {
-    if file == "-" {
-        return Ok(Box::new(tokio::io::stdin()));
+/// What `send` reads: stdin, one file, or a tree of files and directories.
+enum Input {
+    Stdin,
+    File { path: PathBuf, before: FileState },
+    Tree(Box<mft::tree::Packing>),
+}
+
+impl Input {
+    /// The input the arguments name, checked: one regular file (or `-`) is sent
+    /// as it is; several, or a directory, as a tree.
+    fn from_args(args: &SendArgs) -> Result<Self, CliError> {
+        if let [only] = args.files.as_slice() {
+            if only == "-" {
+                return Ok(Input::Stdin);
+            }
+            let path = Path::new(only);
+            let info = std::fs::metadata(path)
+                .map_err(|e| CliError::io(format!("input file {}", path.display()), e))?;
+            if info.is_file() {
+                return Ok(Input::File {
+                    path: path.to_path_buf(),
+                    before: FileState::from_metadata(&info),
+                });
+            }
+            if !info.is_dir() {
+                return Err(CliError::usage(format!(
+                    "input file {}: not a regular file or directory",
+                    path.display()
+                )));
+            }
+        }
+        if args.files.iter().any(|f| f == "-") {
+            return Err(CliError::usage(
+                "stdin (-) is sent on its own, not with other inputs",
+            ));
+        }
+        let inputs: Vec<PathBuf> = args.files.iter().map(PathBuf::from).collect();
+        let packing = mft::tree::Packing::plan(&inputs, args.recursive)
+            .map_err(|e| CliError::tree("sending the tree", e))?;
+        for skipped in packing.skipped() {
+            eprintln!(
+                "mftq: leaving out {}: {}",
+                skipped.path.display(),
+                skipped.why
+            );
+        }
+        Ok(Input::Tree(Box::new(packing)))
     }
-    let opened = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| CliError::io(format!("input file {file}"), e))?;
-    Ok(Box::new(opened))
+
+    fn is_stdin(&self) -> bool {
+        matches!(self, Input::Stdin)
+    }
+
+    /// The batch id (from `--batch-id` or the input's name), the size if known,
+    /// and the default metadata.
+    fn describe(
+        &self,
+        args: &SendArgs,
+    ) -> Result<(String, Option<u64>, serde_json::Value), CliError> {
+        Ok(match self {
+            Input::Stdin => {
+                let batch_id = args
+                    .batch_id
+                    .clone()
+                    .ok_or_else(|| CliError::usage("sending stdin (-) needs --batch-id ID"))?;
+                let metadata = json!({ "name": batch_id });
+                (batch_id, None, metadata)
+            }
+            Input::File { path, before } => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.display().to_string());
+                let batch_id = args.batch_id.clone().unwrap_or_else(|| name.clone());
+                let info = std::fs::metadata(path)
+                    .map_err(|e| CliError::io(format!("input file {}", path.display()), e))?;
+                let mtime = info
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                let mode = std::os::unix::fs::PermissionsExt::mode(&info.permissions()) & 0o777;
+                let metadata =
+                    json!({ "name": name, "size": before.len, "mtime": mtime, "mode": mode });
+                (batch_id, Some(before.len), metadata)
+            }
+            Input::Tree(packing) => {
+                let top: Vec<&str> = packing
+                    .entries()
+                    .map(|e| e.path.as_str())
+                    .filter(|p| !p.contains('/'))
+                    .collect();
+                let batch_id = match (&args.batch_id, top.as_slice()) {
+                    (Some(id), _) => id.clone(),
+                    (None, [one]) => one.to_string(),
+                    (None, _) => {
+                        return Err(CliError::usage(
+                            "sending several inputs as one batch needs --batch-id ID",
+                        ));
+                    }
+                };
+                let size = packing
+                    .batch_len()
+                    .map_err(|e| CliError::tree("sending the tree", e))?;
+                let metadata = json!({
+                    "name": batch_id,
+                    "kind": "tree",
+                    "entries": packing.entries().count(),
+                    "files": packing.file_count(),
+                    "size": size,
+                });
+                (batch_id, Some(size), metadata)
+            }
+        })
+    }
+
+    /// The input, opened (again) from its start.
+    async fn open(&self) -> Result<Box<dyn AsyncRead + Send + Unpin>, CliError> {
+        Ok(match self {
+            Input::Stdin => Box::new(tokio::io::stdin()),
+            Input::File { path, .. } => Box::new(
+                tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| CliError::io(format!("input file {}", path.display()), e))?,
+            ),
+            Input::Tree(packing) => Box::new(packing.reader()),
+        })
+    }
+
+    /// For one file, what to check once it was read: that it did not change.
+    /// (A tree's reader checks each of its files itself.)
+    fn change_check(&self) -> Option<(PathBuf, FileState)> {
+        match self {
+            Input::File { path, before } => Some((path.clone(), before.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// Whether the sender reported the batch as stored already (same content).
@@ -249,6 +341,7 @@ struct FileState {
 }
 
 impl FileState {
+    #[cfg(test)]
     fn of(path: &Path) -> Result<Self, CliError> {
         let info = std::fs::metadata(path)
             .map_err(|e| CliError::io(format!("input file {}", path.display()), e))?;

@@ -1237,3 +1237,204 @@ fn get_resumes_its_part_file_cleans_stale_ones_and_fetches_ranges() {
     let (out, _) = get(&["--range", "9-3"]);
     assert_eq!(out.code(), Some(2), "{}", out.explain());
 }
+
+/// Trees (issue 11): several files and a directory with -r go as one batch;
+/// `get` restores it into a directory with modes, mtimes and links, refuses to
+/// replace without --force, lists the manifest, fetches one file alone (to a
+/// directory or stdout), and refuses a hostile manifest with nothing written.
+#[test]
+fn send_and_get_a_tree_of_files_and_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server = serve_one_client(dir);
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(photos.join("sub")).expect("mkdir");
+    let big = random_bytes(700_000, 5);
+    std::fs::write(photos.join("a.jpg"), &big).expect("writes");
+    std::fs::write(photos.join("sub/b.txt"), b"bee").expect("writes");
+    std::fs::write(photos.join("empty"), b"").expect("writes");
+    std::os::unix::fs::symlink("a.jpg", photos.join("latest")).expect("symlink");
+    std::fs::set_permissions(photos.join("a.jpg"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for file in ["a.jpg", "sub/b.txt"] {
+        std::fs::File::options()
+            .write(true)
+            .open(photos.join(file))
+            .and_then(|f| f.set_modified(mtime))
+            .expect("touch");
+    }
+    std::fs::write(dir.join("notes.txt"), b"notes").expect("writes");
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--server-key", &server.key, "--key", "client.key"]);
+        mftq_in(dir, &args, LONG)
+    };
+    let send = |args: &[&str]| {
+        let mut all = vec!["send", "--to", server.quic.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let get = |args: &[&str]| {
+        let mut all = vec!["get", "--from", server.quic.as_str()];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+
+    // A directory needs -r; several inputs need a batch id.
+    let out = send(&["photos"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("-r"), "{}", out.explain());
+    let out = send(&["photos", "notes.txt", "-r"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("--batch-id"), "{}", out.explain());
+    let out = send(&["photos", "-r"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let out = send(&["photos", "notes.txt", "-r", "--batch-id", "both"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+
+    // Restored into a new directory: bytes, modes, mtimes, the link.
+    let out = get(&["both", "-o", "restored"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(
+        out.stdout.contains("restored 7 entries"),
+        "{}",
+        out.explain()
+    );
+    let restored = dir.join("restored");
+    assert!(std::fs::read(restored.join("photos/a.jpg")).expect("a.jpg") == big);
+    assert_eq!(
+        std::fs::read(restored.join("photos/sub/b.txt")).expect("b"),
+        b"bee"
+    );
+    assert_eq!(
+        std::fs::read(restored.join("notes.txt")).expect("notes"),
+        b"notes"
+    );
+    assert_eq!(
+        std::fs::read(restored.join("photos/empty")).expect("empty"),
+        b""
+    );
+    let meta = std::fs::metadata(restored.join("photos/a.jpg")).expect("meta");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.modified().expect("mtime"), mtime);
+    let b = std::fs::metadata(restored.join("photos/sub/b.txt")).expect("meta");
+    assert_eq!(b.modified().expect("mtime"), mtime);
+    assert_eq!(
+        std::fs::read_link(restored.join("photos/latest")).expect("a link"),
+        Path::new("a.jpg")
+    );
+
+    // Again: refused without --force and nothing touched; replaced with it.
+    std::fs::write(restored.join("notes.txt"), b"mine").expect("writes");
+    let out = get(&["both", "-o", "restored"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("--force"), "{}", out.explain());
+    assert_eq!(
+        std::fs::read(restored.join("notes.txt")).expect("notes"),
+        b"mine"
+    );
+    let out = get(&["both", "-o", "restored", "--force"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(
+        std::fs::read(restored.join("notes.txt")).expect("notes"),
+        b"notes"
+    );
+
+    // The manifest, as lines and as JSON.
+    let out = get(&["both", "--list"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(out.stdout.contains("-rw-r-----"), "{}", out.explain());
+    assert!(out.stdout.contains("photos/sub/b.txt"), "{}", out.explain());
+    assert!(
+        out.stdout.contains("photos/latest -> a.jpg"),
+        "{}",
+        out.explain()
+    );
+    let out = get(&["both", "--list", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let listed: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(listed["entries"].as_array().map(Vec::len), Some(7));
+
+    // One file alone: into a directory (mode kept), or to stdout.
+    std::fs::create_dir(dir.join("one")).expect("mkdir");
+    let out = get(&["both", "--file", "photos/a.jpg", "-o", "one/"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(std::fs::read(dir.join("one/a.jpg")).expect("a.jpg") == big);
+    let meta = std::fs::metadata(dir.join("one/a.jpg")).expect("meta");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    let out = get(&["both", "--file", "photos/sub/b.txt", "-o", "-"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(out.stdout, "bee");
+    let out = get(&["both", "--file", "photos/nothing", "-o", "one/"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("photos/nothing"), "{}", out.explain());
+    // --list of a batch that is one file is a usage error.
+    assert_eq!(
+        run(&["send", "notes.txt", "--to", &server.quic]).code(),
+        Some(0)
+    );
+    let out = get(&["notes.txt", "--list"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("not a tree"), "{}", out.explain());
+
+    // A hostile manifest (made with the library, sent as if it were a tree) is
+    // refused with exit 5, and nothing is written, not even the new directory.
+    let content = b"escaped";
+    let manifest = mft::tree::Manifest {
+        entries: vec![mft::tree::Entry {
+            path: "../escaped.txt".into(),
+            mode: 0o644,
+            mtime: mft::tree::Timestamp::default(),
+            kind: mft::tree::EntryKind::File {
+                size: content.len() as u64,
+                sha256: <sha2::Sha256 as sha2::Digest>::digest(content).into(),
+            },
+        }],
+    };
+    let mut hostile = content.to_vec();
+    hostile.extend_from_slice(&manifest.encode_tail().expect("encodes"));
+    std::fs::write(dir.join("hostile.bin"), hostile).expect("writes");
+    let out = send(&[
+        "hostile.bin",
+        "--batch-id",
+        "hostile",
+        "--metadata",
+        r#"{"name":"hostile","kind":"tree"}"#,
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let out = get(&["hostile", "-o", "victim"]);
+    assert_eq!(out.code(), Some(5), "{}", out.explain());
+    assert!(out.stderr.contains(".."), "{}", out.explain());
+    assert!(!dir.join("victim").exists(), "nothing created");
+    assert!(!dir.join("escaped.txt").exists(), "nothing written outside");
+
+    // A file whose bytes are not the ones its manifest names fails when it is
+    // fetched alone to stdout too.
+    let manifest = mft::tree::Manifest {
+        entries: vec![mft::tree::Entry {
+            path: "x.txt".into(),
+            mode: 0o644,
+            mtime: mft::tree::Timestamp::default(),
+            kind: mft::tree::EntryKind::File {
+                size: content.len() as u64,
+                sha256: [7; 32],
+            },
+        }],
+    };
+    let mut lying = content.to_vec();
+    lying.extend_from_slice(&manifest.encode_tail().expect("encodes"));
+    std::fs::write(dir.join("lying.bin"), lying).expect("writes");
+    let out = send(&[
+        "lying.bin",
+        "--batch-id",
+        "lying",
+        "--metadata",
+        r#"{"name":"lying","kind":"tree"}"#,
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let out = get(&["lying", "--file", "x.txt", "-o", "-"]);
+    assert_eq!(out.code(), Some(5), "{}", out.explain());
+    assert!(out.stderr.contains("SHA-256"), "{}", out.explain());
+}

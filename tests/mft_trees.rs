@@ -142,6 +142,7 @@ async fn a_tree_round_trips_with_its_attributes_and_links(t: Transport) {
             None,
             &dest,
             RestoreOptions::default(),
+            None,
             |_| {},
         ),
     )
@@ -170,6 +171,26 @@ async fn a_tree_round_trips_with_its_attributes_and_links(t: Transport) {
         "no staging directory is left"
     );
 
+    // A batch that is not what its sender declared (in its metadata) is
+    // refused before anything is moved into place.
+    let declared = tmp.path().join("declared");
+    std::fs::create_dir(&declared).unwrap();
+    let mut wrong = receipt.content_digest;
+    wrong[0] ^= 1;
+    let refused = mft::tree::fetch(
+        &h.retriever(),
+        &request,
+        None,
+        &declared,
+        RestoreOptions::default(),
+        Some(wrong),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(refused, TreeError::Integrity(_)), "{refused}");
+    assert!(everything(&declared).is_empty(), "nothing restored");
+
     // Again: nothing is replaced without force; with it, files are.
     let again = mft::tree::fetch(
         &h.retriever(),
@@ -177,6 +198,7 @@ async fn a_tree_round_trips_with_its_attributes_and_links(t: Transport) {
         None,
         &dest,
         RestoreOptions::default(),
+        None,
         |_| {},
     )
     .await
@@ -186,7 +208,7 @@ async fn a_tree_round_trips_with_its_attributes_and_links(t: Transport) {
         force: true,
         ..Default::default()
     };
-    mft::tree::fetch(&h.retriever(), &request, None, &dest, force, |_| {})
+    mft::tree::fetch(&h.retriever(), &request, None, &dest, force, None, |_| {})
         .await
         .unwrap();
     assert_eq!(snapshot(&dest), got);
@@ -390,6 +412,7 @@ async fn hostile_manifests_are_refused_and_nothing_is_written() {
             None,
             &target,
             RestoreOptions::default(),
+            None,
             |_| {},
         )
         .await
@@ -426,6 +449,7 @@ async fn hostile_manifests_are_refused_and_nothing_is_written() {
         None,
         &target,
         strict,
+        None,
         |_| {},
     )
     .await
@@ -454,6 +478,7 @@ async fn hostile_manifests_are_refused_and_nothing_is_written() {
         None,
         &target,
         RestoreOptions::default(),
+        None,
         |_| {},
     )
     .await
@@ -475,6 +500,7 @@ async fn hostile_manifests_are_refused_and_nothing_is_written() {
         None,
         &target,
         RestoreOptions::default(),
+        None,
         |_| {},
     )
     .await

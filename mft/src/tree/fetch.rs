@@ -84,14 +84,18 @@ pub async fn fetch_manifest(
 /// Fetches a whole tree batch into the directory `root` (which must exist),
 /// as [`Restore`] does it: the manifest checked before anything is written,
 /// every file's SHA-256 checked, entries moved into place at the end. `size` is
-/// the batch's size if known (see [`fetch_manifest`]); `progress` gets the bytes
-/// of file data written so far.
+/// the batch's size if known (see [`fetch_manifest`]); `sha256` is the digest
+/// of the whole batch that its sender declared (in its metadata), if any: a
+/// batch that does not match it is an [`Integrity`](TreeError::Integrity)
+/// failure, and nothing is moved into place. `progress` gets the bytes of file
+/// data written so far.
 pub async fn fetch(
     retriever: &Retriever,
     request: &Pull,
     size: Option<u64>,
     root: &Path,
     options: RestoreOptions,
+    sha256: Option<[u8; 32]>,
     mut progress: impl FnMut(u64),
 ) -> Result<Fetched, TreeError> {
     let (manifest, info, tail) = fetch_manifest(retriever, request, size).await?;
@@ -110,12 +114,22 @@ pub async fn fetch(
             .await?;
     }
     sha.update(&tail);
+    let digest: [u8; 32] = sha.finalize().into();
+    if let Some(declared) = sha256
+        && declared != digest
+    {
+        return Err(TreeError::Integrity(format!(
+            "the batch's SHA-256 is {}, but its sender declared {}",
+            crate::wire::values::hex(&digest),
+            crate::wire::values::hex(&declared)
+        )));
+    }
     let entries = restore.finish()?;
     Ok(Fetched {
         info,
         entries,
         bytes: data_len,
-        sha256: Some(sha.finalize().into()),
+        sha256: Some(digest),
     })
 }
 

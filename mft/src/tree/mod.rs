@@ -28,7 +28,7 @@
 //!
 //! // Restore it into ./restored (which must exist).
 //! let request = mft::Pull::batch(b"monday");
-//! let fetched = mft::tree::fetch(&retriever, &request, None, "restored".as_ref(), RestoreOptions::default(), |_| {}).await?;
+//! let fetched = mft::tree::fetch(&retriever, &request, None, "restored".as_ref(), RestoreOptions::default(), None, |_| {}).await?;
 //! println!("{} entries restored", fetched.entries);
 //! # Ok(()) }
 //! ```

@@ -114,6 +114,16 @@ impl Packing {
         self.data_len
     }
 
+    /// Bytes of the whole batch: the files' bytes, the manifest and the trailer
+    /// (a digest takes the same room whatever its value, so this is exact
+    /// before any file is read).
+    pub fn batch_len(&self) -> Result<u64, TreeError> {
+        let manifest = Manifest {
+            entries: self.entries().cloned().collect(),
+        };
+        Ok(self.data_len + manifest.encode_tail()?.len() as u64)
+    }
+
     /// The number of regular files (hard links not counted).
     pub fn file_count(&self) -> usize {
         self.planned

@@ -15,7 +15,7 @@ mod refuse;
 mod signed;
 #[cfg(test)]
 mod tests;
-mod values;
+pub(crate) mod values;
 
 pub use codec::{Codec, DecodeError, EncodeError, Reader, Writer};
 pub use manage::{

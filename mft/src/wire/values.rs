@@ -12,7 +12,7 @@ use zeroize::Zeroize;
 use super::MAX_BATCH_ID;
 
 /// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
