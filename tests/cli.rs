@@ -116,6 +116,11 @@ struct Server {
 }
 
 fn serve(dir: &Path, extra: &[&str]) -> Server {
+    serve_logging(dir, extra, None)
+}
+
+/// [`serve`], its log (at `info`) written to `log` if given.
+fn serve_logging(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
     let mut args = vec![
         "serve",
         "--listen",
@@ -128,14 +133,21 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
         "server.key",
     ];
     args.extend_from_slice(extra);
+    let (level, stderr) = match log {
+        Some(path) => (
+            "info",
+            Stdio::from(std::fs::File::create(path).expect("creates the log")),
+        ),
+        // Warnings and errors only: the test output stays readable.
+        None => ("warn", Stdio::inherit()),
+    };
     let child = Command::new(BIN)
         .args(&args)
         .current_dir(dir)
-        // Warnings and errors only: the test output stays readable.
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("mftq serve starts");
     let mut child = Guard(child);
@@ -1437,4 +1449,74 @@ fn send_and_get_a_tree_of_files_and_directories() {
     let out = get(&["lying", "--file", "x.txt", "-o", "-"]);
     assert_eq!(out.code(), Some(5), "{}", out.explain());
     assert!(out.stderr.contains("SHA-256"), "{}", out.explain());
+}
+
+/// Issue 11: the server's events feed its log. Each step of a batch's life (opened,
+/// completed, retrieved, deleted, refused) is one JSON line naming the batch or
+/// transfer and the peer.
+#[test]
+fn serve_logs_each_step_of_a_transfer() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let client = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes the list");
+    let log = dir.join("serve.log");
+    let mut extra = CLIENT_LISTS.to_vec();
+    extra.extend_from_slice(&["--log-format", "json"]);
+    let mut server = serve_logging(dir, &extra, Some(&log));
+    std::fs::write(dir.join("events.bin"), random_bytes(300_000, 91)).expect("writes");
+    let key = ["--server-key", server.key.as_str(), "--key", "client.key"];
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&key);
+        mftq_in(dir, &args, LONG)
+    };
+    let sent = run(&["send", "events.bin", "--to", &server.quic]);
+    assert_eq!(sent.code(), Some(0), "{}", sent.explain());
+    let got = run(&[
+        "get",
+        "events.bin",
+        "--from",
+        &server.quic,
+        "-o",
+        "back.bin",
+    ]);
+    assert_eq!(got.code(), Some(0), "{}", got.explain());
+    let missing = run(&["get", "nothing-here", "--from", &server.quic, "-o", "x"]);
+    assert_eq!(missing.code(), Some(1), "{}", missing.explain());
+    let removed = run(&["rm", "events.bin", "--to", &server.quic]);
+    assert_eq!(removed.code(), Some(0), "{}", removed.explain());
+    let _ = server.child.0.kill();
+    let _ = server.child.0.wait();
+
+    let text = std::fs::read_to_string(&log).expect("reads the log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in:\n{text}"))
+    };
+    let opened = &find("transfer opened")["fields"];
+    assert_eq!(opened["batch"], "\"events.bin\"", "{opened}");
+    assert_eq!(opened["peer"], client.as_str(), "{opened}");
+    let transfer = opened["transfer"]
+        .as_str()
+        .expect("a transfer id")
+        .to_string();
+    let completed = &find("batch completed")["fields"];
+    assert_eq!(completed["transfer"], transfer.as_str(), "{completed}");
+    assert_eq!(completed["bytes"], 300_000, "{completed}");
+    let retrieved = &find("batch retrieved")["fields"];
+    assert_eq!(retrieved["transfer"], transfer.as_str(), "{retrieved}");
+    assert_eq!(retrieved["ranged"], false, "{retrieved}");
+    let refused = &find("refused")["fields"];
+    assert_eq!(refused["peer"], client.as_str(), "{refused}");
+    let deleted = &find("batch deleted")["fields"];
+    assert_eq!(deleted["transfer"], transfer.as_str(), "{deleted}");
+    assert_eq!(deleted["owner"], client.as_str(), "{deleted}");
 }

@@ -79,6 +79,7 @@ pub use crate::client::{
 };
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::server::{
-    Authorize, DenyAll, Direction, Request, Server, ServerBuilder, ServerConfig,
+    Authorize, CancelReason, DenyAll, Direction, Request, Server, ServerBuilder, ServerConfig,
+    ServerEvent,
 };
 pub use crate::stream::{BatchInfo, BatchReader, SegmentSource};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use flow::PeerKey;
 
-use super::{Direction, Inner, Refusal, Server, refusal};
+use super::{Direction, Inner, Refusal, Server, ServerEvent, refusal};
 use crate::error::Result;
 use crate::proto::completion;
 use crate::store::{BatchRecord, StoreError, TransferId};
@@ -172,7 +172,12 @@ impl Server {
             .ok_or_else(not_found)?;
         self.recount_quota(&owner).await;
         self.reclaim_retired_now().await;
-        tracing::info!(%peer, transfer = %removed.transfer, bytes = removed.size, "batch deleted");
+        self.emit(ServerEvent::Deleted {
+            peer,
+            owner,
+            transfer: removed.transfer,
+            bytes: removed.size,
+        });
         Ok(Some(Message::Deleted(Deleted {
             owner,
             batch_id: delete.batch_id.clone(),
@@ -215,7 +220,10 @@ impl Server {
             ));
         }
         let receipt = stored_receipt(&batch)?;
-        tracing::info!(%peer, transfer = %batch.transfer, "same content sent again; stored receipt returned");
+        self.emit(ServerEvent::AlreadyStored {
+            peer,
+            transfer: batch.transfer,
+        });
         Ok(Some(receipt))
     }
 }

@@ -3,7 +3,7 @@
 
 use flow::PeerKey;
 
-use super::{Refusal, Server, refusal, stored_batch_id};
+use super::{CancelReason, Refusal, Server, refusal, stored_batch_id};
 use crate::proto::transfer::TransferState;
 use crate::wire::{Aborted, Message, OpenEntry, OpenTransfers, RefuseCode, TransferId};
 
@@ -59,7 +59,7 @@ impl Server {
                 "the transfer has completed; its batch is stored",
             ));
         }
-        tracing::info!(%peer, %transfer, "open transfer aborted by its sender");
+        self.cancelled(&record, CancelReason::Aborted);
         Ok(Some(Message::Aborted(Aborted {
             transfer_id: transfer,
         })))

@@ -19,6 +19,7 @@ mod at_rest;
 mod authorize;
 mod batches;
 mod config;
+mod events;
 mod manage;
 mod pending;
 mod pull;
@@ -31,6 +32,7 @@ mod tests;
 pub(crate) use at_rest::seal_secret_at_rest;
 pub use authorize::{Authorize, DenyAll, Direction, Request};
 pub use config::ServerConfig;
+pub use events::{CancelReason, ServerEvent};
 use push::OpenTransfer;
 
 /// The mft server. Cheap to clone: every clone is the same server, with the same
@@ -81,6 +83,8 @@ struct Inner {
     usage: quota::Usage,
     /// Transfers being read by retrievals, which keeps their data if retired.
     readers: batches::Readers,
+    /// Where [`ServerEvent`]s go, for [`Server::subscribe`].
+    events: tokio::sync::broadcast::Sender<ServerEvent>,
 }
 
 impl fmt::Debug for Server {
@@ -166,6 +170,7 @@ impl ServerBuilder {
                 started_unix: now_unix(),
                 usage: quota::Usage::default(),
                 readers: batches::Readers::default(),
+                events: tokio::sync::broadcast::channel(events::EVENT_BUFFER).0,
             }),
         }
     }
@@ -218,6 +223,31 @@ impl Server {
     /// The server's identity.
     pub fn identity(&self) -> &Identity {
         &self.inner.identity
+    }
+
+    /// Every [`ServerEvent`] from now on: transfers opened, resumed, stored
+    /// segment by segment, completed, cancelled; batches retrieved and deleted;
+    /// refusals. The same events are logged. A subscriber that falls more than
+    /// 1,024 events behind misses the oldest ones (and is told how many).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: mft::Server) {
+    /// let mut events = server.subscribe();
+    /// while let Ok(event) = events.recv().await {
+    ///     if let mft::ServerEvent::Completed { batch_id, bytes, .. } = event {
+    ///         println!("stored {batch_id}: {bytes} bytes");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ServerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Logs `event` and hands it to the subscribers, if any.
+    fn emit(&self, event: ServerEvent) {
+        event.log();
+        let _ = self.inner.events.send(event);
     }
 
     /// Serves every flow `manager` accepts, reclaiming expired transfers every
@@ -305,7 +335,7 @@ impl Server {
                 continue;
             }
             if self.forget(&record, |state| state.expire(now)).await? {
-                tracing::info!(transfer = %record.transfer, "reclaimed expired transfer");
+                self.cancelled(&record, CancelReason::Expired);
                 reclaimed += 1;
             }
         }
@@ -319,7 +349,7 @@ impl Server {
         let mut aborted = 0;
         for record in self.inner.store.transfers_of(*sender.as_bytes()).await? {
             if self.forget(&record, TransferState::abort).await? {
-                tracing::info!(%sender, transfer = %record.transfer, "aborted open transfer");
+                self.cancelled(&record, CancelReason::AccessRevoked);
                 aborted += 1;
             }
         }
@@ -356,6 +386,15 @@ impl Server {
         Ok(true)
     }
 
+    /// Reports that `record`'s transfer ended without a batch, for `why`.
+    fn cancelled(&self, record: &TransferRecord, why: CancelReason) {
+        self.emit(ServerEvent::Cancelled {
+            owner: record.sender,
+            transfer: record.transfer,
+            why,
+        });
+    }
+
     /// Serves one flow to its end.
     pub async fn handle_flow(&self, mut flow: Flow) {
         let peer = flow.remote_identity();
@@ -371,6 +410,7 @@ impl Server {
             // Refused from the length prefix alone: the payload is never read. The
             // client reads this refusal when its write is cut off.
             let Refusal(busy) = self.busy("too many flows from this key");
+            self.refused(peer, &busy);
             let _ = writer
                 .write_msg_and_close(&[&encode_reply(&Message::Refuse(busy))])
                 .await;
@@ -394,13 +434,22 @@ impl Server {
             Ok(Some(reply)) => reply,
             Ok(None) => return,
             Err(Refusal(refuse)) => {
-                tracing::info!(%peer, code = %refuse.code, reason = %refuse.message, "refused");
+                self.refused(peer, &refuse);
                 Message::Refuse(refuse)
             }
         };
         if let Err(e) = writer.write_msg_and_close(&[&encode_reply(&last)]).await {
             tracing::debug!(%peer, error = %e, "could not answer");
         }
+    }
+
+    /// Reports a refusal sent to `peer`.
+    fn refused(&self, peer: PeerKey, refuse: &Refuse) {
+        self.emit(ServerEvent::Failed {
+            peer,
+            code: refuse.code,
+            message: refuse.message.clone(),
+        });
     }
 
     /// The length of a flow's first message, whose 4-byte prefix must arrive

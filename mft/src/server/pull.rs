@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flow::{FlowWriter, PeerKey};
 
-use super::{Direction, Refusal, Server, refusal, stored_batch_id};
+use super::{Direction, Refusal, Server, ServerEvent, refusal, stored_batch_id};
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::{self, HelloProblem, PullSecret};
@@ -81,14 +81,13 @@ impl Server {
             sent_bytes += u64::from(s.len);
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
-        tracing::info!(
-            %peer,
-            batch = batch.transfer.to_hex(),
-            segments = sent_segments,
-            bytes = sent_bytes,
-            ranged = hello.range.is_some(),
-            "batch retrieved"
-        );
+        self.emit(ServerEvent::Retrieved {
+            peer,
+            transfer: batch.transfer,
+            segments: sent_segments,
+            bytes: sent_bytes,
+            ranged: hello.range.is_some(),
+        });
         Ok(None)
     }
 

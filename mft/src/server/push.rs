@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use flow::{FlowReader, FlowWriter, PeerKey};
 
-use super::{Direction, Refusal, Server, now_unix, refusal, stored_batch_id, too_large};
+use super::{
+    CancelReason, Direction, Refusal, Server, ServerEvent, now_unix, refusal, stored_batch_id,
+    too_large,
+};
 use crate::crypto::{self, Cipher};
 use crate::error::Result;
 use crate::handshake::{self, HelloProblem, PushSecret};
@@ -121,10 +124,10 @@ impl Server {
         // The same sender opening the same batch again resumes its open transfer,
         // with the same keys: segments it already stored stay valid.
         let sender = *peer.as_bytes();
-        let secret = match store.find_transfer(sender, &hello.batch_id).await? {
-            Some(record) => self.resume_transfer(record.transfer).await?,
+        let (secret, opened) = match store.find_transfer(sender, &hello.batch_id).await? {
+            Some(record) => (self.resume_transfer(record.transfer).await?, false),
             None => match self.new_transfer(peer, hello, chunk_size).await? {
-                Some(secret) => secret,
+                Some(secret) => (secret, true),
                 // Another hello of this sender opened it meanwhile (the store lets
                 // only one): resume that one.
                 None => {
@@ -132,13 +135,23 @@ impl Server {
                         .find_transfer(sender, &hello.batch_id)
                         .await?
                         .ok_or_else(|| self.busy("the transfer is being opened; retry"))?;
-                    self.resume_transfer(record.transfer).await?
+                    (self.resume_transfer(record.transfer).await?, false)
                 }
             },
         };
         let accept = handshake::accept_push(&self.inner.identity, hello, &hello_hash, &secret)
             .map_err(|e| refusal(RefuseCode::BadMessage, e.to_string()))?;
-        tracing::info!(%peer, transfer = %secret.transfer_id, "transfer accepted");
+        let transfer = secret.transfer_id;
+        self.emit(if opened {
+            ServerEvent::Opened {
+                peer,
+                batch_id: hello.batch_id.clone(),
+                transfer,
+                replace: hello.replace,
+            }
+        } else {
+            ServerEvent::Resumed { peer, transfer }
+        });
         Ok(Some(Message::Accept(accept)))
     }
 
@@ -240,11 +253,7 @@ impl Server {
             .await
             .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
         if given_up {
-            tracing::info!(
-                %peer,
-                transfer = %record.transfer,
-                "gave up an abandoned transfer to make room for a new one"
-            );
+            self.cancelled(record, CancelReason::Abandoned);
         }
         Ok(given_up)
     }
@@ -335,6 +344,12 @@ impl Server {
             };
             drop(state);
             drop(permit);
+            self.emit(ServerEvent::Progress {
+                peer,
+                transfer: open.record.transfer,
+                index,
+                bytes: len,
+            });
             if let Err(e) = session::send(writer, &Message::SegmentAck(SegmentAck { index })).await
             {
                 tracing::debug!(%peer, error = %e, "could not acknowledge a segment");
@@ -434,6 +449,7 @@ impl Server {
         let open = self.own_transfer(peer, transfer).await?;
         open.state.read().await.admit_resume(now_unix())?;
         let stored = self.inner.store.segments(open.record.transfer).await?;
+        self.emit(ServerEvent::Resumed { peer, transfer });
         Ok(Some(Message::Stored(Stored::from_indices(
             stored.iter().map(|s| s.index),
         ))))
@@ -494,7 +510,7 @@ impl Server {
             ));
         }
         let receipt = super::batches::stored_receipt(&batch)?;
-        tracing::info!(%peer, %transfer, "completion repeated; stored receipt returned");
+        self.emit(ServerEvent::AlreadyStored { peer, transfer });
         Ok(Some(receipt))
     }
 
@@ -507,6 +523,7 @@ impl Server {
         complete: &Complete,
     ) -> Result<Option<Message>, Refusal> {
         let tally = self.check_completion(open, complete).await?;
+        let batch_id = stored_batch_id(&open.record.batch_id)?;
         let receipt = self.sign_receipt(&open.record, &tally, complete.content_digest)?;
         let transfer = open.record.transfer;
         let record = BatchRecord {
@@ -542,11 +559,17 @@ impl Server {
         };
         self.lock_open().remove(&transfer);
         self.recount_quota(&open.record.sender).await;
-        if let Some(old) = replaced {
-            tracing::info!(%peer, %transfer, replaced = %old.transfer, "batch replaced");
+        if replaced.is_some() {
             self.reclaim_retired_now().await;
         }
-        tracing::info!(%peer, %transfer, segments = tally.count, bytes = tally.size, "batch completed");
+        self.emit(ServerEvent::Completed {
+            peer,
+            batch_id,
+            transfer,
+            segments: tally.count,
+            bytes: tally.size,
+            replaced: replaced.map(|old| old.transfer),
+        });
         Ok(Some(Message::Receipt(receipt)))
     }
 
