@@ -14,7 +14,10 @@ use mft::wire::{BatchId, RefuseCode};
 use mft::{CancelReason, ServerConfig, ServerEvent};
 use tokio::sync::broadcast;
 
-on_every_transport!(the_server_reports_each_step_of_a_transfer,);
+on_every_transport!(
+    the_server_reports_each_step_of_a_transfer,
+    the_server_says_why_an_open_transfer_ended,
+);
 
 /// The next event, skipping none, within a bound.
 async fn next(events: &mut broadcast::Receiver<ServerEvent>) -> ServerEvent {
@@ -157,6 +160,48 @@ async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
             owner: *me.as_bytes(),
             transfer,
             bytes: size,
+        }
+    );
+    assert!(events.try_recv().is_err(), "nothing more happened");
+}
+
+/// Transfers the sender did not abort say why they ended: past their deadline,
+/// or because their sender lost its access.
+async fn the_server_says_why_an_open_transfer_ended(t: Transport) {
+    let mut config = ServerConfig::default();
+    config.transfer_deadline(Duration::from_secs(1));
+    let h = Harness::new(t, config).await;
+    let me = h.client_key();
+    let raw = h.raw();
+    let mut events = h.server.subscribe();
+    let overdue = raw.open(b"ev-overdue", CHUNK).await;
+    assert!(matches!(
+        next(&mut events).await,
+        ServerEvent::Opened { .. }
+    ));
+    // Deadlines count whole seconds: past a 1 s deadline in at most 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let revoked = raw.open(b"ev-revoked", CHUNK).await;
+    assert!(matches!(
+        next(&mut events).await,
+        ServerEvent::Opened { .. }
+    ));
+    assert_eq!(h.server.reclaim_expired().await.unwrap(), 1);
+    assert_eq!(
+        next(&mut events).await,
+        ServerEvent::Cancelled {
+            owner: *me.as_bytes(),
+            transfer: overdue.id(),
+            why: CancelReason::Expired,
+        }
+    );
+    assert_eq!(h.server.abort_transfers_of(&me).await.unwrap(), 1);
+    assert_eq!(
+        next(&mut events).await,
+        ServerEvent::Cancelled {
+            owner: *me.as_bytes(),
+            transfer: revoked.id(),
+            why: CancelReason::AccessRevoked,
         }
     );
     assert!(events.try_recv().is_err(), "nothing more happened");
