@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Protocol,
     /// Local storage or I/O failed.
     Io,
+    /// The caller cancelled the work.
+    Cancelled,
 }
 
 /// Errors of senders, retrievers and the server.
@@ -74,6 +76,12 @@ pub enum Error {
     /// Reading the source or writing the output failed.
     #[error("i/o failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The owner cancelled the send or the retrieval
+    /// ([`Sender::cancel`](crate::Sender::cancel),
+    /// [`Retriever::cancel`](crate::Retriever::cancel)). A cancelled send's
+    /// transfer was aborted on the server.
+    #[error("cancelled")]
+    Cancelled,
     /// Server storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -111,6 +119,7 @@ impl Error {
                 ErrorKind::Integrity
             }
             Error::Io(_) | Error::Store(_) => ErrorKind::Io,
+            Error::Cancelled => ErrorKind::Cancelled,
             Error::RetriesExhausted { last, .. } => last.kind(),
         }
     }

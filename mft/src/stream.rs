@@ -87,14 +87,19 @@ impl AsyncRead for BatchReader {
     }
 }
 
+/// How a reader's verification ended: the segments it verified, or why it
+/// stopped ([`Error::Cancelled`] if the reader was dropped first).
+pub(crate) type Ended = Box<dyn FnOnce(&Result<u64>) + Send>;
+
 /// Checks the metadata now and starts verifying segments from `source` in the
 /// background, returning the reader of the plaintext: of the whole batch, or of
-/// `range` (which must lie within it).
+/// `range` (which must lie within it). `ended` hears how it ended.
 pub(crate) fn open_batch(
     batch_id: &[u8],
     secret: PullSecret,
     source: impl SegmentSource,
     range: Option<ByteRange>,
+    ended: Ended,
 ) -> Result<(BatchReader, BatchInfo)> {
     let cipher = Cipher::new(secret.data_key.expose());
     let metadata = crypto::open(
@@ -139,10 +144,14 @@ pub(crate) fn open_batch(
                 verify_part(&secret, &cipher, range, covering, source, &tx).await
             }
         };
+        ended(&result);
         if let Err(e) = result {
-            let _ = tx
-                .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
-                .await;
+            // A cancel is not bad data: callers tell it by its kind.
+            let error = match e {
+                Error::Cancelled => io::Error::other(e),
+                e => io::Error::new(io::ErrorKind::InvalidData, e),
+            };
+            let _ = tx.send(Err(error)).await;
         }
     });
     Ok((
@@ -196,7 +205,7 @@ async fn verify_segments(
     chain: &mut Chain,
     mut source: impl SegmentSource,
     tx: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<()> {
+) -> Result<u64> {
     let layout = BatchLayout::new(secret.chunk_size);
     let mut total = 0u64;
     let mut held: Option<Bytes> = None;
@@ -221,7 +230,7 @@ async fn verify_segments(
             // end of a batch that is wrong.
             held = Some(plaintext);
         } else if tx.send(Ok(plaintext)).await.is_err() {
-            return Ok(()); // the reader was dropped
+            return Err(Error::Cancelled); // the reader was dropped
         }
     }
     if total != secret.size {
@@ -239,7 +248,7 @@ async fn verify_segments(
     if let Some(last) = held {
         let _ = tx.send(Ok(last)).await;
     }
-    Ok(())
+    Ok(secret.segment_count)
 }
 
 /// The bytes of `range`: each covering segment checked for its place and tag, the
@@ -253,7 +262,7 @@ async fn verify_part(
     covering: Covering,
     mut source: impl SegmentSource,
     tx: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<()> {
+) -> Result<u64> {
     let layout = BatchLayout::new(secret.chunk_size);
     let mut skip = covering.skip as usize;
     let mut left = range.len();
@@ -280,7 +289,7 @@ async fn verify_part(
         if let Some(before) = held.replace(plaintext)
             && tx.send(Ok(before)).await.is_err()
         {
-            return Ok(()); // the reader was dropped
+            return Err(Error::Cancelled); // the reader was dropped
         }
     }
     if left != 0 {
@@ -294,7 +303,7 @@ async fn verify_part(
     if let Some(last) = held {
         let _ = tx.send(Ok(last)).await;
     }
-    Ok(())
+    Ok(covering.segments.end - covering.segments.start)
 }
 
 /// The plaintext of segment `index`, authenticated off the I/O tasks.

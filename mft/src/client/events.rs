@@ -55,6 +55,14 @@ pub enum Event {
     /// changed since it was interrupted): it was aborted, so the next send of
     /// this batch starts afresh.
     Restarted,
+    /// The sender was [paused](super::Sender::pause): its sends read no more
+    /// input until resumed.
+    Paused,
+    /// The sender was [resumed](super::Sender::resume) after a pause.
+    Continued,
+    /// The send was [cancelled](super::Sender::cancel), and the transfer it
+    /// opened aborted on the server.
+    Cancelled,
     /// The batch is complete and receipted.
     Completed {
         /// Plaintext size.

@@ -28,6 +28,7 @@ use crate::wire::{
 };
 
 mod config;
+mod control;
 mod events;
 mod manage;
 mod produce;
@@ -41,6 +42,7 @@ pub use config::{
     ClientConfig, DEFAULT_TARGET_RATE, InFlight, MAX_BYTES_IN_FLIGHT, MAX_SEGMENTS_IN_FLIGHT,
     MIN_BYTES_IN_FLIGHT,
 };
+use control::{Control, Watch};
 pub use events::{Content, Event};
 use produce::{BufferPool, Outlet, Produced, produce};
 pub use retriever::{BatchSummary, Pull, Retriever};
@@ -157,6 +159,7 @@ pub struct Sender {
     manager: Manager,
     config: ClientConfig,
     events: broadcast::Sender<Event>,
+    control: Control,
 }
 
 impl Sender {
@@ -174,12 +177,79 @@ impl Sender {
             manager,
             config,
             events,
+            control: Control::default(),
         })
     }
 
     /// Events of this sender's transfers.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Pauses this sender's sends: no more of their input is read or sealed, so
+    /// once the segments already sealed (a few per send) are stored, nothing more
+    /// crosses the network until [`Sender::resume`]. The transfers stay open on the
+    /// server, which keeps what it holds until their deadline. Applies to every
+    /// send through this sender and its clones, including those started while
+    /// paused (they open their transfer, then wait). Returns false if the sender
+    /// was paused already; emits [`Event::Paused`] otherwise.
+    ///
+    /// A long pause may outlast the server's idle deadline for the flows the
+    /// sends keep open; the sends then reconnect when resumed, at the cost of one
+    /// retry each.
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
+    /// let file = tokio::fs::File::open("big.iso").await?;
+    /// let background = sender.clone();
+    /// let send = tokio::spawn(async move { background.send(file, b"big.iso", b"{}").await });
+    /// sender.pause(); // the link is needed for something else for a while
+    /// tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    /// sender.resume();
+    /// let receipt = send.await.expect("the send task")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pause(&self) -> bool {
+        let paused = self.control.pause();
+        if paused {
+            let _ = self.events.send(Event::Paused);
+        }
+        paused
+    }
+
+    /// Ends a [pause](Sender::pause): the sends read their input again. Returns
+    /// false if the sender was not paused; emits [`Event::Continued`] otherwise.
+    pub fn resume(&self) -> bool {
+        let resumed = self.control.resume();
+        if resumed {
+            let _ = self.events.send(Event::Continued);
+        }
+        resumed
+    }
+
+    /// Whether this sender is [paused](Sender::pause).
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Cancels every send in progress through this sender and its clones: each
+    /// stops at once, tells the server to abort the transfer it opened (which
+    /// frees the transfer's slot and deletes what it holds of it), emits
+    /// [`Event::Cancelled`] and returns [`Error::Cancelled`]. Sends started after
+    /// this call are not affected. To stop a send but keep what the server holds
+    /// for a later resume, drop its future instead.
+    ///
+    /// ```no_run
+    /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
+    /// let file = tokio::fs::File::open("wrong-file.iso").await?;
+    /// let background = sender.clone();
+    /// let send = tokio::spawn(async move { background.send(file, b"big.iso", b"{}").await });
+    /// sender.cancel();
+    /// assert!(matches!(send.await.expect("the send task"), Err(mft::Error::Cancelled)));
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel(&self) {
+        self.control.cancel();
     }
 
     /// The transfers this key has open on the server (interrupted sends it can
@@ -248,10 +318,8 @@ impl Sender {
         batch_id: &[u8],
         metadata: &[u8],
     ) -> Result<Receipt> {
-        self.report(
-            self.send_inner(reader, batch_id, Metadata::Fixed(metadata.to_vec()))
-                .await,
-        )
+        let metadata = Metadata::Fixed(metadata.to_vec());
+        self.report(self.cancellable(reader, batch_id, metadata).await)
     }
 
     /// Sends everything `reader` yields as batch `batch_id`, with metadata made once
@@ -281,10 +349,34 @@ impl Sender {
     where
         F: FnOnce(&Content) -> Result<Vec<u8>> + Send + 'static,
     {
-        self.report(
-            self.send_inner(reader, batch_id, Metadata::Deferred(Box::new(metadata)))
-                .await,
-        )
+        let metadata = Metadata::Deferred(Box::new(metadata));
+        self.report(self.cancellable(reader, batch_id, metadata).await)
+    }
+
+    /// Runs one send until it ends or is [cancelled](Sender::cancel); a cancelled
+    /// send aborts the transfer it opened, if it opened one.
+    async fn cancellable(
+        &self,
+        reader: impl AsyncRead + Unpin + Send + 'static,
+        batch_id: &[u8],
+        metadata: Metadata,
+    ) -> Result<Receipt> {
+        let mut watch = self.control.watch();
+        let opened = std::sync::OnceLock::new();
+        tokio::select! {
+            result = self.send_inner(reader, batch_id, metadata, &opened, watch.clone()) => result,
+            () = watch.cancelled() => {
+                if let Some(transfer) = opened.get()
+                    && let Err(e) = self.abort(*transfer).await
+                {
+                    tracing::warn!(
+                        error = %e,
+                        "the cancelled send's transfer was not aborted; it expires on its deadline"
+                    );
+                }
+                Err(Error::Cancelled)
+            }
+        }
     }
 
     /// Emits the final event of a send.
@@ -295,6 +387,9 @@ impl Sender {
                     size: receipt.size,
                     segments: receipt.segment_count,
                 });
+            }
+            Err(Error::Cancelled) => {
+                let _ = self.events.send(Event::Cancelled);
             }
             Err(e) => {
                 let _ = self.events.send(Event::Failed {
@@ -310,6 +405,8 @@ impl Sender {
         reader: impl AsyncRead + Unpin + Send + 'static,
         batch_id: &[u8],
         metadata: Metadata,
+        opened_transfer: &std::sync::OnceLock<TransferId>,
+        watch: Watch,
     ) -> Result<Receipt> {
         let batch_id = check_batch_id(batch_id)?;
         metadata.check_fixed(wire::MAX_METADATA as u32, "protocol")?;
@@ -325,6 +422,7 @@ impl Sender {
             }
             Err(e) => return Err(e),
         };
+        let _ = opened_transfer.set(opened.secret.transfer_id);
         metadata.check_fixed(opened.secret.max_metadata, "server's")?;
         let pool = Arc::new(BufferPool::default());
         // The producer stays a few sealed segments ahead of the flows.
@@ -337,6 +435,7 @@ impl Sender {
             batch_id.to_vec(),
             Outlet { tx, first_is_last },
             pool.clone(),
+            watch,
         )));
         let transfer_id = opened.secret.transfer_id;
         let resumed = !opened.secret.new_transfer;

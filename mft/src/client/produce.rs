@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Content;
 use super::segments::Pending;
+use super::{Content, Watch};
 use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PushSecret;
@@ -164,6 +164,7 @@ pub(super) async fn produce(
     batch_id: Vec<u8>,
     out: Outlet,
     pool: Arc<BufferPool>,
+    mut control: Watch,
 ) -> Result<Produced> {
     let Outlet { tx, first_is_last } = out;
     let mut first_is_last = Some(first_is_last);
@@ -172,6 +173,8 @@ pub(super) async fn produce(
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
     let mut sealer = Sealer::new(&secret, identity);
     let (mut index, mut size) = (0u64, 0u64);
+    // A paused sender reads nothing more until resumed.
+    control.unpaused().await;
     let mut next = read_chunk(&mut reader, chunk, pool.take(capacity)).await?;
     // An empty input makes no segments.
     while !next.is_empty() {
@@ -195,6 +198,7 @@ pub(super) async fn produce(
             if last {
                 Ok(BytesMut::new())
             } else {
+                control.unpaused().await;
                 read_chunk(&mut reader, chunk, pool.take(capacity)).await
             }
         };

@@ -4,9 +4,10 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, Manager, PeerKey};
+use tokio::sync::broadcast;
 
 use super::retry::retrying;
-use super::{ClientConfig, check_batch_id, open_flow};
+use super::{ClientConfig, Control, Event, Watch, check_batch_id, open_flow};
 use crate::error::{Error, Result};
 use crate::handshake::ClientHandshake;
 use crate::proto::layout::BatchLayout;
@@ -31,13 +32,100 @@ use crate::wire::{self, BatchId, ByteRange, Codec, Message, kind};
 pub struct Retriever {
     manager: Manager,
     config: ClientConfig,
+    events: broadcast::Sender<Event>,
+    control: Control,
 }
 
 impl Retriever {
     /// A retriever using `manager`'s identity and connections.
     pub fn new(manager: Manager, config: ClientConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Retriever { manager, config })
+        let (events, _) = broadcast::channel(256);
+        Ok(Retriever {
+            manager,
+            config,
+            events,
+            control: Control::default(),
+        })
+    }
+
+    /// Events of this retriever's pulls: [`Event::Opened`], [`Event::Accepted`],
+    /// [`Event::Progress`] (plaintext bytes and segments received, each verified
+    /// before the reader sees it), [`Event::Retrying`], [`Event::Paused`],
+    /// [`Event::Continued`], and one of [`Event::Completed`] (every byte verified
+    /// and handed to the reader), [`Event::Cancelled`] or [`Event::Failed`].
+    ///
+    /// ```no_run
+    /// # async fn demo(retriever: mft::Retriever) -> mft::Result<()> {
+    /// let mut events = retriever.subscribe();
+    /// tokio::spawn(async move {
+    ///     while let Ok(event) = events.recv().await {
+    ///         if let mft::Event::Progress { bytes, .. } = event {
+    ///             eprintln!("{bytes} bytes in");
+    ///         }
+    ///     }
+    /// });
+    /// let (data, info) = retriever.get(b"report-2026-11").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Pauses this retriever's pulls: their readers yield what is verified and
+    /// buffered already (a few segments), then wait, and no more is read from
+    /// the network until [`Retriever::resume`], so the server's sending backs up
+    /// under flow control. Applies to every pull through this retriever and its
+    /// clones. Returns false if paused already; emits [`Event::Paused`] otherwise.
+    ///
+    /// The server ends a pull flow idle longer than its flow idle timeout (60 s
+    /// by default): a pull paused longer fails when resumed, and what is missing
+    /// is fetched with a [range](Pull::range).
+    pub fn pause(&self) -> bool {
+        let paused = self.control.pause();
+        if paused {
+            let _ = self.events.send(Event::Paused);
+        }
+        paused
+    }
+
+    /// Ends a [pause](Retriever::pause). Returns false if not paused; emits
+    /// [`Event::Continued`] otherwise.
+    pub fn resume(&self) -> bool {
+        let resumed = self.control.resume();
+        if resumed {
+            let _ = self.events.send(Event::Continued);
+        }
+        resumed
+    }
+
+    /// Whether this retriever is [paused](Retriever::pause).
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Cancels every pull in progress through this retriever and its clones: a
+    /// pull still opening returns [`Error::Cancelled`]; a reader already handed
+    /// out ends with an error of kind [`std::io::ErrorKind::Other`] holding
+    /// [`Error::Cancelled`], its flow is closed, and the server stops reading and
+    /// sending the batch. Emits [`Event::Cancelled`]. Pulls started afterwards
+    /// are not affected. (Dropping a reader cancels its pull alone.)
+    ///
+    /// ```no_run
+    /// # async fn demo(retriever: mft::Retriever) -> mft::Result<()> {
+    /// use tokio::io::AsyncReadExt;
+    /// let (mut data, _) = retriever.get(b"huge.iso").await?;
+    /// retriever.cancel();
+    /// let mut rest = Vec::new();
+    /// let error = data.read_to_end(&mut rest).await.expect_err("cancelled");
+    /// assert!(matches!(
+    ///     error.get_ref().and_then(|e| e.downcast_ref::<mft::Error>()),
+    ///     Some(mft::Error::Cancelled)
+    /// ));
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel(&self) {
+        self.control.cancel();
     }
 
     /// Starts retrieving `batch_id`: its description now, its verified plaintext as
@@ -84,10 +172,26 @@ impl Retriever {
         };
         let owner = request.sender.map(|k| *k.as_bytes());
         let mut attempts = Attempts::new(self.config.retries);
-        retrying(&mut attempts, None, 0, || {
-            self.try_get(owner, batch_id, range)
-        })
-        .await
+        let _ = self.events.send(Event::Opened {
+            batch_id: batch_id.to_vec(),
+        });
+        let mut watch = self.control.watch();
+        let each_try = watch.clone();
+        let opened = tokio::select! {
+            opened = retrying(&mut attempts, Some(&self.events), 0, || {
+                self.try_get(owner, batch_id, range, each_try.clone())
+            }) => opened,
+            () = watch.cancelled() => Err(Error::Cancelled),
+        };
+        if let Err(e) = &opened {
+            let _ = self.events.send(match e {
+                Error::Cancelled => Event::Cancelled,
+                e => Event::Failed {
+                    error: e.to_string(),
+                },
+            });
+        }
+        opened
     }
 
     /// Every batch this key may see, with its metadata, in (sender, batch id) order.
@@ -150,11 +254,13 @@ impl Retriever {
         owner: Option<[u8; 32]>,
         batch_id: &BatchId,
         range: Option<ByteRange>,
+        watch: Watch,
     ) -> Result<(BatchReader, BatchInfo)> {
         let identity = self.manager.identity();
         let (handshake, hello) =
             ClientHandshake::pull(identity, owner, batch_id, &self.config.voucher, range)?;
         let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
+        let protocol = reader.conn().protocol().to_string();
         let hello = Message::PullHello(hello);
         let accept = session::request(&mut reader, &mut writer, &hello, kind::PullAccept).await?;
         let secret = handshake.finish_pull(&accept, &self.config.server_key)?;
@@ -165,15 +271,34 @@ impl Retriever {
         }
         let layout = BatchLayout::new(secret.chunk_size);
         reader.set_max_msg_size(wire::PULL_SEGMENT_HEADER_LEN + layout.segment_wire() as usize);
-        crate::stream::open_batch(
-            batch_id,
-            secret,
-            FlowSource {
-                reader,
-                _writer: writer,
-            },
-            range,
-        )
+        let _ = self.events.send(Event::Accepted {
+            transfer_id: secret.transfer_id,
+            chunk_size: secret.chunk_size,
+            protocol,
+        });
+        let size = range.map_or(secret.size, |r| r.len());
+        let events = self.events.clone();
+        let ended = Box::new(move |result: &Result<u64>| {
+            let _ = events.send(match result {
+                Ok(segments) => Event::Completed {
+                    size,
+                    segments: *segments,
+                },
+                Err(Error::Cancelled) => Event::Cancelled,
+                Err(e) => Event::Failed {
+                    error: e.to_string(),
+                },
+            });
+        });
+        let source = FlowSource {
+            reader,
+            _writer: writer,
+            watch,
+            events: self.events.clone(),
+            bytes: 0,
+            segments: 0,
+        };
+        crate::stream::open_batch(batch_id, secret, source, range, ended)
     }
 }
 
@@ -230,20 +355,40 @@ pub struct BatchSummary {
     pub metadata: Bytes,
 }
 
-/// Pull segments arriving on a flow.
+/// Pull segments arriving on a flow, read while the retriever is not paused.
 struct FlowSource {
     reader: FlowReader,
     /// Kept so the flow stays open while we read.
     _writer: FlowWriter,
+    watch: Watch,
+    events: broadcast::Sender<Event>,
+    /// Plaintext bytes and segments received so far, for progress events.
+    bytes: u64,
+    segments: u64,
 }
 
 #[async_trait::async_trait]
 impl SegmentSource for FlowSource {
     async fn next_segment(&mut self) -> Result<Option<(u64, Bytes)>> {
-        match self.reader.read_msg().await? {
+        self.watch.unpaused().await;
+        // A cancel wins over a segment that is ready, so it takes effect at once.
+        let read = tokio::select! {
+            biased;
+            () = self.watch.cancelled() => return Err(Error::Cancelled),
+            read = self.reader.read_msg() => read?,
+        };
+        match read {
             None => Ok(None),
             Some(bytes) => match Message::from_bytes(bytes)? {
-                Message::PullSegment(s) => Ok(Some((s.index, s.ciphertext))),
+                Message::PullSegment(s) => {
+                    self.bytes += s.ciphertext.len().saturating_sub(wire::TAG_LEN) as u64;
+                    self.segments += 1;
+                    let _ = self.events.send(Event::Progress {
+                        bytes: self.bytes,
+                        segments: self.segments,
+                    });
+                    Ok(Some((s.index, s.ciphertext)))
+                }
                 Message::Refuse(r) => Err(session::refused(r)),
                 other => Err(session::unexpected("PullSegment", &other)),
             },

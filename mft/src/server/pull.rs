@@ -278,7 +278,7 @@ impl Server {
             layout: BatchLayout::new(batch.chunk_size),
             segments: self.batch_segments(&batch).await?.into_iter(),
         };
-        crate::stream::open_batch(&batch.batch_id, secret, source, None)
+        crate::stream::open_batch(&batch.batch_id, secret, source, None, Box::new(|_| {}))
     }
 }
 
