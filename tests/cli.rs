@@ -1520,3 +1520,112 @@ fn serve_logs_each_step_of_a_transfer() {
     assert_eq!(deleted["transfer"], transfer.as_str(), "{deleted}");
     assert_eq!(deleted["owner"], client.as_str(), "{deleted}");
 }
+
+/// A `get` killed mid-way (SIGKILL, so nothing of its own tidies up) resumes
+/// when run again from its verified part file, and the server's log shows it
+/// fetched only the missing segments: one retrieval, of a range, of fewer
+/// segments than the batch has.
+#[test]
+fn a_killed_get_resumes_and_fetches_only_what_it_lacks() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let client = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes the list");
+    let log = dir.join("serve.log");
+    let mut extra = CLIENT_LISTS.to_vec();
+    extra.extend_from_slice(&["--log-format", "json"]);
+    let mut server = serve_logging(dir, &extra, Some(&log));
+    // Two checkpoints' worth (32 MiB each) and a bit: the get records its
+    // progress once well before it ends.
+    let data = random_bytes((64 << 20) + 12_345, 17);
+    std::fs::write(dir.join("large.bin"), &data).expect("writes");
+    let key = ["--server-key", server.key.as_str(), "--key", "client.key"];
+    let get_args = [
+        "get",
+        "large.bin",
+        "--from",
+        server.quic.as_str(),
+        "-o",
+        "back.bin",
+    ];
+    let sent = mftq_in(
+        dir,
+        &[
+            &["send", "large.bin", "--to", server.quic.as_str()],
+            &key[..],
+        ]
+        .concat(),
+        LONG,
+    );
+    assert_eq!(sent.code(), Some(0), "{}", sent.explain());
+
+    let mut first = Guard(
+        Command::new(BIN)
+            .args(get_args.iter().chain(&key))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("get starts"),
+    );
+    // Killed as soon as its first checkpoint is recorded.
+    let state = dir.join(".back.bin.mftq-part.state");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !state.exists() {
+        assert!(
+            first.0.try_wait().expect("waits").is_none(),
+            "the get ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the get made no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    assert!(
+        !dir.join("back.bin").exists(),
+        "a killed get leaves no output"
+    );
+
+    let again = mftq_in(dir, &[&get_args[..], &key[..], &["--json"]].concat(), LONG);
+    assert_eq!(again.code(), Some(0), "{}", again.explain());
+    let summary: serde_json::Value =
+        serde_json::from_str(&again.stdout).unwrap_or_else(|e| panic!("{e}: {}", again.explain()));
+    let resumed_from = summary["resumed_from"].as_u64().expect("resumed_from");
+    assert!(resumed_from >= 32 << 20, "{}", again.explain());
+    assert_eq!(summary["fetched"], data.len() as u64 - resumed_from);
+    assert!(std::fs::read(dir.join("back.bin")).expect("reads") == data);
+    let _ = server.child.0.kill();
+    let _ = server.child.0.wait();
+
+    let text = std::fs::read_to_string(&log).expect("reads the log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .collect();
+    let total = lines
+        .iter()
+        .find(|f| f["message"] == "batch completed")
+        .and_then(|f| f["segments"].as_u64())
+        .unwrap_or_else(|| panic!("no completion in:\n{text}"));
+    let retrievals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|f| f["message"] == "batch retrieved")
+        .collect();
+    assert_eq!(
+        retrievals.len(),
+        1,
+        "only the resumed get finished:\n{text}"
+    );
+    let resumed = retrievals[0];
+    assert_eq!(resumed["ranged"], true, "{resumed}");
+    let segments = resumed["segments"].as_u64().expect("segments");
+    let chunk = (data.len() as u64).div_ceil(total);
+    let missing = (data.len() as u64 - resumed_from).div_ceil(chunk) + 1;
+    assert!(
+        segments < total && segments <= missing,
+        "{segments} of {total} segments fetched again, {missing} at most lacked"
+    );
+}
