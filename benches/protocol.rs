@@ -24,6 +24,7 @@ fn push_handshake(c: &mut Criterion) {
         chunk_size: 1 << 20,
         max_metadata: 64 << 10,
         new_transfer: true,
+        compression: mft::wire::Compression::None,
     };
     c.bench_function("push handshake (both sides)", |b| {
         b.iter(|| {

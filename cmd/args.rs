@@ -235,6 +235,12 @@ transfer is aborted and the file sent afresh. Sending a batch id this key holds
 already succeeds without sending if the content is the same (same size and SHA-256),
 and is refused otherwise unless --replace.
 
+--compress auto (the default) compresses with zstd what compresses, if the server
+agrees: text, logs, CSV and the like travel and are stored smaller, while media,
+archives and encrypted input cost little CPU and go as they are. A segment that
+would not shrink is always sent as it is. zstd tries every segment; off sends all
+as they are (compressed lengths tell an observer how compressible the data is).
+
 --congestion picks the QUIC controller of this side, which is the one that
 matters on a push (default model); --rate sizes windows for the path's speed.")]
 pub struct SendArgs {
@@ -262,6 +268,10 @@ pub struct SendArgs {
     /// retrievable until the new one is complete, then is swapped out at once.
     #[arg(long)]
     pub replace: bool,
+    /// Compress segments with zstd before sealing them: auto (what compresses),
+    /// zstd (try every segment) or off.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = CompressArg::Auto)]
+    pub compress: CompressArg,
     /// Write the server's signed receipt to FILE (JSON), to check later with
     /// `mftq verify-receipt`.
     #[arg(long, value_name = "FILE")]
@@ -773,5 +783,26 @@ mod tests {
         assert_eq!((d.size, d.flows), (8 << 20, 3));
         assert!(Cli::try_parse_from(["mftq", "demo", "--flows", "0"]).is_err());
         assert!(Cli::try_parse_from(["mftq", "demo", "--size", "lots"]).is_err());
+    }
+}
+
+/// `send --compress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressArg {
+    /// What compresses, if the server agrees.
+    Auto,
+    /// Try every segment.
+    Zstd,
+    /// Send every segment as it is.
+    Off,
+}
+
+impl From<CompressArg> for mft::Compress {
+    fn from(arg: CompressArg) -> Self {
+        match arg {
+            CompressArg::Auto => mft::Compress::Auto,
+            CompressArg::Zstd => mft::Compress::Zstd,
+            CompressArg::Off => mft::Compress::Off,
+        }
     }
 }

@@ -39,11 +39,12 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         Some(text) => Some(read_metadata(text)?),
     };
     config.replace(args.replace);
+    config.compress(args.compress.into());
     let sender = mft::Sender::new(client.manager.clone(), config)
         .map_err(|e| CliError::mft("configuring the sender", e))?;
     let bar = progress(size, "sending", json_out);
     let watcher = tokio::spawn(watch(sender.subscribe(), bar.clone()));
-    let already = tokio::spawn(already_stored(sender.subscribe()));
+    let outcome = tokio::spawn(outcome(sender.subscribe()));
     let started = Instant::now();
     // A resumed transfer of other content (the file changed since it was
     // interrupted) is aborted by the sender; then the file is sent once more,
@@ -103,7 +104,10 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         err
     })?;
     drop(sender);
-    let already = already.await.unwrap_or(false);
+    let Outcome {
+        already_stored: already,
+        sealed,
+    } = outcome.await.unwrap_or_default();
     if let Some(path) = &args.receipt {
         crate::receipt::write(path, &receipt)?;
     }
@@ -121,6 +125,7 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             "signature": hex(receipt.signature.as_bytes()),
             "content_sha256": hex(&receipt.content_digest),
             "already_stored": already,
+            "sealed_bytes": sealed,
             "seconds": elapsed.as_secs_f64(),
         }));
     } else {
@@ -138,6 +143,12 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
                 elapsed,
                 mb_per_s(receipt.size, elapsed)
             );
+            if sealed > 0 && sealed < receipt.size {
+                println!(
+                    "compressed to {} on the wire and on the server",
+                    human(sealed)
+                );
+            }
         }
         println!("size {}", receipt.size);
         println!("segments {}", receipt.segment_count);
@@ -286,15 +297,26 @@ impl Input {
     }
 }
 
-/// Whether the sender reported the batch as stored already (same content).
-async fn already_stored(mut events: tokio::sync::broadcast::Receiver<mft::Event>) -> bool {
+/// What the sender's events said of the send.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// The server held the same content already.
+    already_stored: bool,
+    /// Sealed bytes (after compression, with tags) the server stored in this run.
+    sealed: u64,
+}
+
+/// Follows the sender's events to the end of the send.
+async fn outcome(mut events: tokio::sync::broadcast::Receiver<mft::Event>) -> Outcome {
     use tokio::sync::broadcast::error::RecvError;
+    let mut outcome = Outcome::default();
     loop {
         match events.recv().await {
-            Ok(mft::Event::AlreadyStored { .. }) => return true,
-            Ok(mft::Event::Completed { .. } | mft::Event::Failed { .. }) => return false,
+            Ok(mft::Event::AlreadyStored { .. }) => outcome.already_stored = true,
+            Ok(mft::Event::Progress { sealed, .. }) => outcome.sealed = sealed,
+            Ok(mft::Event::Completed { .. } | mft::Event::Failed { .. }) => return outcome,
             Ok(_) | Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return false,
+            Err(RecvError::Closed) => return outcome,
         }
     }
 }

@@ -1629,3 +1629,95 @@ fn a_killed_get_resumes_and_fetches_only_what_it_lacks() {
         "{segments} of {total} segments fetched again, {missing} at most lacked"
     );
 }
+
+/// `send --compress` (issue 11): text is stored compressed by default and comes
+/// back byte for byte; `--compress off` stores it as it is; a bad mode is a
+/// usage error.
+#[test]
+fn send_compresses_what_compresses_unless_told_not_to() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server = serve_one_client(dir);
+    let mut text = String::new();
+    for i in 0..100_000u32 {
+        text.push_str(&format!(
+            "{i:08},sensor-{},{}.{}\n",
+            i % 31,
+            i % 997,
+            i % 10
+        ));
+    }
+    std::fs::write(dir.join("readings.csv"), &text).expect("writes");
+    let size = text.len() as u64;
+    let run = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--server-key", &server.key, "--key", "client.key"]);
+        mftq_in(dir, &args, LONG)
+    };
+    let sent = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "readings.csv",
+            "--to",
+            server.quic.as_str(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_eq!(out.code(), Some(0), "{}", out.explain());
+        let summary: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.explain()));
+        summary["sealed_bytes"].as_u64().expect("sealed bytes")
+    };
+    let compressed = sent(&[]);
+    assert!(
+        compressed < size / 3,
+        "{compressed} bytes sealed for {size}"
+    );
+    let out = run(&[
+        "get",
+        "readings.csv",
+        "--from",
+        &server.https,
+        "-o",
+        "back.csv",
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(std::fs::read(dir.join("back.csv")).expect("reads") == text.as_bytes());
+    // And in words, without --json.
+    let out = run(&[
+        "send",
+        "readings.csv",
+        "--batch-id",
+        "words.csv",
+        "--to",
+        &server.quic,
+    ]);
+    assert!(out.stdout.contains("compressed to"), "{}", out.explain());
+
+    let plain = sent(&["--batch-id", "plain.csv", "--compress", "off"]);
+    assert!(
+        plain > size,
+        "{plain} bytes sealed for {size}: stored as it is"
+    );
+    let out = run(&[
+        "get",
+        "plain.csv",
+        "--from",
+        &server.quic,
+        "-o",
+        "plain.csv",
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(std::fs::read(dir.join("plain.csv")).expect("reads") == text.as_bytes());
+
+    let out = run(&[
+        "send",
+        "readings.csv",
+        "--compress",
+        "lz4",
+        "--to",
+        &server.quic,
+    ]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+}

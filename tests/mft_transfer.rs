@@ -192,7 +192,9 @@ async fn a_send_reports_its_events(t: Transport) {
     let progress: Vec<(u64, u64)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Progress { bytes, segments } => Some((*bytes, *segments)),
+            Event::Progress {
+                bytes, segments, ..
+            } => Some((*bytes, *segments)),
             _ => None,
         })
         .collect();

@@ -16,9 +16,10 @@ use crate::handshake::{self, ClientHandshake, PullSecret, PushSecret};
 use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
-    Abort, Aborted, BatchId, ByteRange, Codec, Complete, Confirm, DataKey, Delete, Deleted, List,
-    ListOpen, Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Position, PullSegment,
-    Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed, Stored,
+    Abort, Aborted, BatchId, ByteRange, Codec, Complete, Compression, Confirm, DataKey, Delete,
+    Deleted, List, ListOpen, Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Position,
+    PullSegment, Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed,
+    Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -63,7 +64,7 @@ fn vectors() -> Vectors {
         &batch,
         chunk_size,
         b"voucher",
-        false,
+        Compression::Zstd,
         Ephemeral::from_secret([3; 32]),
     )
     .expect("the hello encodes");
@@ -80,6 +81,7 @@ fn vectors() -> Vectors {
         chunk_size,
         max_metadata: 64 << 10,
         new_transfer: true,
+        compression: Compression::Zstd,
     };
     let hello_hash =
         handshake::check_hello(&hello, &sender.public_key()).expect("the hello checks");
@@ -218,6 +220,7 @@ fn vectors() -> Vectors {
         size,
         chain: chain.value(),
         sender: *sender.public_key().as_bytes(),
+        compression: Compression::Zstd,
         sealed_metadata: sealed_metadata.clone(),
     };
     let pull_hash = handshake::check_pull_hello(&pull_hello, &retriever.public_key())
@@ -384,6 +387,7 @@ fn vectors() -> Vectors {
             chunk_size,
             created_unix: 1_796_000_000,
             deadline_unix: 1_796_086_400,
+            compression: Compression::Zstd,
         })
         .expect("a record within its limits encodes"),
     );
@@ -401,6 +405,7 @@ fn vectors() -> Vectors {
             completed_unix: 1_796_083_200,
             content_digest: [0x55; 32],
             receipt: receipt_bytes,
+            compression: Compression::Zstd,
         })
         .expect("a record within its limits encodes"),
     );

@@ -14,8 +14,8 @@ use flow::{Identity, PeerKey};
 use crate::crypto::{self, Cipher, Ephemeral, context};
 use crate::error::{Error, Result};
 use crate::wire::{
-    self, Accept, BatchId, ByteRange, ChainHash, Codec, DataKey, DecodeError, EncodeError, Hello,
-    PullHello, Reader, Signature, Signed, TransferId, Writer,
+    self, Accept, BatchId, ByteRange, ChainHash, Codec, Compression, DataKey, DecodeError,
+    EncodeError, Hello, PullHello, Reader, Signature, Signed, TransferId, Writer,
 };
 
 /// The nonce of the sealed handshake secret: the handshake key is used once.
@@ -40,11 +40,15 @@ pub struct PushSecret {
     /// `Resume` what is stored: one round trip less per push. Meaningful in an
     /// [`Accept`] only; a reopened transfer is never new.
     pub new_transfer: bool,
+    /// The compression the transfer settled on: none, or zstd if the hello
+    /// offered it and the server takes it (a reopened transfer keeps what it
+    /// settled on when it opened; sending a segment as it is is always allowed).
+    pub compression: Compression,
 }
 
 impl PushSecret {
     /// Its encoded length: fixed.
-    const LEN: usize = 16 + 32 + 32 + 4 + 4 + 1;
+    const LEN: usize = 16 + 32 + 32 + 4 + 4 + 1 + 1;
 
     fn decode(b: &[u8]) -> Result<Self> {
         if b.len() != Self::LEN {
@@ -66,6 +70,7 @@ impl fmt::Debug for PushSecret {
             .field("chunk_size", &self.chunk_size)
             .field("max_metadata", &self.max_metadata)
             .field("new_transfer", &self.new_transfer)
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +82,8 @@ impl Codec for PushSecret {
             .put(self.data_key.expose())
             .u32(self.chunk_size)
             .u32(self.max_metadata)
-            .u8(u8::from(self.new_transfer));
+            .u8(u8::from(self.new_transfer))
+            .u8(self.compression.to_byte());
         Ok(())
     }
 
@@ -89,6 +95,7 @@ impl Codec for PushSecret {
             chunk_size: r.u32("chunk size")?,
             max_metadata: r.u32("metadata limit")?,
             new_transfer: r.bool("new-transfer flag")?,
+            compression: read_compression(r)?,
         })
     }
 }
@@ -111,8 +118,15 @@ pub struct PullSecret {
     pub chain: ChainHash,
     /// Who sent the batch.
     pub sender: [u8; 32],
+    /// How the batch's segments are encoded before they are sealed.
+    pub compression: Compression,
     /// The metadata, sealed under the data key.
     pub sealed_metadata: Vec<u8>,
+}
+
+/// A secret's compression byte, refused if it names none.
+fn read_compression(r: &mut Reader) -> std::result::Result<Compression, DecodeError> {
+    Compression::from_byte(r.u8("compression")?).ok_or(DecodeError::Invalid("compression"))
 }
 
 impl PullSecret {
@@ -130,6 +144,7 @@ impl fmt::Debug for PullSecret {
             .field("segment_count", &self.segment_count)
             .field("size", &self.size)
             .field("chain", &self.chain)
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +158,7 @@ impl Codec for PullSecret {
             .u64(self.size)
             .put(&self.chain.0)
             .put(&self.sender)
+            .u8(self.compression.to_byte())
             .rest(
                 "sealed metadata",
                 &self.sealed_metadata,
@@ -160,6 +176,7 @@ impl Codec for PullSecret {
             size: r.u64("size")?,
             chain: ChainHash(r.array("chain hash")?),
             sender: r.array("sender key")?,
+            compression: read_compression(r)?,
             sealed_metadata: r
                 .rest("sealed metadata", wire::MAX_METADATA + wire::TAG_LEN)?
                 .to_vec(),
@@ -197,6 +214,8 @@ pub struct ClientHandshake {
     kind: Kind,
     ephemeral: Ephemeral,
     hello_hash: [u8; 64],
+    /// The compression the hello offered.
+    offered: Compression,
 }
 
 impl ClientHandshake {
@@ -207,13 +226,13 @@ impl ClientHandshake {
         chunk_size: u32,
         voucher: &[u8],
     ) -> Result<(Self, Hello)> {
-        Self::push_with(
+        Self::push_offering(
             identity,
             batch_id,
             chunk_size,
             voucher,
             false,
-            Ephemeral::generate(),
+            Compression::None,
         )
     }
 
@@ -226,34 +245,75 @@ impl ClientHandshake {
         chunk_size: u32,
         voucher: &[u8],
     ) -> Result<(Self, Hello)> {
-        Self::push_with(
+        Self::push_offering(
             identity,
             batch_id,
             chunk_size,
             voucher,
             true,
-            Ephemeral::generate(),
+            Compression::None,
         )
     }
 
-    /// [`ClientHandshake::push`] with a given one-time key (fixed in test vectors).
-    pub(crate) fn push_with(
+    /// Starts a push, replacing the batch if `replace`, and offering
+    /// `compression`: the server's accept says whether the transfer uses it.
+    pub fn push_offering(
         identity: &Identity,
         batch_id: &BatchId,
         chunk_size: u32,
         voucher: &[u8],
         replace: bool,
+        compression: Compression,
+    ) -> Result<(Self, Hello)> {
+        let ephemeral = Ephemeral::generate();
+        let mut hello = Self::hello(identity, batch_id, chunk_size, voucher, replace, &ephemeral);
+        hello.compression = compression;
+        Self::signed_push(identity, hello, ephemeral)
+    }
+
+    /// [`ClientHandshake::push_offering`] with a given one-time key (fixed in
+    /// test vectors).
+    #[cfg(test)]
+    pub(crate) fn push_with(
+        identity: &Identity,
+        batch_id: &BatchId,
+        chunk_size: u32,
+        voucher: &[u8],
+        compression: Compression,
         ephemeral: Ephemeral,
     ) -> Result<(Self, Hello)> {
-        let mut hello = Hello {
+        let mut hello = Self::hello(identity, batch_id, chunk_size, voucher, false, &ephemeral);
+        hello.compression = compression;
+        Self::signed_push(identity, hello, ephemeral)
+    }
+
+    /// An unsigned push hello offering no compression.
+    fn hello(
+        identity: &Identity,
+        batch_id: &BatchId,
+        chunk_size: u32,
+        voucher: &[u8],
+        replace: bool,
+        ephemeral: &Ephemeral,
+    ) -> Hello {
+        Hello {
             batch_id: batch_id.clone(),
             client_ephemeral: ephemeral.public(),
             sender: *identity.public_key().as_bytes(),
             chunk_size,
             voucher: Bytes::copy_from_slice(voucher),
             replace,
+            compression: Compression::None,
             signature: Signature([0; 64]),
-        };
+        }
+    }
+
+    /// Signs `hello` and keeps what the accept is checked against.
+    fn signed_push(
+        identity: &Identity,
+        mut hello: Hello,
+        ephemeral: Ephemeral,
+    ) -> Result<(Self, Hello)> {
         let signed = hello.sign(identity)?;
         let hello_hash = crypto::sha512(&[&signed, &hello.signature.0]);
         Ok((
@@ -261,6 +321,7 @@ impl ClientHandshake {
                 kind: Kind::Push,
                 ephemeral,
                 hello_hash,
+                offered: hello.compression,
             },
             hello,
         ))
@@ -311,6 +372,7 @@ impl ClientHandshake {
                 kind: Kind::Pull,
                 ephemeral,
                 hello_hash,
+                offered: Compression::None,
             },
             hello,
         ))
@@ -358,9 +420,17 @@ impl ClientHandshake {
         .map_err(|e| Error::ServerAuth(format!("sealed secret: {e}")))
     }
 
-    /// Finishes a push handshake.
+    /// Finishes a push handshake. A secret settling on a compression the hello
+    /// did not offer is refused.
     pub fn finish_push(self, accept: &Accept, server: &PeerKey) -> Result<PushSecret> {
-        PushSecret::decode(&self.open(accept, server)?)
+        let secret = PushSecret::decode(&self.open(accept, server)?)?;
+        if secret.compression != Compression::None && secret.compression != self.offered {
+            return Err(Error::Protocol(format!(
+                "the server settled on {} compression, which was not offered",
+                secret.compression
+            )));
+        }
+        Ok(secret)
     }
 
     /// Finishes a pull handshake.
@@ -519,6 +589,7 @@ mod tests {
             chunk_size: 1 << 20,
             max_metadata: 4096,
             new_transfer: true,
+            compression: Compression::Zstd,
         }
     }
 
@@ -541,13 +612,26 @@ mod tests {
     fn push_handshake_agrees() {
         let client = Identity::generate();
         let server = Identity::generate();
-        let (hs, hello) = ClientHandshake::push(&client, &batch(), 1 << 20, b"token").unwrap();
+        let start = |offer| {
+            ClientHandshake::push_offering(&client, &batch(), 1 << 20, b"token", false, offer)
+                .unwrap()
+        };
+        let (hs, hello) = start(Compression::Zstd);
+        assert_eq!(hello.compression, Compression::Zstd);
         let hash = check_hello(&hello, &client.public_key()).unwrap();
         let accept = accept_push(&server, &hello, &hash, &secret()).unwrap();
         assert_eq!(
             hs.finish_push(&accept, &server.public_key()).unwrap(),
             secret()
         );
+        // Settling on compression the hello did not offer is refused.
+        let (hs, hello) = start(Compression::None);
+        let hash = check_hello(&hello, &client.public_key()).unwrap();
+        let accept = accept_push(&server, &hello, &hash, &secret()).unwrap();
+        assert!(matches!(
+            hs.finish_push(&accept, &server.public_key()),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]
@@ -601,6 +685,7 @@ mod tests {
             size: 150_000,
             chain: ChainHash([6; 64]),
             sender: [7; 32],
+            compression: Compression::Zstd,
             sealed_metadata: vec![8; 40],
         };
         let (hs, hello) = ClientHandshake::pull(&client, None, &batch(), b"", None).unwrap();

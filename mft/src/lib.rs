@@ -60,6 +60,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod client;
+mod compress;
 pub mod crypto;
 mod error;
 #[cfg(test)]
@@ -77,6 +78,7 @@ pub use crate::client::{
     BatchSummary, ClientConfig, Content, DEFAULT_TARGET_RATE, Event, InFlight, MAX_BYTES_IN_FLIGHT,
     MAX_SEGMENTS_IN_FLIGHT, MIN_BYTES_IN_FLIGHT, Pull, Receipt, Retriever, Sender,
 };
+pub use crate::compress::Compress;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::server::{
     Authorize, CancelReason, DenyAll, Direction, Request, Server, ServerBuilder, ServerConfig,

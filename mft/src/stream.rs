@@ -14,11 +14,12 @@ use flow::PeerKey;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
+use crate::compress;
 use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PullSecret;
 use crate::proto::layout::{BatchLayout, Covering};
-use crate::wire::{self, ByteRange, ChainHash, Tag, TransferId};
+use crate::wire::{self, ByteRange, ChainHash, Compression, Tag};
 
 /// Plaintext segments buffered between the verifier and the reader.
 const BUFFERED_SEGMENTS: usize = 4;
@@ -111,7 +112,7 @@ pub(crate) fn open_batch(
     .map_err(|_| Error::Integrity("the metadata fails authentication".into()))?;
     let sender = PeerKey::from_bytes(secret.sender)
         .map_err(|_| Error::Integrity("the sender key is invalid".into()))?;
-    let layout = BatchLayout::new(secret.chunk_size);
+    let layout = BatchLayout::new(secret.chunk_size, secret.compression);
     let plan = match range {
         None => Plan::Whole,
         Some(range) => Plan::Part {
@@ -206,7 +207,7 @@ async fn verify_segments(
     mut source: impl SegmentSource,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<u64> {
-    let layout = BatchLayout::new(secret.chunk_size);
+    let layout = BatchLayout::new(secret.chunk_size, secret.compression);
     let mut total = 0u64;
     let mut held: Option<Bytes> = None;
     for expected in 0..secret.segment_count {
@@ -223,7 +224,7 @@ async fn verify_segments(
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&ciphertext[len - wire::TAG_LEN..]);
         chain.push(len as u32, &Tag(tag));
-        let plaintext = open_segment(cipher, secret.transfer_id, expected, ciphertext).await?;
+        let plaintext = open_segment(cipher, secret, &layout, expected, ciphertext).await?;
         total += plaintext.len() as u64;
         if last {
             // Held until the whole batch checks out, so a reader never sees a clean
@@ -263,7 +264,7 @@ async fn verify_part(
     mut source: impl SegmentSource,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<u64> {
-    let layout = BatchLayout::new(secret.chunk_size);
+    let layout = BatchLayout::new(secret.chunk_size, secret.compression);
     let mut skip = covering.skip as usize;
     let mut left = range.len();
     let mut held: Option<Bytes> = None;
@@ -276,7 +277,7 @@ async fn verify_part(
             "range",
         )
         .await?;
-        let mut plaintext = open_segment(cipher, secret.transfer_id, expected, ciphertext).await?;
+        let mut plaintext = open_segment(cipher, secret, &layout, expected, ciphertext).await?;
         if plaintext.len() < skip {
             return Err(Error::Integrity(format!(
                 "segment {expected} is shorter than its place in the batch"
@@ -306,22 +307,35 @@ async fn verify_part(
     Ok(covering.segments.end - covering.segments.start)
 }
 
-/// The plaintext of segment `index`, authenticated off the I/O tasks.
+/// The plaintext of segment `index`, authenticated (and, if it is a zstd frame,
+/// expanded to exactly its place's length) off the I/O tasks.
 async fn open_segment(
     cipher: &Cipher,
-    transfer_id: TransferId,
+    secret: &PullSecret,
+    layout: &BatchLayout,
     index: u64,
     ciphertext: Bytes,
 ) -> Result<Bytes> {
     let cipher = cipher.clone();
+    let transfer_id = secret.transfer_id;
+    let compression = secret.compression;
+    let expected = layout.plaintext_len(index, secret.segment_count, secret.size);
     tokio::task::spawn_blocking(move || {
         let mut buf = ciphertext.to_vec();
-        crypto::open_segment(&cipher, &transfer_id, index, &mut buf).map(|n| {
-            buf.truncate(n);
-            Bytes::from(buf)
-        })
+        let n = crypto::open_segment(&cipher, &transfer_id, index, &mut buf)
+            .map_err(|_| Error::Integrity(format!("segment {index} fails authentication")))?;
+        buf.truncate(n);
+        if compression == Compression::None {
+            // Its length is checked with the batch's: every other segment is a
+            // full chunk by its ciphertext's length.
+            return Ok(Bytes::from(buf));
+        }
+        let expected = usize::try_from(expected)
+            .map_err(|_| Error::Integrity(format!("segment {index} has no place")))?;
+        compress::expand(compression, buf, expected)
+            .map(Bytes::from)
+            .map_err(|e| Error::Integrity(format!("segment {index} {e}")))
     })
     .await
     .map_err(|e| Error::Io(io::Error::other(e)))?
-    .map_err(|_| Error::Integrity(format!("segment {index} fails authentication")))
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use flow::{Endpoint, PeerKey};
 
+use crate::compress::Compress;
 use crate::error::{Error, Result};
 use crate::wire::{self};
 
@@ -85,6 +86,7 @@ pub struct ClientConfig {
     pub(super) dial_timeout: Duration,
     pub(super) voucher: Vec<u8>,
     pub(super) replace: bool,
+    pub(super) compress: Compress,
 }
 
 impl ClientConfig {
@@ -101,6 +103,7 @@ impl ClientConfig {
             dial_timeout: Duration::from_secs(10),
             voucher: Vec::new(),
             replace: false,
+            compress: Compress::Auto,
         }
     }
 
@@ -159,6 +162,23 @@ impl ClientConfig {
     /// retrievable until the new one completes, and is swapped out at once.
     pub fn replace(&mut self, replace: bool) -> &mut Self {
         self.replace = replace;
+        self
+    }
+
+    /// Whether sends compress their segments with zstd before sealing them
+    /// (default [`Compress::Auto`]: what compresses, if the server agrees). A
+    /// segment that would not shrink is always sent as it is; the retriever
+    /// needs no setting. See PROTOCOL.md §14 for what compression shows an
+    /// observer of ciphertext lengths.
+    ///
+    /// ```
+    /// # let endpoint: flow::Endpoint = "quic://127.0.0.1:4433".parse().unwrap();
+    /// # let server_key = flow::Identity::generate().public_key();
+    /// let mut config = mft::ClientConfig::new(endpoint, server_key);
+    /// config.compress(mft::Compress::Off); // input known not to compress
+    /// ```
+    pub fn compress(&mut self, compress: Compress) -> &mut Self {
+        self.compress = compress;
         self
     }
 

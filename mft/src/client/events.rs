@@ -24,12 +24,15 @@ pub enum Event {
         /// `mftq://` endpoint, the one that won.
         protocol: String,
     },
-    /// More segments were stored by the server.
+    /// More segments were stored by the server (for a retriever: received).
     Progress {
         /// Plaintext bytes acknowledged so far.
         bytes: u64,
         /// Segments acknowledged so far.
         segments: u64,
+        /// Sealed bytes of those segments (ciphertext with its tags, after any
+        /// compression): what crossed the network and what the server holds.
+        sealed: u64,
     },
     /// A failure is being retried after `delay`.
     Retrying {

@@ -17,14 +17,15 @@ use tokio::io::AsyncRead;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::compress::Compress;
 use crate::crypto::{self, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::{ClientHandshake, PushSecret};
 use crate::proto::retry::{Attempts, Verdict};
 use crate::session;
 use crate::wire::{
-    self, BatchId, Complete, Confirm, Message, RefuseCode, Resume, Signature, Signed, Stored,
-    TransferId, kind,
+    self, BatchId, Complete, Compression, Confirm, Message, RefuseCode, Resume, Signature, Signed,
+    Stored, TransferId, kind,
 };
 
 mod config;
@@ -44,7 +45,7 @@ pub use config::{
 };
 use control::{Control, Watch};
 pub use events::{Content, Event};
-use produce::{BufferPool, Outlet, Produced, produce};
+use produce::{BufferPool, Outlet, Produced, Sealer, produce};
 pub use retriever::{BatchSummary, Pull, Retriever};
 use retry::{exhausted, judge, retrying};
 use segments::{Shared, send_segments};
@@ -430,7 +431,11 @@ impl Sender {
         let (first_is_last, single) = oneshot::channel();
         let producer = AbortOnDrop(tokio::spawn(produce(
             reader,
-            self.manager.identity().clone(),
+            Sealer::new(
+                &opened.secret,
+                self.manager.identity().clone(),
+                self.config.compress,
+            ),
             opened.secret.clone(),
             batch_id.to_vec(),
             Outlet { tx, first_is_last },
@@ -610,16 +615,17 @@ impl Sender {
     }
 
     async fn handshake(&self, batch_id: &BatchId) -> Result<(PushSecret, String, Duration)> {
-        let start = if self.config.replace {
-            ClientHandshake::replace
-        } else {
-            ClientHandshake::push
+        let offer = match self.config.compress {
+            Compress::Off => Compression::None,
+            Compress::Auto | Compress::Zstd => Compression::Zstd,
         };
-        let (handshake, hello) = start(
+        let (handshake, hello) = ClientHandshake::push_offering(
             self.manager.identity(),
             batch_id,
             self.config.chunk_size,
             &self.config.voucher,
+            self.config.replace,
+            offer,
         )?;
         let (mut reader, mut writer) = self.flow().await?;
         let protocol = reader.conn().protocol().to_string();

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::segments::Pending;
 use super::{Content, Watch};
+use crate::compress::{Compress, Shrinker};
 use crate::crypto::{self, Chain, Cipher};
 use crate::error::{Error, Result};
 use crate::handshake::PushSecret;
@@ -28,6 +29,8 @@ pub(super) struct Sealer {
     pub(super) transfer_id: TransferId,
     /// SHA-256 of the plaintext so far.
     pub(super) hasher: Sha256,
+    /// Compresses segments before they are sealed, if the transfer settled on it.
+    shrinker: Option<Shrinker>,
 }
 
 /// One chunk sealed and signed: the ciphertext (tag at its end), the tag, and the
@@ -51,18 +54,23 @@ impl Sealed {
 }
 
 impl Sealer {
-    /// The sealer of `secret`'s transfer, signing as `identity`.
-    fn new(secret: &PushSecret, identity: flow::Identity) -> Self {
+    /// The sealer of `secret`'s transfer, signing as `identity`, compressing
+    /// as `compress` asks if the transfer settled on compression.
+    pub(super) fn new(secret: &PushSecret, identity: flow::Identity, compress: Compress) -> Self {
         Sealer {
             cipher: Cipher::new(secret.data_key.expose()),
             identity,
             transfer_id: secret.transfer_id,
             hasher: Sha256::new(),
+            shrinker: Shrinker::new(secret.compression, compress),
         }
     }
 
     pub(super) fn seal(&mut self, index: u64, mut buf: BytesMut) -> Sealed {
         self.hasher.update(&buf);
+        if let Some(shrinker) = &mut self.shrinker {
+            shrinker.shrink(&mut buf);
+        }
         let tag = crypto::seal_segment(&self.cipher, &self.transfer_id, index, &mut buf);
         let signature = Segment::sign_parts(
             &self.identity,
@@ -81,7 +89,7 @@ impl Sealer {
     /// [`Sealer::seal`] on a blocking thread, unless the chunk is small enough
     /// that the hop would cost more; the sealer comes back with the result.
     async fn seal_off_thread(mut self, index: u64, plaintext: BytesMut) -> Result<(Self, Sealed)> {
-        if plaintext.len() <= crypto::INLINE_CRYPTO_MAX {
+        if plaintext.len() <= crypto::INLINE_CRYPTO_MAX && self.shrinker.is_none() {
             let sealed = self.seal(index, plaintext);
             return Ok((self, sealed));
         }
@@ -159,7 +167,7 @@ pub(super) async fn read_chunk(
 /// overlap, and the input is read exactly once.
 pub(super) async fn produce(
     mut reader: impl AsyncRead + Unpin + Send,
-    identity: flow::Identity,
+    mut sealer: Sealer,
     secret: PushSecret,
     batch_id: Vec<u8>,
     out: Outlet,
@@ -171,7 +179,6 @@ pub(super) async fn produce(
     let chunk = secret.chunk_size as usize;
     let capacity = chunk + wire::TAG_LEN;
     let mut chain = Chain::new(&secret.transfer_id, &batch_id);
-    let mut sealer = Sealer::new(&secret, identity);
     let (mut index, mut size) = (0u64, 0u64);
     // A paused sender reads nothing more until resumed.
     control.unpaused().await;

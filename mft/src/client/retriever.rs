@@ -50,8 +50,8 @@ impl Retriever {
     }
 
     /// Events of this retriever's pulls: [`Event::Opened`], [`Event::Accepted`],
-    /// [`Event::Progress`] (plaintext bytes and segments received, each verified
-    /// before the reader sees it), [`Event::Retrying`], [`Event::Paused`],
+    /// [`Event::Progress`] (plaintext bytes, segments and sealed bytes received,
+    /// each segment verified before the reader sees it), [`Event::Retrying`], [`Event::Paused`],
     /// [`Event::Continued`], and one of [`Event::Completed`] (every byte verified
     /// and handed to the reader), [`Event::Cancelled`] or [`Event::Failed`].
     ///
@@ -269,7 +269,7 @@ impl Retriever {
                 "the server answered with another sender's batch".into(),
             ));
         }
-        let layout = BatchLayout::new(secret.chunk_size);
+        let layout = BatchLayout::new(secret.chunk_size, secret.compression);
         reader.set_max_msg_size(wire::PULL_SEGMENT_HEADER_LEN + layout.segment_wire() as usize);
         let _ = self.events.send(Event::Accepted {
             transfer_id: secret.transfer_id,
@@ -295,8 +295,12 @@ impl Retriever {
             _writer: writer,
             watch,
             events: self.events.clone(),
-            bytes: 0,
             segments: 0,
+            sealed: 0,
+            layout,
+            count: secret.segment_count,
+            size: secret.size,
+            bytes: 0,
         };
         crate::stream::open_batch(batch_id, secret, source, range, ended)
     }
@@ -362,9 +366,23 @@ struct FlowSource {
     _writer: FlowWriter,
     watch: Watch,
     events: broadcast::Sender<Event>,
-    /// Plaintext bytes and segments received so far, for progress events.
-    bytes: u64,
+    /// Segments and sealed bytes received so far, for progress events.
     segments: u64,
+    sealed: u64,
+    /// The batch's layout and size, to count plaintext bytes received.
+    layout: BatchLayout,
+    count: u64,
+    size: u64,
+    /// Plaintext bytes of the segments received.
+    bytes: u64,
+}
+
+impl FlowSource {
+    /// Plaintext bytes received, with segment `index` just in.
+    fn bytes_through(&mut self, index: u64) -> u64 {
+        self.bytes += self.layout.plaintext_len(index, self.count, self.size);
+        self.bytes
+    }
 }
 
 #[async_trait::async_trait]
@@ -381,11 +399,13 @@ impl SegmentSource for FlowSource {
             None => Ok(None),
             Some(bytes) => match Message::from_bytes(bytes)? {
                 Message::PullSegment(s) => {
-                    self.bytes += s.ciphertext.len().saturating_sub(wire::TAG_LEN) as u64;
+                    self.sealed += s.ciphertext.len() as u64;
                     self.segments += 1;
+                    let bytes = self.bytes_through(s.index);
                     let _ = self.events.send(Event::Progress {
-                        bytes: self.bytes,
+                        bytes,
                         segments: self.segments,
+                        sealed: self.sealed,
                     });
                     Ok(Some((s.index, s.ciphertext)))
                 }

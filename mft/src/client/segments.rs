@@ -56,6 +56,8 @@ pub(super) struct Shared {
 pub(super) struct Progress {
     pub(super) plan: SendPlan,
     pub(super) bytes: u64,
+    /// Sealed (ciphertext) bytes of the same segments.
+    pub(super) sealed: u64,
 }
 
 impl Shared {
@@ -80,6 +82,7 @@ impl Shared {
             progress: Mutex::new(Progress {
                 plan: SendPlan::new(held),
                 bytes: 0,
+                sealed: 0,
             }),
             events: sender.events.clone(),
         }
@@ -169,9 +172,11 @@ impl Shared {
         let mut progress = self.lock_progress();
         if progress.plan.mark_stored(pending.index) {
             progress.bytes += pending.plaintext_len;
+            progress.sealed += pending.ciphertext.len() as u64;
             let _ = self.events.send(Event::Progress {
                 bytes: progress.bytes,
                 segments: progress.plan.stored_count(),
+                sealed: progress.sealed,
             });
         }
     }

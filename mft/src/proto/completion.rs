@@ -57,6 +57,7 @@ mod tests {
             completed_unix: 5,
             content_digest: [6; 32],
             receipt: vec![],
+            compression: crate::wire::Compression::None,
         }
     }
 

@@ -5,13 +5,17 @@
 
 use crate::crypto::Chain;
 use crate::store::SegmentInfo;
-use crate::wire::{ByteRange, ChainHash, TAG_LEN, TransferId};
+use crate::wire::{ByteRange, ChainHash, Compression, TAG_LEN, TransferId};
 
-/// The segment layout of one transfer: every segment but the last is one full chunk
-/// sealed (chunk size plus the tag); the last holds the rest, at least its tag.
+/// The segment layout of one transfer: every segment but the last holds one full
+/// chunk of plaintext; the last holds the rest. Without compression a segment is
+/// its plaintext sealed (chunk size plus the tag, and at least the tag for the
+/// last); with zstd a segment may be shorter, down to one byte and its tag, and
+/// the server, which cannot open it, checks no more than that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BatchLayout {
     chunk_size: u32,
+    compression: Compression,
 }
 
 /// Why segments do not make a well-formed batch.
@@ -93,9 +97,24 @@ pub(crate) struct Tally {
 }
 
 impl BatchLayout {
-    /// The layout of a transfer with `chunk_size` plaintext bytes per segment.
-    pub(crate) fn new(chunk_size: u32) -> Self {
-        BatchLayout { chunk_size }
+    /// The layout of a transfer with `chunk_size` plaintext bytes per segment,
+    /// sealed after `compression`.
+    pub(crate) fn new(chunk_size: u32, compression: Compression) -> Self {
+        BatchLayout {
+            chunk_size,
+            compression,
+        }
+    }
+
+    /// Plaintext bytes of segment `index` of a batch of `count` segments and
+    /// `size` bytes: a chunk, or the rest for the last.
+    pub(crate) fn plaintext_len(&self, index: u64, count: u64, size: u64) -> u64 {
+        let chunk = u64::from(self.chunk_size);
+        if index + 1 == count {
+            size.saturating_sub(index.saturating_mul(chunk))
+        } else {
+            chunk
+        }
     }
 
     /// Ciphertext bytes of a full segment: a chunk and its tag.
@@ -127,7 +146,8 @@ impl BatchLayout {
     }
 
     /// Whether segment `index` of `len` bytes fits its place in a batch of `count`
-    /// segments: a full chunk, or for the last one anything from its tag up.
+    /// segments: a full chunk, or for the last one anything from its tag up; with
+    /// compression, anything from one byte and its tag up to a full chunk.
     pub(crate) fn check_place(
         &self,
         index: u64,
@@ -136,10 +156,35 @@ impl BatchLayout {
     ) -> Result<(), LayoutError> {
         self.admit(index, len)?;
         let last = index + 1 == count;
-        if !last && len as u64 != self.segment_wire() {
+        let fits = match self.compression {
+            Compression::None => last || len as u64 == self.segment_wire(),
+            Compression::Zstd => last || len > TAG_LEN,
+        };
+        if !fits {
             return Err(LayoutError::WrongLength { index, len });
         }
         Ok(())
+    }
+
+    /// Whether `count` segments holding `held` bytes of sealed plaintext (their
+    /// ciphertext less the tags, with the last, of `last` such bytes) can make a
+    /// batch of `size` plaintext bytes: exactly, without compression; with it,
+    /// when `size` fills every segment but the last, and the last holds no more
+    /// than its share.
+    fn adds_up(&self, count: u64, held: u64, last: u64, size: u64) -> bool {
+        match self.compression {
+            Compression::None => held == size,
+            Compression::Zstd => {
+                let chunk = u64::from(self.chunk_size);
+                if count == 0 {
+                    return size == 0;
+                }
+                let before_last = (count - 1).saturating_mul(chunk);
+                size > before_last
+                    && size <= count.saturating_mul(chunk)
+                    && last <= size - before_last
+            }
+        }
     }
 
     /// The segments that hold `range` of a batch of `size` plaintext bytes, as a
@@ -181,7 +226,13 @@ impl BatchLayout {
             .enumerate()
             .take_while(|(i, s)| s.index == *i as u64)
             .count() as u64;
-        if held != claimed_count || size != claimed_size || contiguous != held {
+        let last = segments
+            .last()
+            .map_or(0, |s| u64::from(s.len).saturating_sub(TAG_LEN as u64));
+        if held != claimed_count
+            || !self.adds_up(held, size, last, claimed_size)
+            || contiguous != held
+        {
             return Err(LayoutError::Mismatch {
                 claimed_count,
                 claimed_size,
@@ -197,7 +248,7 @@ impl BatchLayout {
         }
         Ok(Tally {
             count: held,
-            size,
+            size: claimed_size,
             chain: chain.value(),
         })
     }
@@ -219,7 +270,7 @@ mod tests {
     }
 
     fn layout() -> BatchLayout {
-        BatchLayout::new(CHUNK)
+        BatchLayout::new(CHUNK, Compression::None)
     }
 
     fn range(start: u64, end: u64) -> ByteRange {
@@ -285,6 +336,58 @@ mod tests {
         assert_eq!(
             layout().check_place(0, 100, 2),
             Err(LayoutError::WrongLength { index: 0, len: 100 })
+        );
+    }
+
+    #[test]
+    fn compressed_segments_may_be_short_anywhere_but_not_empty() {
+        let zstd = BatchLayout::new(CHUNK, Compression::Zstd);
+        assert!(
+            zstd.check_place(0, TAG_LEN + 1, 3).is_ok(),
+            "a short middle"
+        );
+        assert!(
+            zstd.check_place(0, FULL as usize, 3).is_ok(),
+            "stored as is"
+        );
+        assert!(
+            zstd.check_place(0, TAG_LEN, 3).is_err(),
+            "nothing but a tag"
+        );
+        assert!(
+            zstd.check_place(0, FULL as usize + 1, 3).is_err(),
+            "too long"
+        );
+        assert!(
+            layout().check_place(0, TAG_LEN + 1, 3).is_err(),
+            "not without zstd"
+        );
+        assert_eq!(
+            zstd.plaintext_len(1, 3, 2 * u64::from(CHUNK) + 5),
+            u64::from(CHUNK)
+        );
+        assert_eq!(zstd.plaintext_len(2, 3, 2 * u64::from(CHUNK) + 5), 5);
+    }
+
+    #[test]
+    fn a_compressed_tally_bounds_the_claimed_size() {
+        let zstd = BatchLayout::new(CHUNK, Compression::Zstd);
+        let held = [segment(0, 100), segment(1, 200), segment(2, 20)];
+        let chunk = u64::from(CHUNK);
+        let tally = |size| zstd.tally(&TransferId([1; 16]), b"z", &held, 3, size);
+        // The last holds 4 bytes sealed: its share must be at least that.
+        assert_eq!(tally(2 * chunk + 4).map(|t| t.size), Ok(2 * chunk + 4));
+        assert_eq!(tally(3 * chunk).map(|t| t.size), Ok(3 * chunk));
+        assert!(
+            tally(2 * chunk + 3).is_err(),
+            "the last holds more than its share"
+        );
+        assert!(tally(2 * chunk).is_err(), "the last would hold nothing");
+        assert!(tally(3 * chunk + 1).is_err(), "more than three chunks");
+        assert!(
+            layout()
+                .tally(&TransferId([1; 16]), b"z", &held, 3, 2 * chunk + 4)
+                .is_err()
         );
     }
 

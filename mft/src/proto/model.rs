@@ -116,7 +116,7 @@ impl Model {
     fn new() -> Self {
         Model {
             state: TransferState::open(DEADLINE, 64),
-            layout: BatchLayout::new(CHUNK),
+            layout: BatchLayout::new(CHUNK, crate::wire::Compression::None),
             cipher: AesGcm::new(&[3; 32]),
             stored: Default::default(),
             batch: None,
@@ -200,6 +200,7 @@ impl Model {
                     chain: t.chain,
                     completed_unix: self.now,
                     receipt: Vec::new(),
+                    compression: crate::wire::Compression::None,
                     content_digest: [0; 32],
                 });
                 Outcome::Receipt

@@ -15,6 +15,7 @@ use crate::wire;
 pub struct ServerConfig {
     pub(super) max_chunk_size: u32,
     pub(super) max_metadata: u32,
+    pub(super) compression: bool,
     pub(super) max_open_transfers_per_peer: usize,
     pub(super) max_flows_per_peer: usize,
     pub(super) max_pending_bytes: usize,
@@ -34,6 +35,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_chunk_size: 4 << 20,
             max_metadata: 64 << 10,
+            compression: true,
             max_open_transfers_per_peer: 16,
             max_flows_per_peer: 256,
             max_pending_bytes: 256 << 20,
@@ -66,6 +68,16 @@ impl ServerConfig {
         }
         self.max_chunk_size = bytes;
         Ok(self)
+    }
+
+    /// Whether a transfer whose hello offers zstd settles on it (default true).
+    /// Compression costs the server nothing (it stores and relays what the
+    /// sender sealed) and saves its disk and the retriever's link; turn it off
+    /// where what ciphertext lengths reveal about content matters more (see
+    /// PROTOCOL.md §14).
+    pub fn compression(&mut self, accept: bool) -> &mut Self {
+        self.compression = accept;
+        self
     }
 
     /// The largest metadata accepted (default 64 KiB; at most 1 MiB).

@@ -34,7 +34,7 @@ impl Server {
             .visible_batch(&peer, &hello.voucher, hello.owner, &hello.batch_id)
             .await?;
         let (batch, _reading) = self.start_reading(batch).await?;
-        let layout = BatchLayout::new(batch.chunk_size);
+        let layout = BatchLayout::new(batch.chunk_size, batch.compression);
         let wanted = match hello.range {
             None => 0..batch.segment_count,
             Some(range) => {
@@ -244,6 +244,7 @@ impl Server {
             size: batch.size,
             chain: batch.chain,
             sender: batch.sender,
+            compression: batch.compression,
             sealed_metadata: batch.sealed_metadata.clone(),
         })
     }
@@ -275,7 +276,7 @@ impl Server {
             _reading: reading,
             store: self.inner.store.clone(),
             transfer: batch.transfer,
-            layout: BatchLayout::new(batch.chunk_size),
+            layout: BatchLayout::new(batch.chunk_size, batch.compression),
             segments: self.batch_segments(&batch).await?.into_iter(),
         };
         crate::stream::open_batch(&batch.batch_id, secret, source, None, Box::new(|_| {}))

@@ -19,8 +19,8 @@ use crate::proto::transfer::{
 use crate::session;
 use crate::store::{BatchRecord, SegmentInfo, StoreError, TransferId, TransferRecord};
 use crate::wire::{
-    self, Codec, Complete, DataKey, Hello, Message, Receipt, RefuseCode, Segment, SegmentAck,
-    Signature, Signed, Stored,
+    self, Codec, Complete, Compression, DataKey, Hello, Message, Receipt, RefuseCode, Segment,
+    SegmentAck, Signature, Signed, Stored,
 };
 
 /// An open transfer's keys and state, kept in memory while it is open.
@@ -125,7 +125,7 @@ impl Server {
         // with the same keys: segments it already stored stay valid.
         let sender = *peer.as_bytes();
         let (secret, opened) = match store.find_transfer(sender, &hello.batch_id).await? {
-            Some(record) => (self.resume_transfer(record.transfer).await?, false),
+            Some(record) => (self.resume_transfer(record.transfer, hello).await?, false),
             None => match self.new_transfer(peer, hello, chunk_size).await? {
                 Some(secret) => (secret, true),
                 // Another hello of this sender opened it meanwhile (the store lets
@@ -135,7 +135,7 @@ impl Server {
                         .find_transfer(sender, &hello.batch_id)
                         .await?
                         .ok_or_else(|| self.busy("the transfer is being opened; retry"))?;
-                    (self.resume_transfer(record.transfer).await?, false)
+                    (self.resume_transfer(record.transfer, hello).await?, false)
                 }
             },
         };
@@ -155,16 +155,26 @@ impl Server {
         Ok(Some(Message::Accept(accept)))
     }
 
-    /// The secret of an open transfer its sender's hello reopens.
+    /// The secret of an open transfer its sender's `hello` reopens. It keeps the
+    /// compression it settled on when it opened, for a hello that offers it; one
+    /// that does not is told none, and sends its segments as they are (which a
+    /// compressed transfer always allows).
     pub(super) async fn resume_transfer(
         &self,
         transfer: TransferId,
+        hello: &Hello,
     ) -> Result<PushSecret, Refusal> {
         let open = self.open_transfer(transfer).await?;
         open.state.read().await.admit_resume(now_unix())?;
         open.touch();
+        let compression = if hello.compression == open.secret.compression {
+            open.secret.compression
+        } else {
+            Compression::None
+        };
         Ok(PushSecret {
             new_transfer: false,
+            compression,
             ..open.secret.clone()
         })
     }
@@ -194,6 +204,11 @@ impl Server {
             chunk_size,
             max_metadata: self.inner.config.max_metadata,
             new_transfer: true,
+            compression: if self.inner.config.compression {
+                hello.compression
+            } else {
+                Compression::None
+            },
         };
         let transfer = secret.transfer_id;
         let now = now_unix();
@@ -204,6 +219,7 @@ impl Server {
             chunk_size: secret.chunk_size,
             created_unix: now,
             deadline_unix: now.saturating_add(self.inner.config.transfer_deadline.as_secs()),
+            compression: secret.compression,
         };
         match store
             .put_transfer_with_secret(record.clone(), self.seal_at_rest(&transfer, &secret))
@@ -286,6 +302,7 @@ impl Server {
             chunk_size: record.chunk_size,
             max_metadata: self.inner.config.max_metadata,
             new_transfer: false,
+            compression: record.compression,
         };
         let open = Arc::new(OpenTransfer::new(
             record,
@@ -398,7 +415,7 @@ impl Server {
         segment: Segment,
         scratch: &mut Vec<u8>,
     ) -> Result<u64, Refusal> {
-        let layout = BatchLayout::new(open.record.chunk_size);
+        let layout = BatchLayout::new(open.record.chunk_size, open.record.compression);
         let len = segment.ciphertext.len();
         let index = segment.index;
         layout
@@ -540,6 +557,7 @@ impl Server {
             receipt: Message::Receipt(receipt.clone())
                 .to_bytes()
                 .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?,
+            compression: open.record.compression,
         };
         let store = &self.inner.store;
         let stored = if complete.replace {
@@ -598,7 +616,7 @@ impl Server {
         })?;
         let transfer = open.record.transfer;
         let segments = self.inner.store.segments(transfer).await?;
-        let tally = BatchLayout::new(open.record.chunk_size)
+        let tally = BatchLayout::new(open.record.chunk_size, open.record.compression)
             .tally(
                 &transfer,
                 &open.record.batch_id,

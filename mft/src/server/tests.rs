@@ -19,6 +19,7 @@ fn record(id: u8, batch: &[u8], deadline_unix: u64) -> TransferRecord {
         chunk_size: 4096,
         created_unix: 0,
         deadline_unix,
+        compression: crate::wire::Compression::None,
     }
 }
 
@@ -56,6 +57,7 @@ async fn expired_transfers_are_reclaimed_and_completed_batches_kept() {
             chain: crate::wire::ChainHash([0; 64]),
             completed_unix: 1,
             receipt: vec![],
+            compression: crate::wire::Compression::None,
             content_digest: [0; 32],
         })
         .await

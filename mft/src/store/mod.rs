@@ -18,7 +18,7 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::wire::{ChainHash, Tag};
+use crate::wire::{ChainHash, Compression, Tag};
 
 mod commit;
 pub(crate) mod fs;
@@ -58,6 +58,9 @@ pub struct TransferRecord {
     pub created_unix: u64,
     /// After this (seconds since the Unix epoch) an incomplete transfer is reclaimed.
     pub deadline_unix: u64,
+    /// How its segments are encoded before they are sealed, as its handshake
+    /// settled.
+    pub compression: Compression,
 }
 
 /// A completed, verified batch.
@@ -86,6 +89,8 @@ pub struct BatchRecord {
     pub content_digest: [u8; 32],
     /// The server-signed receipt, as returned to the sender.
     pub receipt: Vec<u8>,
+    /// How its segments are encoded before they are sealed.
+    pub compression: Compression,
 }
 
 /// A storage failure.

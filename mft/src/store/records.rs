@@ -11,16 +11,24 @@ use bytes::Bytes;
 use super::memory::printable;
 use super::{BatchRecord, SegmentInfo, StoreError, StoreResult, TransferId, TransferRecord};
 use crate::wire::{
-    ChainHash, Codec, DecodeError, EncodeError, MAX_BATCH_ID, MAX_METADATA, Reader, TAG_LEN, Tag,
-    Writer,
+    ChainHash, Codec, Compression, DecodeError, EncodeError, MAX_BATCH_ID, MAX_METADATA, Reader,
+    TAG_LEN, Tag, Writer,
 };
 
 /// The first byte of every encoded transfer and batch record. Version 2 batch
 /// records end with the declared content digest; version 1 ones (read still)
-/// have none, which reads as all zeros: not declared.
+/// have none, which reads as all zeros: not declared. Version 3 batch records
+/// and version 2 transfer records end with the transfer's compression byte;
+/// earlier ones (read still) have none, which reads as no compression.
 const RECORD_VERSION: u8 = 1;
+/// The version of transfer records written now.
+const TRANSFER_RECORD_VERSION: u8 = 2;
 /// The version of batch records written now.
-const BATCH_RECORD_VERSION: u8 = 2;
+const BATCH_RECORD_VERSION: u8 = 3;
+
+fn read_compression(r: &mut Reader) -> Result<Compression, DecodeError> {
+    Compression::from_byte(r.u8("compression")?).ok_or(DecodeError::Invalid("compression"))
+}
 
 /// Longest receipt a batch record holds: an encoded receipt is about 500 bytes.
 const MAX_RECEIPT: usize = 4096;
@@ -31,27 +39,24 @@ const MAX_SEALED_METADATA: usize = MAX_METADATA + TAG_LEN;
 /// Length of a segment record's value: ciphertext length, then the tag.
 pub(crate) const SEGMENT_VALUE_LEN: usize = 4 + 16;
 
-fn read_version(r: &mut Reader) -> Result<(), DecodeError> {
-    match r.u8("version")? {
-        RECORD_VERSION => Ok(()),
-        _ => Err(DecodeError::Invalid("record version")),
-    }
-}
-
 impl Codec for TransferRecord {
     fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.u8(RECORD_VERSION)
+        w.u8(TRANSFER_RECORD_VERSION)
             .put(&self.transfer.0)
             .bytes32("batch id", &self.batch_id, MAX_BATCH_ID)?
             .put(&self.sender)
             .u32(self.chunk_size)
             .u64(self.created_unix)
-            .u64(self.deadline_unix);
+            .u64(self.deadline_unix)
+            .u8(self.compression.to_byte());
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
-        read_version(r)?;
+        let version = match r.u8("version")? {
+            v @ (RECORD_VERSION | TRANSFER_RECORD_VERSION) => v,
+            _ => return Err(DecodeError::Invalid("record version")),
+        };
         Ok(TransferRecord {
             transfer: TransferId(r.array("transfer id")?),
             batch_id: r.bytes32("batch id", MAX_BATCH_ID)?.to_vec(),
@@ -59,6 +64,11 @@ impl Codec for TransferRecord {
             chunk_size: r.u32("chunk size")?,
             created_unix: r.u64("creation time")?,
             deadline_unix: r.u64("deadline")?,
+            compression: if version == RECORD_VERSION {
+                Compression::None
+            } else {
+                read_compression(r)?
+            },
         })
     }
 }
@@ -80,13 +90,14 @@ impl Codec for BatchRecord {
             .put(&self.chain.0)
             .u64(self.completed_unix)
             .bytes32("receipt", &self.receipt, MAX_RECEIPT)?
-            .put(&self.content_digest);
+            .put(&self.content_digest)
+            .u8(self.compression.to_byte());
         Ok(())
     }
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         let version = match r.u8("version")? {
-            v @ (RECORD_VERSION | BATCH_RECORD_VERSION) => v,
+            v @ (RECORD_VERSION | 2 | BATCH_RECORD_VERSION) => v,
             _ => return Err(DecodeError::Invalid("record version")),
         };
         Ok(BatchRecord {
@@ -104,6 +115,11 @@ impl Codec for BatchRecord {
                 [0; 32]
             } else {
                 r.array("content digest")?
+            },
+            compression: if version < BATCH_RECORD_VERSION {
+                Compression::None
+            } else {
+                read_compression(r)?
             },
         })
     }

@@ -30,15 +30,19 @@ pub use push::{
 };
 pub use refuse::{Refuse, RefuseCode};
 pub use signed::Signed;
-pub use values::{BadBatchId, BatchId, ChainHash, DataKey, Signature, Tag, TransferId};
+pub use values::{
+    BadBatchId, BatchId, ChainHash, Compression, DataKey, Signature, Tag, TransferId,
+};
 
 /// The protocol version this code speaks; others are refused, never downgraded.
 /// Version 2 added the new-transfer flag to the push secret; version 3 put batches
 /// in their senders' namespaces, so a pull hello and a list name the sender;
 /// version 4 added replacing and deleting batches, the declared content digest of
 /// a completion and its receipt, and confirming a re-send; version 5 added byte
-/// ranges to the pull hello and the `BadRange` refusal (`docs/PROTOCOL.md`).
-pub const VERSION: u8 = 5;
+/// ranges to the pull hello and the `BadRange` refusal; version 6 added zstd
+/// compression, offered in the hello's flags and settled in the secrets
+/// (`docs/PROTOCOL.md`).
+pub const VERSION: u8 = 6;
 
 /// Longest batch id, in bytes.
 pub const MAX_BATCH_ID: usize = 256;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::codec::{Codec, DecodeError, EncodeError, Reader, Writer};
-use super::values::{BatchId, ChainHash, Signature, Tag, TransferId};
+use super::values::{BatchId, ChainHash, Compression, Signature, Tag, TransferId};
 use super::{
     MAX_BATCH_ID, MAX_METADATA, MAX_SEALED_SECRET, MAX_SEGMENT_WIRE, MAX_STORED_RUNS, MAX_VOUCHER,
     TAG_LEN, VERSION, ty,
@@ -40,24 +40,32 @@ pub struct Hello {
     /// hello is not refused as `BatchExists`, and the completion (which says so
     /// too) swaps the new batch in for the old one at once.
     pub replace: bool,
+    /// The compression the sender offers: with [`Compression::Zstd`] the server
+    /// may settle on it (its accept says which), and the sender may then seal
+    /// zstd frames of its segments' plaintext.
+    pub compression: Compression,
     /// Ed25519 by `sender` over [`Hello::signed_bytes`].
     pub signature: Signature,
 }
 
-/// The flags byte of a [`Hello`] or a [`Complete`]: bit 0 is `replace`; every
-/// other bit must be clear, so a later version can give them meanings.
+/// The flags byte of a [`Hello`] or a [`Complete`]: bit 0 is `replace`; bit 1,
+/// in a hello only, offers zstd; every other bit must be clear, so a later
+/// version can give them meanings.
 const FLAG_REPLACE: u8 = 0x01;
+/// Bit 1 of a hello's flags: zstd offered.
+const FLAG_ZSTD: u8 = 0x02;
 
 fn write_flags(replace: bool) -> u8 {
     if replace { FLAG_REPLACE } else { 0 }
 }
 
-fn read_flags(r: &mut Reader, field: &'static str) -> Result<bool, DecodeError> {
-    match r.u8(field)? {
-        0 => Ok(false),
-        FLAG_REPLACE => Ok(true),
-        _ => Err(DecodeError::Invalid(field)),
+/// The flags byte, refused if it sets a bit outside `known`.
+fn read_flags(r: &mut Reader, known: u8, field: &'static str) -> Result<u8, DecodeError> {
+    let flags = r.u8(field)?;
+    if flags & !known != 0 {
+        return Err(DecodeError::Invalid(field));
     }
+    Ok(flags)
 }
 
 impl Hello {
@@ -76,8 +84,15 @@ impl Hello {
             .put(&self.sender)
             .u32(self.chunk_size)
             .bytes16("voucher", &self.voucher, MAX_VOUCHER)?
-            .u8(write_flags(self.replace));
+            .u8(write_flags(self.replace) | self.offer_flag());
         Ok(())
+    }
+
+    fn offer_flag(&self) -> u8 {
+        match self.compression {
+            Compression::None => 0,
+            Compression::Zstd => FLAG_ZSTD,
+        }
     }
 }
 
@@ -90,13 +105,28 @@ impl Codec for Hello {
 
     fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         read_version(r)?;
+        let batch_id = read_batch_id(r)?;
+        let client_ephemeral = r.array("client ephemeral key")?;
+        let sender = r.array("sender key")?;
+        let chunk_size = r.u32("chunk size")?;
+        let voucher = r.bytes16("voucher", MAX_VOUCHER)?;
+        let flags = read_flags(
+            r,
+            FLAG_REPLACE | FLAG_ZSTD,
+            "hello flags (unknown bits set)",
+        )?;
         Ok(Hello {
-            batch_id: read_batch_id(r)?,
-            client_ephemeral: r.array("client ephemeral key")?,
-            sender: r.array("sender key")?,
-            chunk_size: r.u32("chunk size")?,
-            voucher: r.bytes16("voucher", MAX_VOUCHER)?,
-            replace: read_flags(r, "hello flags (unknown bits set)")?,
+            batch_id,
+            client_ephemeral,
+            sender,
+            chunk_size,
+            voucher,
+            replace: flags & FLAG_REPLACE != 0,
+            compression: if flags & FLAG_ZSTD != 0 {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
             signature: Signature(r.array("signature")?),
         })
     }
@@ -318,7 +348,7 @@ impl Codec for Complete {
             chain: ChainHash(r.array("chain hash")?),
             sealed_metadata: r.bytes32("metadata", MAX_METADATA + TAG_LEN)?,
             content_digest: r.array("content digest")?,
-            replace: read_flags(r, "completion flags (unknown bits set)")?,
+            replace: read_flags(r, FLAG_REPLACE, "completion flags (unknown bits set)")? != 0,
             signature: Signature(r.array("signature")?),
         })
     }

@@ -56,10 +56,11 @@ fn message() -> impl Strategy<Value = Message> {
             array(),
             any::<u32>(),
             bytes(64),
-            array()
+            array(),
+            any::<bool>()
         )
             .prop_map(
-                |(batch_id, client_ephemeral, sender, chunk_size, voucher, signature)| {
+                |(batch_id, client_ephemeral, sender, chunk_size, voucher, signature, zstd)| {
                     Message::Hello(Hello {
                         batch_id,
                         client_ephemeral,
@@ -67,6 +68,11 @@ fn message() -> impl Strategy<Value = Message> {
                         chunk_size,
                         voucher,
                         replace: false,
+                        compression: if zstd {
+                            Compression::Zstd
+                        } else {
+                            Compression::None
+                        },
                         signature,
                     })
                 }
@@ -360,6 +366,7 @@ fn unknown_versions_are_refused() {
         chunk_size: 1 << 20,
         voucher: Bytes::new(),
         replace: false,
+        compression: Compression::None,
         signature: Signature([3; 64]),
     };
     // Version 1 (before the push secret's new-transfer flag) and the next one.
@@ -384,6 +391,7 @@ fn encoders_refuse_fields_over_their_bounds_instead_of_truncating() {
         chunk_size: 1 << 20,
         voucher: Bytes::from(vec![1; MAX_VOUCHER + 1]),
         replace: false,
+        compression: Compression::None,
         signature: Signature([3; 64]),
     };
     assert_eq!(

@@ -269,3 +269,44 @@ mod tests {
         assert_eq!(key.expose(), &[9; 32]);
     }
 }
+
+/// How a transfer's segments may be encoded before they are sealed, as its
+/// handshake settled (PROTOCOL.md §14).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// Every segment seals its plaintext as it is.
+    #[default]
+    None,
+    /// A segment seals a zstd frame of its plaintext when that is shorter, and
+    /// its plaintext as it is otherwise; the retriever tells the two apart by
+    /// length alone.
+    Zstd,
+}
+
+impl Compression {
+    /// Its byte in secrets and records: 0 for none, 1 for zstd.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+
+    /// The compression of `byte`, if it names one.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        })
+    }
+}

@@ -218,7 +218,7 @@ async fn fs_corrupt_records_are_errors_not_panics() {
     let mut trailing = good_transfer.clone();
     trailing.push(0);
     let mut version = good_transfer.clone();
-    version[0] = 2;
+    version[0] = 9;
     let other_id = encode_transfer(&transfer_record(9, b"batch", 2)).unwrap();
     for bad in [
         b"garbage".to_vec(),

@@ -27,6 +27,7 @@ fn transfer_record(id: u8, batch_id: &[u8], sender: u8) -> TransferRecord {
         chunk_size: 1 << 16,
         created_unix: 1_700_000_000 + u64::from(id),
         deadline_unix: 1_700_086_400 + u64::from(id),
+        compression: Compression::None,
     }
 }
 
@@ -47,6 +48,7 @@ fn batch_record(batch_id: &[u8], n: u8) -> BatchRecord {
         chain: ChainHash([n.wrapping_add(1); 64]),
         completed_unix: 1_800_000_000 + u64::from(n),
         receipt: vec![0xee, n, 0, 0xff],
+        compression: Compression::None,
         content_digest: [0; 32],
     }
 }

@@ -14,17 +14,25 @@ fn arb_transfer() -> impl Strategy<Value = TransferRecord> {
         any::<u32>(),
         any::<u64>(),
         any::<u64>(),
+        arb_compression(),
     )
         .prop_map(
-            |(id, batch_id, sender, chunk_size, created_unix, deadline_unix)| TransferRecord {
-                transfer: TransferId(id),
-                batch_id,
-                sender,
-                chunk_size,
-                created_unix,
-                deadline_unix,
+            |(id, batch_id, sender, chunk_size, created_unix, deadline_unix, compression)| {
+                TransferRecord {
+                    transfer: TransferId(id),
+                    batch_id,
+                    sender,
+                    chunk_size,
+                    created_unix,
+                    deadline_unix,
+                    compression,
+                }
             },
         )
+}
+
+fn arb_compression() -> impl Strategy<Value = Compression> {
+    prop_oneof![Just(Compression::None), Just(Compression::Zstd)]
 }
 
 fn arb_batch() -> impl Strategy<Value = BatchRecord> {
@@ -32,7 +40,13 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
         proptest::collection::vec(any::<u8>(), 0..64),
         any::<[u8; 16]>(),
         any::<[u8; 32]>(),
-        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            arb_compression(),
+        ),
         proptest::collection::vec(any::<u8>(), 0..64),
         proptest::collection::vec(any::<u8>(), 64),
         proptest::collection::vec(any::<u8>(), 0..64),
@@ -43,7 +57,7 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
                 batch_id,
                 id,
                 sender,
-                (chunk_size, segment_count, size, completed_unix),
+                (chunk_size, segment_count, size, completed_unix, compression),
                 meta,
                 chain,
                 receipt,
@@ -62,6 +76,7 @@ fn arb_batch() -> impl Strategy<Value = BatchRecord> {
                     chain: ChainHash(c),
                     completed_unix,
                     receipt,
+                    compression,
                     content_digest,
                 }
             },
@@ -96,12 +111,31 @@ proptest! {
 
     #[test]
     fn a_version_1_batch_record_reads_as_declaring_no_digest(r in arb_batch()) {
-        // Version 1 is version 2 without the trailing digest.
+        // Version 1 is version 3 without the trailing digest and compression.
         let mut bytes = encode_batch(&r).unwrap();
-        bytes.truncate(bytes.len() - 32);
+        bytes.truncate(bytes.len() - 33);
         bytes[0] = 1;
         let read = decode_batch(&bytes, &owned_key(&r.sender, &r.batch_id)).unwrap();
-        prop_assert_eq!(read, BatchRecord { content_digest: [0; 32], ..r });
+        prop_assert_eq!(
+            read,
+            BatchRecord { content_digest: [0; 32], compression: Compression::None, ..r }
+        );
+    }
+
+    #[test]
+    fn earlier_records_read_as_uncompressed(t in arb_transfer(), b in arb_batch()) {
+        // Version 2 batch records and version 1 transfer records end before the
+        // compression byte.
+        let mut bytes = encode_batch(&b).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        bytes[0] = 2;
+        let read = decode_batch(&bytes, &owned_key(&b.sender, &b.batch_id)).unwrap();
+        prop_assert_eq!(read, BatchRecord { compression: Compression::None, ..b });
+        let mut bytes = encode_transfer(&t).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        bytes[0] = 1;
+        let read = decode_transfer(&bytes, &t.transfer.0).unwrap();
+        prop_assert_eq!(read, TransferRecord { compression: Compression::None, ..t });
     }
 
     #[test]
