@@ -608,6 +608,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=100))]
     pub runs: u16,
+    /// The sender's compression, as `send --compress` (the benchmark's data does
+    /// not compress, so this measures what trying costs).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = CompressArg::Auto)]
+    pub compress: CompressArg,
     /// Where the server's store lives (default: a fresh directory in /dev/shm, or
     /// the temporary directory).
     #[arg(long, value_name = "DIR")]

@@ -639,6 +639,9 @@ fn run_once(
     client_cmd.arg("--size").arg(size.to_string());
     client_cmd.arg("--flows").arg(cell.flows.to_string());
     client_cmd.arg("--chunk").arg(cell.chunk.to_string());
+    if let Some(mode) = clap::ValueEnum::to_possible_value(&args.compress) {
+        client_cmd.arg("--compress").arg(mode.get_name());
+    }
     if let Some(batches) = args.batches {
         client_cmd.arg("--batches").arg(batches.to_string());
         client_cmd

@@ -16,7 +16,7 @@ use flow::{Authorizer, Endpoint, Flow, Identity, Manager, ManagerConfig, PeerKey
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::args::{TuningArgs, parse_size};
+use crate::args::{CompressArg, TuningArgs, parse_size};
 use crate::bench::usage::Usage;
 use crate::client::load_identity;
 use crate::error::CliError;
@@ -109,6 +109,9 @@ pub struct ClientArgs {
     /// Batches in progress at once (`small`).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub concurrency: u16,
+    /// The sender's compression.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = CompressArg::Auto)]
+    pub compress: CompressArg,
     /// Transport tuning.
     #[command(flatten)]
     pub tuning: TuningArgs,
@@ -255,6 +258,7 @@ async fn client(args: ClientArgs) -> Result<(), CliError> {
             let mut config = mft::ClientConfig::new(endpoint, server_key);
             tuning.apply(&mut config);
             config.chunk_size(chunk).streams(streams);
+            config.compress(args.compress.into());
             // Sender::new checks the configuration, naming the bad field.
             let sender = mft::Sender::new(manager.clone(), config)
                 .map_err(|e| CliError::usage(e.to_string()))?;
