@@ -18,7 +18,26 @@ on_every_transport!(
     cancelled_sends_free_their_slots,
     a_paused_send_holds_its_data_until_resumed,
     a_paused_pull_holds_until_resumed_and_a_cancelled_one_ends,
+    a_restarted_send_goes_on_over_a_new_connection_without_a_retry,
+    a_restarted_pull_goes_on_over_a_new_connection_without_a_retry,
+    a_pull_whose_connection_is_lost_pulls_the_rest,
+    a_send_cancelled_before_it_runs_sends_nothing,
 );
+
+/// The client's live connection to the server (there is one).
+fn the_connection(h: &Harness) -> flow::ManagedConn {
+    let conns = h.client.connections();
+    assert_eq!(conns.len(), 1, "one connection to the server");
+    conns[0].clone()
+}
+
+/// A config that gives up at the first failure: whatever succeeds did not
+/// spend a retry.
+fn no_retries(h: &Harness) -> mft::ClientConfig {
+    let mut config = h.config();
+    config.retries(0);
+    config
+}
 
 /// Waits for the first event `wanted` accepts, within a bound.
 async fn wait_for(events: &mut broadcast::Receiver<Event>, wanted: impl Fn(&Event) -> bool) {
@@ -39,11 +58,12 @@ async fn wait_for(events: &mut broadcast::Receiver<Event>, wanted: impl Fn(&Even
 /// open-transfer slots are free again and the seventeenth send succeeds.
 async fn cancelled_sends_free_their_slots(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;
-    let sender = h.sender();
     let mut server_events = h.server.subscribe();
     let size = 6 * u64::from(CHUNK);
     let mut gates = Vec::new();
     for i in 0..16u64 {
+        // A sender each, so no event of the last send is taken for this one's.
+        let sender = h.sender();
         let mut events = sender.subscribe();
         let (gate, held) = oneshot::channel();
         gates.push(gate);
@@ -60,6 +80,7 @@ async fn cancelled_sends_free_their_slots(t: Transport) {
         assert!(matches!(sent, Err(Error::Cancelled)), "{sent:?}");
         wait_for(&mut events, |e| *e == Event::Cancelled).await;
     }
+    let sender = h.sender();
     let open = sender.open_transfers().await.unwrap();
     assert!(open.is_empty(), "cancelled transfers are gone: {open:?}");
     let mut aborted = 0;
@@ -156,4 +177,120 @@ async fn a_paused_pull_holds_until_resumed_and_a_cancelled_one_ends(t: Transport
     // A pull after the cancel is not affected by it.
     let (reader, _) = retriever.get(b"pulled").await.unwrap();
     assert_content(reader, 5, size).await;
+}
+
+/// A send restarted mid-way closes its connection and goes on over a new one:
+/// it completes with no retries allowed, so the restart cost none.
+async fn a_restarted_send_goes_on_over_a_new_connection_without_a_retry(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let sender = mft::Sender::new(h.client.clone(), no_retries(&h)).unwrap();
+    let mut events = sender.subscribe();
+    let size = 8 * u64::from(CHUNK) + 9;
+    let (gate, held) = oneshot::channel();
+    let input = PrngReader::gated(11, size, 3 * u64::from(CHUNK), held);
+    let send = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.send(input, b"restarted", b"meta").await }
+    });
+    wait_for(&mut events, |e| matches!(e, Event::Progress { .. })).await;
+    let old = the_connection(&h);
+    sender.restart();
+    wait_for(&mut events, |e| *e == Event::Reconnecting).await;
+    assert!(old.is_closed(), "the old connection is closed");
+    let _ = gate.send(());
+    let receipt = bounded("the restarted send", send).await.unwrap().unwrap();
+    h.check_receipt(&receipt, b"restarted", size).await;
+    h.check_retrieval(b"restarted", 11, size, b"meta").await;
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::Retrying { .. })),
+        "no retry spent: {seen:?}"
+    );
+}
+
+/// A pull restarted after its first bytes closes its connection and asks for
+/// the rest over a new one; its reader goes on to the end, byte for byte, with
+/// no retries allowed.
+async fn a_restarted_pull_goes_on_over_a_new_connection_without_a_retry(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let size = 40 * u64::from(CHUNK) + 3;
+    h.sender()
+        .send(PrngReader::new(13, size), b"pulled", b"meta")
+        .await
+        .unwrap();
+    let retriever = mft::Retriever::new(h.client.clone(), no_retries(&h)).unwrap();
+    let mut events = retriever.subscribe();
+    let (mut reader, _) = retriever.get(b"pulled").await.unwrap();
+    let mut first = vec![0u8; 2 * CHUNK as usize];
+    reader.read_exact(&mut first).await.unwrap();
+    let old = the_connection(&h);
+    retriever.restart();
+    let mut rest = Vec::new();
+    bounded("the rest", reader.read_to_end(&mut rest))
+        .await
+        .expect("the restarted pull goes on");
+    assert!(old.is_closed(), "the old connection is closed");
+    assert!(
+        [first, rest].concat() == data_of(13, size),
+        "the pull comes back whole"
+    );
+    wait_for(&mut events, |e| matches!(e, Event::Completed { .. })).await;
+}
+
+/// A pull whose connection is lost part way (closed under it) retries, asks
+/// for the rest from the next segment, and its reader never notices.
+async fn a_pull_whose_connection_is_lost_pulls_the_rest(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let size = 40 * u64::from(CHUNK) + 3;
+    h.sender()
+        .send(PrngReader::new(17, size), b"lost", b"meta")
+        .await
+        .unwrap();
+    let retriever = h.retriever();
+    let mut events = retriever.subscribe();
+    let (mut reader, _) = retriever.get(b"lost").await.unwrap();
+    let mut first = vec![0u8; CHUNK as usize];
+    reader.read_exact(&mut first).await.unwrap();
+    the_connection(&h).close();
+    let mut rest = Vec::new();
+    bounded("the rest", reader.read_to_end(&mut rest))
+        .await
+        .expect("the pull goes on after its connection is lost");
+    assert!(
+        [first, rest].concat() == data_of(17, size),
+        "the pull comes back whole"
+    );
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Retrying { .. })),
+        "the loss was retried: {seen:?}"
+    );
+}
+
+/// The `len` bytes of the stream of `seed`.
+fn data_of(seed: u64, len: u64) -> Vec<u8> {
+    data(seed, len as usize)
+}
+
+/// A send is subject to cancel from the call that makes its future: cancelled
+/// before it is first polled, it ends at once and opens nothing on the server;
+/// a send made after the cancel runs.
+async fn a_send_cancelled_before_it_runs_sends_nothing(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let sender = h.sender();
+    let size = 3 * u64::from(CHUNK);
+    let send = sender.send(PrngReader::new(21, size), b"never", b"meta");
+    sender.cancel();
+    let later = sender.send(PrngReader::new(22, size), b"later", b"meta");
+    assert!(matches!(send.await, Err(Error::Cancelled)));
+    assert!(sender.open_transfers().await.unwrap().is_empty());
+    h.assert_no_batch(b"never").await;
+    let receipt = later.await.unwrap();
+    h.check_receipt(&receipt, b"later", size).await;
 }

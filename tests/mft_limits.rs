@@ -167,7 +167,8 @@ async fn a_stalled_flow_is_dropped_and_its_slot_freed() {
 }
 
 /// A retriever that stops reading is cut off after the flow idle timeout: the
-/// server's writes do not wait for ever, holding the batch's buffers.
+/// server's writes do not wait for ever, holding the batch's buffers. (A
+/// retriever allowed to retry then pulls the rest on a new flow.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retriever_that_stops_reading_is_cut_off() {
     init_tracing();
@@ -181,20 +182,32 @@ async fn a_retriever_that_stops_reading_is_cut_off() {
     )
     .await
     .unwrap();
-    let (mut data, _info) = bounded("get", h.retriever().get(b"unread")).await.unwrap();
-    // Read nothing for longer than the idle timeout.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut sink = Vec::new();
-    let read = bounded(
-        "reading what is left",
-        tokio::io::AsyncReadExt::read_to_end(&mut data, &mut sink),
-    )
-    .await;
+    let stall = |retries: u32| {
+        let mut client = h.config();
+        client.retries(retries);
+        let retriever = mft::Retriever::new(h.client.clone(), client).unwrap();
+        async move {
+            let (mut data, _info) = bounded("get", retriever.get(b"unread")).await.unwrap();
+            // Read nothing for longer than the idle timeout.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let mut sink = Vec::new();
+            let read = bounded(
+                "reading what is left",
+                tokio::io::AsyncReadExt::read_to_end(&mut data, &mut sink),
+            )
+            .await;
+            (read, sink)
+        }
+    };
+    let (read, sink) = stall(0).await;
     assert!(
         read.is_err(),
         "a stalled retrieval must be cut off, not completed ({} bytes read)",
         sink.len()
     );
+    let (read, sink) = stall(3).await;
+    assert!(read.is_ok(), "{read:?}");
+    assert_content(&sink[..], 12, size).await;
 }
 
 /// Regression (issue 10): a key could hold 16 open transfers of 2²⁴ segments

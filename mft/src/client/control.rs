@@ -1,6 +1,7 @@
-//! Pausing, resuming and cancelling a sender's sends from outside them: one
-//! shared state that [`Sender::pause`](super::Sender::pause) and its siblings
-//! change, and that every send in progress watches.
+//! Pausing, resuming, restarting and cancelling a sender's sends (or a
+//! retriever's pulls) from outside them: one shared state that
+//! [`Sender::pause`](super::Sender::pause) and its siblings change, and that
+//! every send in progress watches.
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ struct State {
     /// How many times cancel was asked: a send started before the latest ask is
     /// cancelled, one started after it is not.
     cancels: u64,
+    /// How many times restart was asked.
+    restarts: u64,
 }
 
 /// The owner's side, shared by a sender and its clones.
@@ -44,6 +47,11 @@ impl Control {
         self.0.send_modify(|s| s.cancels += 1);
     }
 
+    /// Tells every send in progress that its connection is being restarted.
+    pub(super) fn restart(&self) {
+        self.0.send_modify(|s| s.restarts += 1);
+    }
+
     /// Whether sends are paused.
     pub(super) fn is_paused(&self) -> bool {
         self.0.borrow().paused
@@ -52,10 +60,15 @@ impl Control {
     /// What one send watches, from its start.
     pub(super) fn watch(&self) -> Watch {
         let rx = self.0.subscribe();
-        let cancels_at_start = rx.borrow().cancels;
+        let (cancels_at_start, restarts_seen) = {
+            let state = rx.borrow();
+            (state.cancels, state.restarts)
+        };
         Watch {
             rx,
             cancels_at_start,
+            restarts_at_start: restarts_seen,
+            restarts_seen,
         }
     }
 }
@@ -65,6 +78,9 @@ impl Control {
 pub(super) struct Watch {
     rx: watch::Receiver<State>,
     cancels_at_start: u64,
+    restarts_at_start: u64,
+    /// Restarts asked for that this watch has reported.
+    restarts_seen: u64,
 }
 
 impl Watch {
@@ -73,6 +89,32 @@ impl Watch {
     pub(super) async fn unpaused(&mut self) {
         let start = self.cancels_at_start;
         let _ = self.rx.wait_for(|s| !s.paused || s.cancels != start).await;
+    }
+
+    /// Whether a restart was asked for since this watch was made.
+    pub(super) fn ever_restarted(&self) -> bool {
+        self.rx.borrow().restarts != self.restarts_at_start
+    }
+
+    /// Whether a restart was asked for since this watch last said so.
+    pub(super) fn take_restart(&mut self) -> bool {
+        let restarts = self.rx.borrow().restarts;
+        std::mem::replace(&mut self.restarts_seen, restarts) != restarts
+    }
+
+    /// Returns once a restart is asked for (one not reported yet), and reports
+    /// it; never if the control is gone.
+    pub(super) async fn restarted(&mut self) {
+        let seen = self.restarts_seen;
+        let waited = self
+            .rx
+            .wait_for(|s| s.restarts != seen)
+            .await
+            .map(|state| state.restarts);
+        match waited {
+            Ok(restarts) => self.restarts_seen = restarts,
+            Err(_) => std::future::pending::<()>().await,
+        }
     }
 
     /// Returns once this send is cancelled; never if the control is gone.
@@ -105,6 +147,26 @@ mod tests {
         control.cancel();
         watch.unpaused().await; // a cancelled send is not held
         watch.cancelled().await;
+    }
+
+    #[tokio::test]
+    async fn a_restart_is_reported_once() {
+        let control = Control::default();
+        let mut watch = control.watch();
+        assert!(!watch.take_restart());
+        control.restart();
+        let mut later = control.watch();
+        assert!(watch.take_restart());
+        assert!(!watch.take_restart(), "reported once");
+        assert!(
+            !later.take_restart(),
+            "a watch starts after what it did not see"
+        );
+        control.restart();
+        watch.restarted().await;
+        assert!(!watch.take_restart(), "restarted() reports it too");
+        let waited = tokio::time::timeout(Duration::from_millis(50), watch.restarted()).await;
+        assert!(waited.is_err(), "no restart asked since");
     }
 
     #[tokio::test]

@@ -61,6 +61,9 @@ pub enum Event {
     /// The sender was [paused](super::Sender::pause): its sends read no more
     /// input until resumed.
     Paused,
+    /// The transfers are being [restarted](super::Sender::restart) on a new
+    /// connection: they reconnect and go on from what the other side holds.
+    Reconnecting,
     /// The sender was [resumed](super::Sender::resume) after a pause.
     Continued,
     /// The send was [cancelled](super::Sender::cancel), and the transfer it

@@ -202,12 +202,13 @@ impl Sender {
     /// ```no_run
     /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
     /// let file = tokio::fs::File::open("big.iso").await?;
-    /// let background = sender.clone();
-    /// let send = tokio::spawn(async move { background.send(file, b"big.iso", b"{}").await });
+    /// let send = sender.send(file, b"big.iso", b"{}");
     /// sender.pause(); // the link is needed for something else for a while
-    /// tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-    /// sender.resume();
-    /// let receipt = send.await.expect("the send task")?;
+    /// let (receipt, ()) = tokio::join!(send, async {
+    ///     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    ///     sender.resume();
+    /// });
+    /// println!("stored {} bytes", receipt?.size);
     /// # Ok(()) }
     /// ```
     pub fn pause(&self) -> bool {
@@ -236,21 +237,40 @@ impl Sender {
     /// Cancels every send in progress through this sender and its clones: each
     /// stops at once, tells the server to abort the transfer it opened (which
     /// frees the transfer's slot and deletes what it holds of it), emits
-    /// [`Event::Cancelled`] and returns [`Error::Cancelled`]. Sends started after
-    /// this call are not affected. To stop a send but keep what the server holds
-    /// for a later resume, drop its future instead.
+    /// [`Event::Cancelled`] and returns [`Error::Cancelled`]. A send is in
+    /// progress from the call to [`Sender::send`] (or `send_with`) that made its
+    /// future; sends made after this call are not affected. To stop a send but
+    /// keep what the server holds for a later resume, drop its future instead.
     ///
     /// ```no_run
     /// # async fn demo(sender: mft::Sender) -> mft::Result<()> {
     /// let file = tokio::fs::File::open("wrong-file.iso").await?;
-    /// let background = sender.clone();
-    /// let send = tokio::spawn(async move { background.send(file, b"big.iso", b"{}").await });
+    /// let send = sender.send(file, b"big.iso", b"{}"); // subject to cancel from here
     /// sender.cancel();
-    /// assert!(matches!(send.await.expect("the send task"), Err(mft::Error::Cancelled)));
+    /// assert!(matches!(send.await, Err(mft::Error::Cancelled)));
     /// # Ok(()) }
     /// ```
     pub fn cancel(&self) {
         self.control.cancel();
+    }
+
+    /// Restarts this sender's sends in progress on a new connection: closes the
+    /// manager's connections to the server now, and each send reconnects at
+    /// once, asks the server which segments it holds and sends the rest, without
+    /// waiting or spending a retry. For a path that changed or stalled under the
+    /// connection (a laptop that moved networks), where waiting for the
+    /// connection to time out would cost its idle timeout. Emits
+    /// [`Event::Reconnecting`]. Flows of other users of the same manager to the
+    /// same server fail too, and retry as after any lost connection; a send in
+    /// its handshake or completion retries that step as it would then.
+    ///
+    /// This is the data-transfer seed's restart of an interrupted channel. A
+    /// send that has already failed is picked up by sending the same batch id
+    /// again, which resumes it.
+    pub fn restart(&self) {
+        self.control.restart();
+        let _ = self.events.send(Event::Reconnecting);
+        close_connections(&self.manager, &self.config.server_key);
     }
 
     /// The transfers this key has open on the server (interrupted sends it can
@@ -313,14 +333,18 @@ impl Sender {
     /// [replace](ClientConfig::replace) it. A send that resumes an interrupted
     /// transfer of other content fails as [`Error::ContentChanged`] after
     /// aborting that transfer, so sending the input again starts afresh.
-    pub async fn send(
+    ///
+    /// The send is subject to [`Sender::pause`] and [`Sender::cancel`] from the
+    /// moment this is called, before its future is first polled.
+    pub fn send(
         &self,
         reader: impl AsyncRead + Unpin + Send + 'static,
         batch_id: &[u8],
         metadata: &[u8],
-    ) -> Result<Receipt> {
+    ) -> impl Future<Output = Result<Receipt>> + Send {
         let metadata = Metadata::Fixed(metadata.to_vec());
-        self.report(self.cancellable(reader, batch_id, metadata).await)
+        let watch = self.control.watch();
+        async move { self.report(self.cancellable(reader, batch_id, metadata, watch).await) }
     }
 
     /// Sends everything `reader` yields as batch `batch_id`, with metadata made once
@@ -341,17 +365,18 @@ impl Sender {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn send_with<F>(
+    pub fn send_with<F>(
         &self,
         reader: impl AsyncRead + Unpin + Send + 'static,
         batch_id: &[u8],
         metadata: F,
-    ) -> Result<Receipt>
+    ) -> impl Future<Output = Result<Receipt>> + Send
     where
         F: FnOnce(&Content) -> Result<Vec<u8>> + Send + 'static,
     {
         let metadata = Metadata::Deferred(Box::new(metadata));
-        self.report(self.cancellable(reader, batch_id, metadata).await)
+        let watch = self.control.watch();
+        async move { self.report(self.cancellable(reader, batch_id, metadata, watch).await) }
     }
 
     /// Runs one send until it ends or is [cancelled](Sender::cancel); a cancelled
@@ -361,8 +386,8 @@ impl Sender {
         reader: impl AsyncRead + Unpin + Send + 'static,
         batch_id: &[u8],
         metadata: Metadata,
+        mut watch: Watch,
     ) -> Result<Receipt> {
-        let mut watch = self.control.watch();
         let opened = std::sync::OnceLock::new();
         tokio::select! {
             result = self.send_inner(reader, batch_id, metadata, &opened, watch.clone()) => result,
@@ -428,6 +453,7 @@ impl Sender {
         let pool = Arc::new(BufferPool::default());
         // The producer stays a few sealed segments ahead of the flows.
         let (tx, queue) = mpsc::channel(4);
+        let mut restarts = watch.clone();
         let (first_is_last, single) = oneshot::channel();
         let producer = AbortOnDrop(tokio::spawn(produce(
             reader,
@@ -459,7 +485,8 @@ impl Sender {
             Ok(false) => self.config.streams,
             Ok(true) | Err(_) => 1,
         };
-        self.deliver(&shared, streams, &mut attempts).await?;
+        self.deliver(&shared, streams, &mut attempts, &mut restarts)
+            .await?;
         let produced = producer.finish().await??;
         shared.ready_to_complete(produced.content.segments)?;
         let metadata = metadata.finish(&produced.content, opened.secret.max_metadata)?;
@@ -475,7 +502,7 @@ impl Sender {
             // holds other content: end it, so the next send starts afresh
             // instead of resuming it again.
             Err(e) if resumed && e.refuse_code() == Some(RefuseCode::ChainMismatch) => {
-                return Err(self.restart(transfer_id, e).await);
+                return Err(self.start_afresh(transfer_id, e).await);
             }
             Err(e) => return Err(e),
         };
@@ -484,7 +511,7 @@ impl Sender {
     }
 
     /// Aborts a resumed transfer found to hold other content, and says so.
-    async fn restart(&self, transfer_id: TransferId, refused: Error) -> Error {
+    async fn start_afresh(&self, transfer_id: TransferId, refused: Error) -> Error {
         match self.abort(transfer_id).await {
             Ok(()) => {
                 let _ = self.events.send(Event::Restarted);
@@ -569,12 +596,14 @@ impl Sender {
 
     /// Runs `streams` segment workers until every segment is delivered. One
     /// incident (a lost connection fails every worker on it) costs one retry and
-    /// one wait; then the server says what it holds and the workers start again.
+    /// one wait, unless it follows a [restart](Sender::restart), which costs
+    /// neither; then the server says what it holds and the workers start again.
     async fn deliver(
         &self,
         shared: &Arc<Shared>,
         streams: usize,
         attempts: &mut Attempts,
+        restarts: &mut Watch,
     ) -> Result<()> {
         // Dropping the set (on an error) aborts the workers.
         let mut workers = JoinSet::new();
@@ -586,9 +615,11 @@ impl Sender {
                 continue;
             };
             let events = Some(&self.events);
-            match judge(attempts, &error, shared.stored_count(), events) {
-                Verdict::Retry { delay, .. } => tokio::time::sleep(delay).await,
-                Verdict::GiveUp { attempts } => return Err(exhausted(attempts, error)),
+            if !restart_caused(&error, restarts) {
+                match judge(attempts, &error, shared.stored_count(), events) {
+                    Verdict::Retry { delay, .. } => tokio::time::sleep(delay).await,
+                    Verdict::GiveUp { attempts } => return Err(exhausted(attempts, error)),
+                }
             }
             let restart = 1 + failed_in_the_same_incident(&mut workers)?;
             self.resync(shared).await;
@@ -730,6 +761,27 @@ async fn digest_all(mut reader: impl AsyncRead + Unpin) -> Result<(u64, [u8; 32]
         size += n as u64;
     }
     Ok((size, hasher.finalize().into()))
+}
+
+/// Whether `error` is what a [restart](Sender::restart) causes, so it costs no
+/// retry: the first retryable failure after one, and any failure of a flow
+/// whose connection we closed once a restart was asked for.
+fn restart_caused(error: &Error, restarts: &mut Watch) -> bool {
+    let closed_by_us = matches!(
+        error,
+        Error::Flow(e) if matches!(e.reason(), flow::Reason::ClosedLocally(_))
+    );
+    (error.is_retryable() && restarts.take_restart()) || (closed_by_us && restarts.ever_restarted())
+}
+
+/// Closes `manager`'s dialed connections to the server `server_key`, so the next
+/// flow dials a new one.
+fn close_connections(manager: &Manager, server_key: &flow::PeerKey) {
+    for conn in manager.connections() {
+        if conn.is_dialed() && conn.remote_identity() == *server_key {
+            conn.close();
+        }
+    }
 }
 
 async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowReader, FlowWriter)> {

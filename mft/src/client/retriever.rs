@@ -6,15 +6,15 @@ use bytes::Bytes;
 use flow::{FlowReader, FlowWriter, Manager, PeerKey};
 use tokio::sync::broadcast;
 
-use super::retry::retrying;
+use super::retry::{exhausted, judge, retrying};
 use super::{ClientConfig, Control, Event, Watch, check_batch_id, open_flow};
 use crate::error::{Error, Result};
-use crate::handshake::ClientHandshake;
+use crate::handshake::{ClientHandshake, PullSecret};
 use crate::proto::layout::BatchLayout;
-use crate::proto::retry::Attempts;
+use crate::proto::retry::{Attempts, Verdict};
 use crate::session;
 use crate::stream::{BatchInfo, BatchReader, SegmentSource};
-use crate::wire::{self, BatchId, ByteRange, Codec, Message, kind};
+use crate::wire::{self, BatchId, ByteRange, ChainHash, Codec, Message, TransferId, kind};
 
 /// Pulls batches from one server.
 ///
@@ -128,22 +128,40 @@ impl Retriever {
         self.control.cancel();
     }
 
+    /// Restarts this retriever's pulls in progress on a new connection: closes
+    /// the manager's connections to the server now, and each pull asks at once
+    /// for the rest of its batch, from the next segment on, without waiting or
+    /// spending a retry; its reader goes on as if nothing happened. For a path
+    /// that changed or stalled under the connection. Emits
+    /// [`Event::Reconnecting`]. A pull whose flow is lost on the network does
+    /// the same by itself, after the retry policy's wait. Flows of other users
+    /// of the same manager to the same server fail too, and retry as after any
+    /// lost connection.
+    pub fn restart(&self) {
+        self.control.restart();
+        let _ = self.events.send(Event::Reconnecting);
+        super::close_connections(&self.manager, &self.config.server_key);
+    }
+
     /// Starts retrieving `batch_id`: its description now, its verified plaintext as
     /// the reader is read (bounded memory, however large the batch). Batch ids are
     /// per sender: the server finds the one sender's batch of that id this key may
     /// retrieve, and refuses with [`RefuseCode::Ambiguous`](crate::wire::RefuseCode)
     /// if there are several (then use [`Retriever::get_from`]).
-    pub async fn get(&self, batch_id: &[u8]) -> Result<(BatchReader, BatchInfo)> {
-        self.pull(&Pull::batch(batch_id)).await
+    pub fn get(
+        &self,
+        batch_id: &[u8],
+    ) -> impl Future<Output = Result<(BatchReader, BatchInfo)>> + Send {
+        self.pull(&Pull::batch(batch_id))
     }
 
     /// Starts retrieving `batch_id` of `owner`'s namespace; see [`Retriever::get`].
-    pub async fn get_from(
+    pub fn get_from(
         &self,
         owner: &PeerKey,
         batch_id: &[u8],
-    ) -> Result<(BatchReader, BatchInfo)> {
-        self.pull(&Pull::batch(batch_id).sender(*owner)).await
+    ) -> impl Future<Output = Result<(BatchReader, BatchInfo)>> + Send {
+        self.pull(&Pull::batch(batch_id).sender(*owner))
     }
 
     /// Starts a retrieval described by `request`: a batch, of a named sender or
@@ -162,7 +180,23 @@ impl Retriever {
     /// assert_eq!(bytes.len() as u64, info.range.end - info.range.start);
     /// # Ok(()) }
     /// ```
-    pub async fn pull(&self, request: &Pull) -> Result<(BatchReader, BatchInfo)> {
+    ///
+    /// The pull is subject to [`Retriever::pause`] and [`Retriever::cancel`]
+    /// from the moment this is called, before its future is first polled.
+    pub fn pull<'a>(
+        &'a self,
+        request: &Pull,
+    ) -> impl Future<Output = Result<(BatchReader, BatchInfo)>> + Send + use<'a> {
+        let watch = self.control.watch();
+        let request = request.clone();
+        async move { self.pull_watched(&request, watch).await }
+    }
+
+    async fn pull_watched(
+        &self,
+        request: &Pull,
+        mut watch: Watch,
+    ) -> Result<(BatchReader, BatchInfo)> {
         let batch_id = &check_batch_id(&request.batch_id)?;
         let range = match &request.range {
             None => None,
@@ -175,7 +209,6 @@ impl Retriever {
         let _ = self.events.send(Event::Opened {
             batch_id: batch_id.to_vec(),
         });
-        let mut watch = self.control.watch();
         let each_try = watch.clone();
         let opened = tokio::select! {
             opened = retrying(&mut attempts, Some(&self.events), 0, || {
@@ -249,13 +282,14 @@ impl Retriever {
         }
     }
 
-    async fn try_get(
+    /// One pull's handshake, from dialing to the checked secret: the secret, the
+    /// flow its segments arrive on, and the protocol it runs on.
+    async fn open_pull(
         &self,
         owner: Option<[u8; 32]>,
         batch_id: &BatchId,
         range: Option<ByteRange>,
-        watch: Watch,
-    ) -> Result<(BatchReader, BatchInfo)> {
+    ) -> Result<(PullSecret, FlowReader, FlowWriter, String)> {
         let identity = self.manager.identity();
         let (handshake, hello) =
             ClientHandshake::pull(identity, owner, batch_id, &self.config.voucher, range)?;
@@ -271,6 +305,17 @@ impl Retriever {
         }
         let layout = BatchLayout::new(secret.chunk_size, secret.compression);
         reader.set_max_msg_size(wire::PULL_SEGMENT_HEADER_LEN + layout.segment_wire() as usize);
+        Ok((secret, reader, writer, protocol))
+    }
+
+    async fn try_get(
+        &self,
+        owner: Option<[u8; 32]>,
+        batch_id: &BatchId,
+        range: Option<ByteRange>,
+        watch: Watch,
+    ) -> Result<(BatchReader, BatchInfo)> {
+        let (secret, reader, writer, protocol) = self.open_pull(owner, batch_id, range).await?;
         let _ = self.events.send(Event::Accepted {
             transfer_id: secret.transfer_id,
             chunk_size: secret.chunk_size,
@@ -293,13 +338,21 @@ impl Retriever {
         let source = FlowSource {
             reader,
             _writer: writer,
+            restarts: watch.clone(),
             watch,
-            events: self.events.clone(),
-            segments: 0,
-            sealed: 0,
-            layout,
+            retriever: self.clone(),
+            owner: Some(secret.sender),
+            batch_id: batch_id.clone(),
+            end: range.map_or(secret.size, |r| r.end),
+            transfer_id: secret.transfer_id,
+            chain: secret.chain,
+            attempts: Attempts::new(self.config.retries),
+            layout: BatchLayout::new(secret.chunk_size, secret.compression),
             count: secret.segment_count,
             size: secret.size,
+            next: 0,
+            segments: 0,
+            sealed: 0,
             bytes: 0,
         };
         crate::stream::open_batch(batch_id, secret, source, range, ended)
@@ -359,21 +412,36 @@ pub struct BatchSummary {
     pub metadata: Bytes,
 }
 
-/// Pull segments arriving on a flow, read while the retriever is not paused.
+/// Pull segments arriving on a flow, read while the retriever is not paused. A
+/// flow lost on the network (or [restarted](Retriever::restart)) is replaced
+/// by a pull of the rest, from the next segment on, of the same batch.
 struct FlowSource {
     reader: FlowReader,
     /// Kept so the flow stays open while we read.
     _writer: FlowWriter,
     watch: Watch,
-    events: broadcast::Sender<Event>,
-    /// Segments and sealed bytes received so far, for progress events.
-    segments: u64,
-    sealed: u64,
-    /// The batch's layout and size, to count plaintext bytes received.
+    /// The same asks, watched for restarts.
+    restarts: Watch,
+    /// What a pull of the rest needs: who asks, for which batch, up to where.
+    retriever: Retriever,
+    owner: Option<[u8; 32]>,
+    batch_id: BatchId,
+    /// The plaintext end of what was asked for.
+    end: u64,
+    /// The batch's transfer and chain: a pull of the rest must find the same.
+    transfer_id: TransferId,
+    chain: ChainHash,
+    attempts: Attempts,
+    /// The batch's layout, segment count and size.
     layout: BatchLayout,
     count: u64,
     size: u64,
-    /// Plaintext bytes of the segments received.
+    /// The index after the last segment received.
+    next: u64,
+    /// Segments, sealed bytes and plaintext bytes received so far, for progress
+    /// events.
+    segments: u64,
+    sealed: u64,
     bytes: u64,
 }
 
@@ -383,26 +451,90 @@ impl FlowSource {
         self.bytes += self.layout.plaintext_len(index, self.count, self.size);
         self.bytes
     }
+
+    /// Replaces the flow by a pull of the rest; false if nothing is left to
+    /// pull (every segment asked for arrived).
+    async fn pull_the_rest(&mut self) -> Result<bool> {
+        let start = self.next.saturating_mul(self.layout.chunk_size());
+        let Some(rest) = ByteRange::new(start, self.end) else {
+            return Ok(false);
+        };
+        let (secret, reader, writer, _) = self
+            .retriever
+            .open_pull(self.owner, &self.batch_id, Some(rest))
+            .await?;
+        if secret.transfer_id != self.transfer_id || !secret.chain.matches(&self.chain) {
+            return Err(Error::Integrity(
+                "the batch was replaced while it was pulled".into(),
+            ));
+        }
+        self.reader = reader;
+        self._writer = writer;
+        Ok(true)
+    }
+
+    /// A pull of the rest in place of the lost flow, retried as the policy
+    /// allows; false if nothing is left to pull.
+    async fn replace_flow(&mut self) -> Result<bool> {
+        loop {
+            match self.pull_the_rest().await {
+                Ok(pulled) => return Ok(pulled),
+                Err(e) => self.recover(e).await?,
+            }
+        }
+    }
+
+    /// Whether to pull the rest after `error`: at once after a restart, after
+    /// the retry policy's wait for a network failure; not for anything else.
+    async fn recover(&mut self, error: Error) -> Result<()> {
+        if !error.is_retryable() {
+            return Err(error);
+        }
+        if !self.restarts.take_restart() {
+            let events = Some(&self.retriever.events);
+            match judge(&mut self.attempts, &error, self.segments, events) {
+                Verdict::Retry { delay, .. } => tokio::time::sleep(delay).await,
+                Verdict::GiveUp { attempts } => return Err(exhausted(attempts, error)),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
 impl SegmentSource for FlowSource {
     async fn next_segment(&mut self) -> Result<Option<(u64, Bytes)>> {
-        self.watch.unpaused().await;
-        // A cancel wins over a segment that is ready, so it takes effect at once.
-        let read = tokio::select! {
-            biased;
-            () = self.watch.cancelled() => return Err(Error::Cancelled),
-            read = self.reader.read_msg() => read?,
-        };
-        match read {
-            None => Ok(None),
-            Some(bytes) => match Message::from_bytes(bytes)? {
+        loop {
+            self.watch.unpaused().await;
+            // A cancel wins over a segment that is ready, so it takes effect at
+            // once; a restart drops the flow for a new one.
+            let read = tokio::select! {
+                biased;
+                () = self.watch.cancelled() => return Err(Error::Cancelled),
+                () = self.restarts.restarted() => None,
+                read = self.reader.read_msg() => Some(read.map_err(Error::from)),
+            };
+            let bytes = match read {
+                Some(Ok(Some(bytes))) => bytes,
+                Some(Ok(None)) => return Ok(None),
+                lost => {
+                    // Restarted (a new flow at once), or lost on the network.
+                    if let Some(Err(e)) = lost {
+                        self.recover(e).await?;
+                    }
+                    if !self.replace_flow().await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            };
+            return match Message::from_bytes(bytes)? {
                 Message::PullSegment(s) => {
+                    self.next = s.index.saturating_add(1);
                     self.sealed += s.ciphertext.len() as u64;
                     self.segments += 1;
                     let bytes = self.bytes_through(s.index);
-                    let _ = self.events.send(Event::Progress {
+                    let _ = self.retriever.events.send(Event::Progress {
                         bytes,
                         segments: self.segments,
                         sealed: self.sealed,
@@ -411,7 +543,7 @@ impl SegmentSource for FlowSource {
                 }
                 Message::Refuse(r) => Err(session::refused(r)),
                 other => Err(session::unexpected("PullSegment", &other)),
-            },
+            };
         }
     }
 }

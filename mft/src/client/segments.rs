@@ -351,6 +351,15 @@ impl Worker {
             pending,
             _permit: permit,
         };
+        // A flow whose connection is known to be closed (restarted, or lost and
+        // noticed) is not written to: a new one is opened on a new connection.
+        if self
+            .flow
+            .as_ref()
+            .is_some_and(|f| f.writer.conn().is_closed())
+        {
+            self.flow = None;
+        }
         let flow = match &mut self.flow {
             Some(flow) => flow,
             None => match SegmentFlow::open(&self.shared).await {

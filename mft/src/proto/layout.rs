@@ -117,6 +117,11 @@ impl BatchLayout {
         }
     }
 
+    /// Plaintext bytes of every segment but the last.
+    pub(crate) fn chunk_size(&self) -> u64 {
+        u64::from(self.chunk_size)
+    }
+
     /// Ciphertext bytes of a full segment: a chunk and its tag.
     pub(crate) fn segment_wire(&self) -> u64 {
         u64::from(self.chunk_size) + TAG_LEN as u64
