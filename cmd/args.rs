@@ -120,7 +120,7 @@ a comment; lines starting with # and blank lines are ignored.
 
 A config file (TOML) may set any of: listen = [\"quic/0.0.0.0:4433\"], data, key,
 senders, retrievers, max_chunk = \"4MiB\", max_metadata = \"64KiB\",
-max_transfers_per_key = 16, grace = 5. Relative paths are relative to the config
+max_transfers_per_key = 16, compression = false, grace = 5. Relative paths are relative to the config
 file. Flags override it.
 
 On start it prints `listening on <endpoint>` for each listener and
@@ -170,6 +170,11 @@ pub struct ServeArgs {
     /// Seconds open flows get to finish after SIGINT/SIGTERM (default 5).
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<u64>,
+    /// Settle every transfer on no compression, even when its sender offers
+    /// zstd: ciphertext lengths then show nothing of how compressible the data
+    /// is (PROTOCOL.md §14).
+    #[arg(long)]
+    pub no_compression: bool,
     /// Transport tuning (the server sends on a pull, so its controller matters there).
     #[command(flatten)]
     pub tuning: TuningArgs,

@@ -44,6 +44,8 @@ pub struct ServeSettings {
     pub max_connections_per_source: Option<usize>,
     /// Seconds for open flows to finish at shutdown.
     pub grace: u64,
+    /// Whether transfers may settle on compression.
+    pub compression: bool,
     /// The transport tuning.
     pub tuning: Tuning,
 }
@@ -143,6 +145,7 @@ pub fn serve_settings(args: ServeArgs) -> Result<ServeSettings, CliError> {
             .max_connections_per_source
             .or(file.max_connections_per_source),
         grace: args.grace.or(file.grace).unwrap_or(5),
+        compression: !args.no_compression && file.compression.unwrap_or(true),
     })
 }
 
@@ -187,6 +190,7 @@ mod tests {
             max_connections: None,
             max_connections_per_source: None,
             grace: None,
+            no_compression: false,
             tuning: Default::default(),
         }
     }
@@ -217,10 +221,16 @@ mod tests {
                 rate: Some(200_000_000)
             }
         );
+        assert!(s.compression, "on unless turned off");
         let mut a = args(Some(path.clone()));
         a.tuning.congestion = Some(flow::CongestionControl::Cubic);
+        a.no_compression = true;
         let s = serve_settings(a).expect("merges");
         assert_eq!(s.tuning.congestion, Some(flow::CongestionControl::Cubic));
+        assert!(!s.compression, "--no-compression");
+        std::fs::write(&path, "data = \"d\"\nkey = \"k\"\ncompression = false\n").expect("write");
+        let s = serve_settings(args(Some(path.clone()))).expect("merges");
+        assert!(!s.compression, "compression = false");
 
         std::fs::write(
             &path,

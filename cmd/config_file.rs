@@ -33,6 +33,7 @@ pub(crate) struct File {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_source: Option<usize>,
     pub(crate) grace: Option<u64>,
+    pub(crate) compression: Option<bool>,
     pub(crate) congestion: Option<String>,
     pub(crate) rate: Option<String>,
 }

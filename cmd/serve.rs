@@ -33,6 +33,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     if let Some(n) = settings.max_transfers_per_key {
         config.max_open_transfers_per_peer(n);
     }
+    config.compression(settings.compression);
     if let Some(n) = settings.max_open_bytes_per_key {
         config.max_open_bytes_per_peer(n);
     }

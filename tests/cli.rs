@@ -1720,4 +1720,34 @@ fn send_compresses_what_compresses_unless_told_not_to() {
         &server.quic,
     ]);
     assert_eq!(out.code(), Some(2), "{}", out.explain());
+
+    // A server run with --no-compression settles every transfer on none.
+    let tmp2 = tempfile::tempdir().expect("temp dir");
+    let dir2 = tmp2.path();
+    keygen(dir2, "server.key");
+    std::fs::copy(dir.join("client.key"), dir2.join("client.key")).expect("copies the key");
+    std::fs::copy(dir.join("allowed.txt"), dir2.join("allowed.txt")).expect("copies the list");
+    std::fs::copy(dir.join("readings.csv"), dir2.join("readings.csv")).expect("copies");
+    let mut extra = CLIENT_LISTS.to_vec();
+    extra.push("--no-compression");
+    let plain_server = serve(dir2, &extra);
+    let out = mftq_in(
+        dir2,
+        &[
+            "send",
+            "readings.csv",
+            "--to",
+            &plain_server.quic,
+            "--json",
+            "--server-key",
+            &plain_server.key,
+            "--key",
+            "client.key",
+        ],
+        LONG,
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let summary: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.explain()));
+    assert!(summary["sealed_bytes"].as_u64().expect("sealed bytes") > size);
 }
