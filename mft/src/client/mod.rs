@@ -88,6 +88,15 @@ impl Metadata {
     }
 }
 
+/// How far a send got in opening its transfer, for a cancel to abort it.
+#[derive(Default)]
+struct Opening {
+    /// Set before its hello is sent.
+    hello_sent: std::sync::OnceLock<()>,
+    /// Its transfer, once accepted.
+    transfer: std::sync::OnceLock<TransferId>,
+}
+
 /// What the handshake settled for a send.
 struct Opened {
     secret: PushSecret,
@@ -388,12 +397,14 @@ impl Sender {
         metadata: Metadata,
         mut watch: Watch,
     ) -> Result<Receipt> {
-        let opened = std::sync::OnceLock::new();
+        let opening = Opening::default();
+        let for_the_send = watch.clone();
         tokio::select! {
-            result = self.send_inner(reader, batch_id, metadata, &opened, watch.clone()) => result,
+            // A cancel asked before the send first ran wins: nothing is sent.
+            biased;
             () = watch.cancelled() => {
-                if let Some(transfer) = opened.get()
-                    && let Err(e) = self.abort(*transfer).await
+                if let Some(transfer) = self.transfer_of(&opening, batch_id).await
+                    && let Err(e) = self.abort(transfer).await
                 {
                     tracing::warn!(
                         error = %e,
@@ -402,7 +413,23 @@ impl Sender {
                 }
                 Err(Error::Cancelled)
             }
+            result = self.send_inner(reader, batch_id, metadata, &opening, for_the_send) => result,
         }
+    }
+
+    /// The transfer a cancelled send opened: known once its accept arrived; if
+    /// its hello went out but no accept came back yet, the server's list of
+    /// this key's open transfers says (a server still opening it then keeps it
+    /// until it is abandoned or expires).
+    async fn transfer_of(&self, opening: &Opening, batch_id: &[u8]) -> Option<TransferId> {
+        if let Some(transfer) = opening.transfer.get() {
+            return Some(*transfer);
+        }
+        opening.hello_sent.get()?;
+        let open = self.open_transfers().await.ok()?;
+        open.into_iter()
+            .find(|o| &o.batch_id[..] == batch_id)
+            .map(|o| o.transfer_id)
     }
 
     /// Emits the final event of a send.
@@ -431,7 +458,7 @@ impl Sender {
         reader: impl AsyncRead + Unpin + Send + 'static,
         batch_id: &[u8],
         metadata: Metadata,
-        opened_transfer: &std::sync::OnceLock<TransferId>,
+        opening: &Opening,
         watch: Watch,
     ) -> Result<Receipt> {
         let batch_id = check_batch_id(batch_id)?;
@@ -440,6 +467,7 @@ impl Sender {
             batch_id: batch_id.to_vec(),
         });
         let mut attempts = Attempts::new(self.config.retries);
+        let _ = opening.hello_sent.set(());
         let opened = match self.open(&batch_id, &mut attempts).await {
             Ok(opened) => opened,
             // The batch exists: sending the same content again is a success.
@@ -448,7 +476,7 @@ impl Sender {
             }
             Err(e) => return Err(e),
         };
-        let _ = opened_transfer.set(opened.secret.transfer_id);
+        let _ = opening.transfer.set(opened.secret.transfer_id);
         metadata.check_fixed(opened.secret.max_metadata, "server's")?;
         let pool = Arc::new(BufferPool::default());
         // The producer stays a few sealed segments ahead of the flows.
