@@ -13,7 +13,7 @@ use crate::crypto::{self, context};
 /// ```
 /// use bytes::Bytes;
 /// use flow::Identity;
-/// use mft::wire::{BatchId, Hello, Signature, Signed};
+/// use mft::wire::{BatchId, Compression, Hello, Signature, Signed};
 /// let sender = Identity::generate();
 /// let mut hello = Hello {
 ///     batch_id: BatchId::new(&b"b"[..]).unwrap(),
@@ -22,6 +22,7 @@ use crate::crypto::{self, context};
 ///     chunk_size: 1 << 20,
 ///     voucher: Bytes::new(),
 ///     replace: false,
+///     compression: Compression::None,
 ///     signature: Signature([0; 64]),
 /// };
 /// hello.sign(&sender).unwrap();
