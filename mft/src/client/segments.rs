@@ -352,11 +352,14 @@ impl Worker {
             _permit: permit,
         };
         // A flow whose connection is known to be closed (restarted, or lost and
-        // noticed) is not written to: a new one is opened on a new connection.
-        if self
-            .flow
-            .as_ref()
-            .is_some_and(|f| f.writer.conn().is_closed())
+        // noticed) is not written to: with nothing awaiting its
+        // acknowledgement, a new one is opened on a new connection. (With
+        // segments on it, its failure requeues them, as for any lost flow.)
+        if self.outstanding.is_empty()
+            && self
+                .flow
+                .as_ref()
+                .is_some_and(|f| f.writer.conn().is_closed())
         {
             self.flow = None;
         }
