@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+use super::Event;
 
 /// What the sender's owner asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,47 +21,86 @@ struct State {
     restarts: u64,
 }
 
-/// The owner's side, shared by a sender and its clones.
+/// The owner's side, shared by a sender (or retriever) and its clones, with the
+/// events it reports what it was asked to.
 #[derive(Clone, Debug)]
-pub(super) struct Control(Arc<watch::Sender<State>>);
+pub(super) struct Control {
+    state: Arc<watch::Sender<State>>,
+    events: broadcast::Sender<Event>,
+}
 
 impl Default for Control {
     fn default() -> Self {
-        Control(Arc::new(watch::channel(State::default()).0))
+        Control::new(broadcast::channel(1).0)
     }
 }
 
 impl Control {
-    /// Pauses; false if already paused.
-    pub(super) fn pause(&self) -> bool {
-        self.0
-            .send_if_modified(|s| !std::mem::replace(&mut s.paused, true))
+    /// A control reporting to `events`.
+    pub(super) fn new(events: broadcast::Sender<Event>) -> Self {
+        Control {
+            state: Arc::new(watch::channel(State::default()).0),
+            events,
+        }
     }
 
-    /// Ends a pause; false if not paused.
+    /// Pauses, emitting [`Event::Paused`]; false if already paused.
+    pub(super) fn pause(&self) -> bool {
+        self.report(
+            self.state
+                .send_if_modified(|s| !std::mem::replace(&mut s.paused, true)),
+            Event::Paused,
+        )
+    }
+
+    /// Ends a pause, emitting [`Event::Continued`]; false if not paused.
     pub(super) fn resume(&self) -> bool {
-        self.0
-            .send_if_modified(|s| std::mem::replace(&mut s.paused, false))
+        self.report(
+            self.state
+                .send_if_modified(|s| std::mem::replace(&mut s.paused, false)),
+            Event::Continued,
+        )
+    }
+
+    /// Emits `event` if `changed`; returns `changed`.
+    fn report(&self, changed: bool, event: Event) -> bool {
+        if changed {
+            let _ = self.events.send(event);
+        }
+        changed
     }
 
     /// Cancels every send in progress.
     pub(super) fn cancel(&self) {
-        self.0.send_modify(|s| s.cancels += 1);
+        self.state.send_modify(|s| s.cancels += 1);
     }
 
-    /// Tells every send in progress that its connection is being restarted.
-    pub(super) fn restart(&self) {
-        self.0.send_modify(|s| s.restarts += 1);
+    /// Tells every send in progress that its connection is being restarted,
+    /// emits [`Event::Reconnecting`], and closes `manager`'s dialed connections
+    /// to the server `server_key`, so the next flow dials a new one.
+    pub(super) fn restart(&self, manager: &flow::Manager, server_key: &flow::PeerKey) {
+        self.ask_restart();
+        for conn in manager.connections() {
+            if conn.is_dialed() && conn.remote_identity() == *server_key {
+                conn.close();
+            }
+        }
+    }
+
+    /// The restart itself: every watch hears of it, and the events say so.
+    fn ask_restart(&self) {
+        self.state.send_modify(|s| s.restarts += 1);
+        let _ = self.events.send(Event::Reconnecting);
     }
 
     /// Whether sends are paused.
     pub(super) fn is_paused(&self) -> bool {
-        self.0.borrow().paused
+        self.state.borrow().paused
     }
 
     /// What one send watches, from its start.
     pub(super) fn watch(&self) -> Watch {
-        let rx = self.0.subscribe();
+        let rx = self.state.subscribe();
         let (cancels_at_start, restarts_seen) = {
             let state = rx.borrow();
             (state.cancels, state.restarts)
@@ -154,7 +195,7 @@ mod tests {
         let control = Control::default();
         let mut watch = control.watch();
         assert!(!watch.take_restart());
-        control.restart();
+        control.ask_restart();
         let mut later = control.watch();
         assert!(watch.take_restart());
         assert!(!watch.take_restart(), "reported once");
@@ -162,7 +203,7 @@ mod tests {
             !later.take_restart(),
             "a watch starts after what it did not see"
         );
-        control.restart();
+        control.ask_restart();
         watch.restarted().await;
         assert!(!watch.take_restart(), "restarted() reports it too");
         let waited = tokio::time::timeout(Duration::from_millis(50), watch.restarted()).await;

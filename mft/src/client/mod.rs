@@ -186,8 +186,8 @@ impl Sender {
         Ok(Sender {
             manager,
             config,
+            control: Control::new(events.clone()),
             events,
-            control: Control::default(),
         })
     }
 
@@ -221,21 +221,13 @@ impl Sender {
     /// # Ok(()) }
     /// ```
     pub fn pause(&self) -> bool {
-        let paused = self.control.pause();
-        if paused {
-            let _ = self.events.send(Event::Paused);
-        }
-        paused
+        self.control.pause()
     }
 
     /// Ends a [pause](Sender::pause): the sends read their input again. Returns
     /// false if the sender was not paused; emits [`Event::Continued`] otherwise.
     pub fn resume(&self) -> bool {
-        let resumed = self.control.resume();
-        if resumed {
-            let _ = self.events.send(Event::Continued);
-        }
-        resumed
+        self.control.resume()
     }
 
     /// Whether this sender is [paused](Sender::pause).
@@ -277,9 +269,7 @@ impl Sender {
     /// send that has already failed is picked up by sending the same batch id
     /// again, which resumes it.
     pub fn restart(&self) {
-        self.control.restart();
-        let _ = self.events.send(Event::Reconnecting);
-        close_connections(&self.manager, &self.config.server_key);
+        self.control.restart(&self.manager, &self.config.server_key);
     }
 
     /// The transfers this key has open on the server (interrupted sends it can
@@ -800,16 +790,6 @@ fn restart_caused(error: &Error, restarts: &mut Watch) -> bool {
         Error::Flow(e) if matches!(e.reason(), flow::Reason::ClosedLocally(_))
     );
     (error.is_retryable() && restarts.take_restart()) || (closed_by_us && restarts.ever_restarted())
-}
-
-/// Closes `manager`'s dialed connections to the server `server_key`, so the next
-/// flow dials a new one.
-fn close_connections(manager: &Manager, server_key: &flow::PeerKey) {
-    for conn in manager.connections() {
-        if conn.is_dialed() && conn.remote_identity() == *server_key {
-            conn.close();
-        }
-    }
 }
 
 async fn open_flow(manager: &Manager, config: &ClientConfig) -> Result<(FlowReader, FlowWriter)> {

@@ -44,8 +44,8 @@ impl Retriever {
         Ok(Retriever {
             manager,
             config,
+            control: Control::new(events.clone()),
             events,
-            control: Control::default(),
         })
     }
 
@@ -82,21 +82,13 @@ impl Retriever {
     /// by default): a pull paused longer fails when resumed, and what is missing
     /// is fetched with a [range](Pull::range).
     pub fn pause(&self) -> bool {
-        let paused = self.control.pause();
-        if paused {
-            let _ = self.events.send(Event::Paused);
-        }
-        paused
+        self.control.pause()
     }
 
     /// Ends a [pause](Retriever::pause). Returns false if not paused; emits
     /// [`Event::Continued`] otherwise.
     pub fn resume(&self) -> bool {
-        let resumed = self.control.resume();
-        if resumed {
-            let _ = self.events.send(Event::Continued);
-        }
-        resumed
+        self.control.resume()
     }
 
     /// Whether this retriever is [paused](Retriever::pause).
@@ -138,9 +130,7 @@ impl Retriever {
     /// of the same manager to the same server fail too, and retry as after any
     /// lost connection.
     pub fn restart(&self) {
-        self.control.restart();
-        let _ = self.events.send(Event::Reconnecting);
-        super::close_connections(&self.manager, &self.config.server_key);
+        self.control.restart(&self.manager, &self.config.server_key);
     }
 
     /// Starts retrieving `batch_id`: its description now, its verified plaintext as
