@@ -318,7 +318,9 @@ A tree batch (sent as several files, or a directory with -r) is restored into -o
 with an absolute path, a .., a duplicate, a control character or a link leading out of
 the target is refused before anything is written. Each file's SHA-256 is checked, and
 entries appear only once all of them verified. An existing entry is not replaced
-without --force.")]
+without --force. The files are staged in DIR/.mftq-tree-<id>.part, synced every 32
+MiB: a tree get that is cut off keeps them, and the same command run again checks
+them and fetches only the rest.")]
 pub struct GetArgs {
     /// The batch id.
     #[arg(value_name = "BATCH_ID")]

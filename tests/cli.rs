@@ -1630,6 +1630,142 @@ fn a_killed_get_resumes_and_fetches_only_what_it_lacks() {
     );
 }
 
+/// A tree `get` killed once it has recorded a checkpoint (issue 11) is run
+/// again: it verifies what it staged, fetches only the rest, and restores the
+/// tree whole; the server's log shows the second get's data pulled as one
+/// ranged retrieval of fewer segments than the batch holds.
+#[test]
+fn a_killed_tree_get_resumes_from_its_staging_directory() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "server.key");
+    let client = keygen(dir, "client.key");
+    std::fs::write(dir.join("allowed.txt"), format!("{client}\n")).expect("writes the list");
+    let log = dir.join("serve.log");
+    let mut extra = CLIENT_LISTS.to_vec();
+    extra.extend_from_slice(&["--log-format", "json"]);
+    let mut server = serve_logging(dir, &extra, Some(&log));
+    // More than a checkpoint's worth (32 MiB) of file data in two files.
+    let files = [
+        ("album/one.bin", random_bytes(40 << 20, 21)),
+        ("album/two.bin", random_bytes((20 << 20) + 777, 22)),
+    ];
+    std::fs::create_dir(dir.join("album")).expect("mkdir");
+    for (name, bytes) in &files {
+        std::fs::write(dir.join(name), bytes).expect("writes");
+    }
+    let key = ["--server-key", server.key.as_str(), "--key", "client.key"];
+    let sent = mftq_in(
+        dir,
+        &[
+            &["send", "album", "-r", "--to", server.quic.as_str()],
+            &key[..],
+        ]
+        .concat(),
+        LONG,
+    );
+    assert_eq!(sent.code(), Some(0), "{}", sent.explain());
+    let get_args = ["get", "album", "--from", server.quic.as_str(), "-o", "out"];
+
+    let mut first = Guard(
+        Command::new(BIN)
+            .args(get_args.iter().chain(&key))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("get starts"),
+    );
+    // Killed as soon as its state records durable bytes.
+    let out = dir.join("out");
+    let checkpointed = || {
+        let entries = std::fs::read_dir(&out).ok()?;
+        entries.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".part.state") {
+                return None;
+            }
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let durable: u64 = text
+                .lines()
+                .last()?
+                .strip_prefix("durable ")?
+                .parse()
+                .ok()?;
+            (durable > 0).then_some(durable)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while checkpointed().is_none() {
+        assert!(
+            first.0.try_wait().expect("waits").is_none(),
+            "the get ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the get made no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    assert!(!out.join("album").exists(), "a killed get restores nothing");
+    let lines_before = std::fs::read_to_string(&log)
+        .expect("reads the log")
+        .lines()
+        .count();
+
+    let again = mftq_in(dir, &[&get_args[..], &key[..], &["--json"]].concat(), LONG);
+    assert_eq!(again.code(), Some(0), "{}", again.explain());
+    let summary: serde_json::Value =
+        serde_json::from_str(&again.stdout).unwrap_or_else(|e| panic!("{e}: {}", again.explain()));
+    let resumed_from = summary["resumed_from"].as_u64().expect("resumed_from");
+    let data_len: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(resumed_from >= 32 << 20, "{}", again.explain());
+    assert_eq!(summary["fetched"], data_len - resumed_from);
+    assert!(
+        again.stderr.contains("resuming the tree"),
+        "{}",
+        again.explain()
+    );
+    for (name, bytes) in &files {
+        assert!(
+            std::fs::read(out.join(name)).expect("reads") == *bytes,
+            "{name}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .expect("lists")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["album"], "no staging is left");
+    let _ = server.child.0.kill();
+    let _ = server.child.0.wait();
+
+    let text = std::fs::read_to_string(&log).expect("reads the log");
+    let fields: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .collect();
+    let total = fields
+        .iter()
+        .find(|f| f["message"] == "batch completed")
+        .and_then(|f| f["segments"].as_u64())
+        .unwrap_or_else(|| panic!("no completion in:\n{text}"));
+    let largest = text
+        .lines()
+        .skip(lines_before)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .filter(|f| f["message"] == "batch retrieved")
+        .filter_map(|f| f["segments"].as_u64())
+        .max()
+        .unwrap_or_else(|| panic!("the second get retrieved nothing:\n{text}"));
+    assert!(
+        largest < total * 3 / 4,
+        "the second get pulled {largest} of {total} segments at once"
+    );
+}
+
 /// `send --compress` (issue 11): text is stored compressed by default and comes
 /// back byte for byte; `--compress off` stores it as it is; a bad mode is a
 /// usage error.

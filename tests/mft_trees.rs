@@ -508,3 +508,168 @@ async fn hostile_manifests_are_refused_and_nothing_is_written() {
     assert!(matches!(err, TreeError::Invalid(_)), "{err}");
     assert_eq!(everything(root), before);
 }
+
+/// A tree of a few files, the middle ones large enough for a fetch to be cut
+/// off inside them: its source directory, and the size of its file data.
+fn resumable_tree(src: &Path) -> u64 {
+    let top = src.join("top");
+    std::fs::create_dir_all(&top).unwrap();
+    let files = [
+        ("a-small.txt", 1_000),
+        ("b-first.bin", 2 << 20),
+        ("c-second.bin", 16 << 20),
+        ("d-last.txt", 10),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        std::fs::write(top.join(name), data(500 + i as u64, *len)).unwrap();
+    }
+    files.iter().map(|(_, len)| *len as u64).sum()
+}
+
+/// Fetches `request` into `dest`, cancelling the pull once `after` bytes of
+/// file data are staged: the fetch's error.
+async fn fetch_cut_off(h: &Harness, request: &Pull, dest: &Path, after: u64) -> TreeError {
+    let retriever = h.retriever();
+    bounded(
+        "cut-off fetch",
+        mft::tree::fetch(
+            &retriever,
+            request,
+            None,
+            dest,
+            RestoreOptions::default(),
+            None,
+            |written| {
+                if written > after {
+                    retriever.cancel();
+                }
+            },
+        ),
+    )
+    .await
+    .expect_err("the fetch is cut off")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_tree_fetch_resumes_from_what_it_staged() {
+    init_tracing();
+    let h = Harness::new(Transport::Quic, ServerConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let data_len = resumable_tree(&src);
+    let packing = Packing::plan(&[src.join("top")], true).unwrap();
+    let receipt = bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
+        .await
+        .unwrap();
+    let request = Pull::batch(b"tree");
+    let (_, info, _) = mft::tree::fetch_manifest(&h.retriever(), &request, None)
+        .await
+        .unwrap();
+    let key = mft::tree::ResumeKey::from(&info);
+
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let err = fetch_cut_off(&h, &request, &dest, 4 << 20).await;
+    assert!(matches!(err, TreeError::Transfer(_)), "{err}");
+    let (staging, kept) = mft::tree::staged(&dest, &key).expect("the cut-off fetch kept its work");
+    assert!(
+        (4 << 20..data_len).contains(&kept),
+        "kept {kept} of {data_len}"
+    );
+    let top_level: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        top_level.len(),
+        2,
+        "only the staging directory and its state: {top_level:?}"
+    );
+
+    let mut first_progress = None;
+    let fetched = bounded(
+        "resumed fetch",
+        mft::tree::fetch(
+            &h.retriever(),
+            &request,
+            None,
+            &dest,
+            RestoreOptions::default(),
+            None,
+            |written| {
+                first_progress.get_or_insert(written);
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched.resumed_from, kept, "resumed from all it kept");
+    assert_eq!(fetched.bytes, data_len - kept, "fetched only the rest");
+    assert_eq!(fetched.sha256, Some(receipt.content_digest));
+    assert!(
+        first_progress.is_some_and(|p| p <= kept),
+        "progress counts the staged bytes first"
+    );
+    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert!(!staging.exists(), "the staging directory is gone");
+    assert_eq!(everything(&dest).len(), snapshot(&src).len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_file_changed_on_disk_is_refused_and_fetched_afresh() {
+    init_tracing();
+    let h = Harness::new(Transport::Quic, ServerConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    resumable_tree(&src);
+    let packing = Packing::plan(&[src.join("top")], true).unwrap();
+    bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
+        .await
+        .unwrap();
+    let request = Pull::batch(b"tree");
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    fetch_cut_off(&h, &request, &dest, 4 << 20).await;
+    // Past 4 MiB, the first two files are staged whole.
+    let staging = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a staging directory");
+    let staged = staging.join("top/b-first.bin");
+    let mut bytes = std::fs::read(&staged).unwrap();
+    assert_eq!(bytes.len(), 2 << 20, "staged whole");
+    bytes[12_345] ^= 1;
+    std::fs::write(&staged, &bytes).unwrap();
+
+    let refused = mft::tree::fetch(
+        &h.retriever(),
+        &request,
+        None,
+        &dest,
+        RestoreOptions::default(),
+        None,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, TreeError::Integrity(m) if m.contains("staged copy")),
+        "{refused}"
+    );
+    assert!(everything(&dest).is_empty(), "what was staged is gone");
+
+    let fetched = mft::tree::fetch(
+        &h.retriever(),
+        &request,
+        None,
+        &dest,
+        RestoreOptions::default(),
+        None,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched.resumed_from, 0);
+    assert_eq!(snapshot(&dest), snapshot(&src));
+}

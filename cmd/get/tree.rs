@@ -8,9 +8,9 @@ use std::time::Instant;
 use mft::tree::{CheckOptions, EntryKind, Manifest, RestoreOptions};
 use serde_json::json;
 
-use super::{Target, check_digest, expected_sha256, safe_file_name, write_plain};
+use super::{Target, check_digest, expected_sha256, notice, safe_file_name, write_plain};
 use crate::args::GetArgs;
-use crate::error::CliError;
+use crate::error::{CliError, Exit};
 use crate::output::{hex, human, mb_per_s, metadata_json, print_json, progress, utc};
 
 /// What the caller knows of the batch: how to ask for it, and its first pull's
@@ -83,25 +83,53 @@ async fn restore(
         Err(e) => return Err(CliError::io(format!("-o {}", root.display()), e)),
     };
     let bar = progress(Some(batch.info.size), "receiving", args.client.json);
-    let fetched = mft::tree::fetch(
-        batch.retriever,
-        batch.request,
-        Some(batch.info.size),
-        &root,
-        options,
-        batch.metadata.and_then(expected_sha256),
-        |written| bar.set_position(written),
-    )
-    .await;
+    let key = mft::tree::ResumeKey::from(batch.info);
+    if let Some((_, kept)) = mft::tree::staged(&root, &key).filter(|(_, kept)| *kept > 0) {
+        notice(
+            &bar,
+            format!(
+                "resuming the tree from {} of {} staged in {}",
+                human(kept),
+                human(batch.info.size),
+                root.display()
+            ),
+        );
+    }
+    let fetched = tokio::select! {
+        fetched = mft::tree::fetch(
+            batch.retriever,
+            batch.request,
+            Some(batch.info.size),
+            &root,
+            options,
+            batch.metadata.and_then(expected_sha256),
+            |written| bar.set_position(written),
+        ) => fetched.map_err(|e| CliError::tree("restoring the tree", e)),
+        _ = tokio::signal::ctrl_c() => Err(CliError::new(
+            Exit::Interrupted,
+            format!("interrupted while restoring the tree into {}", root.display()),
+        )),
+    };
     bar.finish_and_clear();
     let fetched = match fetched {
         Ok(fetched) => fetched,
-        Err(e) => {
-            if created {
-                // Only if still empty: nothing of ours is left in it.
-                let _ = std::fs::remove_dir(&root);
+        Err(mut e) => {
+            match mft::tree::staged(&root, &key) {
+                Some((staging, kept)) if kept > 0 && e.exit != Exit::Integrity => {
+                    e.message.push_str(&format!(
+                        "; {} of {} are kept in {}: run the same command again to resume",
+                        human(kept),
+                        human(batch.info.size),
+                        staging.display()
+                    ));
+                }
+                _ if created => {
+                    // Only if nothing of ours is left in it.
+                    let _ = std::fs::remove_dir(&root);
+                }
+                _ => {}
             }
-            return Err(CliError::tree("restoring the tree", e));
+            return Err(e);
         }
     };
     let elapsed = started.elapsed();
@@ -118,17 +146,22 @@ async fn restore(
         "output": root.display().to_string(),
         "entries": fetched.entries,
         "fetched": fetched.bytes,
-        "resumed_from": 0,
+        "resumed_from": fetched.resumed_from,
         "seconds": elapsed.as_secs_f64(),
     });
     if args.client.json {
         print_json(&summary);
     } else {
+        let resumed = if fetched.resumed_from > 0 {
+            format!(", {} of it resumed", human(fetched.resumed_from))
+        } else {
+            String::new()
+        };
         println!(
-            "batch {}\nrestored {} entries ({}) into {} in {:.2?} ({:.1} MB/s), verified\nsender {}",
+            "batch {}\nrestored {} entries ({}{resumed}) into {} in {:.2?} ({:.1} MB/s), verified\nsender {}",
             String::from_utf8_lossy(&info.batch_id),
             fetched.entries,
-            human(fetched.bytes),
+            human(fetched.bytes + fetched.resumed_from),
             root.display(),
             elapsed,
             mb_per_s(fetched.bytes, elapsed),

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::TreeError;
 use super::manifest::{EntryKind, Manifest, TRAILER_LEN};
+use super::staging::ResumeKey;
 use super::unpack::{Restore, RestoreOptions};
 use crate::client::{Pull, Retriever};
 use crate::stream::{BatchInfo, BatchReader};
@@ -26,8 +27,11 @@ pub struct Fetched {
     pub info: BatchInfo,
     /// Entries restored.
     pub entries: usize,
-    /// Bytes of file data fetched.
+    /// Bytes of file data fetched (not counting those resumed from).
     pub bytes: u64,
+    /// Bytes of file data that an earlier, interrupted fetch had staged, and
+    /// this one kept (verified again, not fetched).
+    pub resumed_from: u64,
     /// The SHA-256 of the whole batch (its files' bytes, manifest and trailer)
     /// when all of it was fetched, to compare with a digest the sender declared.
     pub sha256: Option<[u8; 32]>,
@@ -82,13 +86,18 @@ pub async fn fetch_manifest(
 }
 
 /// Fetches a whole tree batch into the directory `root` (which must exist),
-/// as [`Restore`] does it: the manifest checked before anything is written,
-/// every file's SHA-256 checked, entries moved into place at the end. `size` is
-/// the batch's size if known (see [`fetch_manifest`]); `sha256` is the digest
-/// of the whole batch that its sender declared (in its metadata), if any: a
-/// batch that does not match it is an [`Integrity`](TreeError::Integrity)
-/// failure, and nothing is moved into place. `progress` gets the bytes of file
-/// data written so far.
+/// as [`Restore::resumable`] does it: the manifest checked before anything is
+/// written, every file's SHA-256 checked, entries moved into place at the end.
+/// A fetch of the same content that was cut off (by the network, a signal, a
+/// full disk) left its staged files in `root`: this one verifies them again and
+/// fetches only the rest ([`Fetched::resumed_from`]). Find what a failed fetch
+/// kept with [`staged`](super::staged).
+///
+/// `size` is the batch's size if known (see [`fetch_manifest`]); `sha256` is
+/// the digest of the whole batch that its sender declared (in its metadata),
+/// if any: a batch that does not match it is an
+/// [`Integrity`](TreeError::Integrity) failure, and nothing is moved into place
+/// (nor kept). `progress` gets the bytes of file data staged so far.
 pub async fn fetch(
     retriever: &Retriever,
     request: &Pull,
@@ -100,24 +109,27 @@ pub async fn fetch(
 ) -> Result<Fetched, TreeError> {
     let (manifest, info, tail) = fetch_manifest(retriever, request, size).await?;
     let data_len = manifest.data_len()?;
-    let mut restore = Restore::new(root, manifest, options)?;
+    let mut restore = Restore::resumable(root, manifest, options, ResumeKey::from(&info))?;
+    let from = restore.resume_from();
     let mut sha = sha2::Sha256::new();
-    if data_len > 0 {
-        let (reader, _) = open_range(retriever, request, 0, data_len, Some(&info)).await?;
-        let mut written = 0u64;
-        restore
-            .write_data(reader, |bytes| {
-                sha.update(bytes);
-                written += bytes.len() as u64;
-                progress(written);
-            })
-            .await?;
+    let mut written = 0u64;
+    let seen = |bytes: &[u8]| {
+        sha.update(bytes);
+        written += bytes.len() as u64;
+        progress(written);
+    };
+    if from < data_len {
+        let (reader, _) = open_range(retriever, request, from, data_len, Some(&info)).await?;
+        restore.write_data(reader, seen).await?;
+    } else {
+        restore.write_data(&[][..], seen).await?;
     }
     sha.update(&tail);
     let digest: [u8; 32] = sha.finalize().into();
     if let Some(declared) = sha256
         && declared != digest
     {
+        restore.discard();
         return Err(TreeError::Integrity(format!(
             "the batch's SHA-256 is {}, but its sender declared {}",
             crate::wire::values::hex(&digest),
@@ -128,7 +140,8 @@ pub async fn fetch(
     Ok(Fetched {
         info,
         entries,
-        bytes: data_len,
+        bytes: data_len - from,
+        resumed_from: from,
         sha256: Some(digest),
     })
 }
@@ -210,6 +223,7 @@ pub async fn fetch_file(
         info,
         entries: 1,
         bytes: size,
+        resumed_from: 0,
         sha256: None,
     })
 }

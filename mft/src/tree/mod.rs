@@ -13,9 +13,12 @@
 //! absolute paths, `.` and `..`, empty components, control characters,
 //! duplicates (and, on request, names that collide when case is ignored),
 //! parents that are not directories listed first, and links that lead out of
-//! the tree. [`Restore`] writes into a fresh staging directory inside the
-//! target, never follows a link that is there already, checks every file's
-//! SHA-256, and only then moves the entries into place.
+//! the tree. [`Restore`] writes into a staging directory inside the target,
+//! never follows a link that is there already, checks every file's SHA-256,
+//! and only then moves the entries into place. [`fetch`] stages by the batch's
+//! content, so a fetch that was cut off is resumed by the next one of the same
+//! content, which fetches only what was not staged yet ([`staged`] says what a
+//! failed fetch kept).
 //!
 //! ```no_run
 //! # async fn demo(sender: mft::Sender, retriever: mft::Retriever) -> Result<(), mft::tree::TreeError> {
@@ -37,6 +40,7 @@ mod check;
 mod fetch;
 mod manifest;
 mod pack;
+mod staging;
 mod unpack;
 
 pub use check::CheckOptions;
@@ -46,6 +50,7 @@ pub use manifest::{
     TREE_VERSION, Timestamp,
 };
 pub use pack::{Packing, Skipped, TreeReader};
+pub use staging::{ResumeKey, staged};
 pub use unpack::{Restore, RestoreOptions};
 
 use std::path::PathBuf;
