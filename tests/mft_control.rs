@@ -53,6 +53,23 @@ async fn wait_for(events: &mut broadcast::Receiver<Event>, wanted: impl Fn(&Even
     .await;
 }
 
+/// Waits for the first server event `wanted` accepts, within a bound.
+async fn wait_for_server(
+    events: &mut broadcast::Receiver<ServerEvent>,
+    wanted: impl Fn(&ServerEvent) -> bool,
+) -> ServerEvent {
+    bounded("the server's event", async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => return event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("the events ended"),
+            }
+        }
+    })
+    .await
+}
+
 /// Sixteen sends cancelled mid-way, one after another, each with its transfer
 /// open and holding data: every cancel aborts its transfer, so the key's sixteen
 /// open-transfer slots are free again and the seventeenth send succeeds.
@@ -99,9 +116,11 @@ async fn cancelled_sends_free_their_slots(t: Transport) {
 }
 
 /// A send started while its sender is paused opens its transfer and stores
-/// nothing; resumed, it completes, byte-identical.
+/// nothing; resumed, it completes, byte-identical. The server hears of the
+/// pause and of the resume, for that transfer.
 async fn a_paused_send_holds_its_data_until_resumed(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;
+    let mut server_events = h.server.subscribe();
     let sender = h.sender();
     let mut events = sender.subscribe();
     assert!(sender.pause());
@@ -121,8 +140,32 @@ async fn a_paused_send_holds_its_data_until_resumed(t: Transport) {
     let open = sender.open_transfers().await.unwrap();
     assert_eq!(open.len(), 1, "the transfer is open: {open:?}");
     assert_eq!(open[0].stored_segments, 0, "nothing is sent while paused");
+    let me = *h.client.identity().public_key().as_bytes();
+    let transfer = open[0].transfer_id;
+    let paused = wait_for_server(&mut server_events, |e| {
+        matches!(
+            e,
+            ServerEvent::Paused { .. } | ServerEvent::Continued { .. }
+        )
+    })
+    .await;
+    assert!(
+        matches!(paused, ServerEvent::Paused { peer, transfer: t } if *peer.as_bytes() == me && t == transfer),
+        "{paused:?}"
+    );
     assert!(sender.resume());
     assert!(!sender.resume(), "not paused any more");
+    let continued = wait_for_server(&mut server_events, |e| {
+        matches!(
+            e,
+            ServerEvent::Paused { .. } | ServerEvent::Continued { .. }
+        )
+    })
+    .await;
+    assert!(
+        matches!(continued, ServerEvent::Continued { transfer: t, .. } if t == transfer),
+        "{continued:?}"
+    );
     let receipt = bounded("the resumed send", send).await.unwrap().unwrap();
     h.check_receipt(&receipt, b"paused", size).await;
     h.check_retrieval(b"paused", 7, size, b"meta").await;
@@ -135,9 +178,11 @@ async fn a_paused_send_holds_its_data_until_resumed(t: Transport) {
 
 /// A pull opened while its retriever is paused yields nothing until resumed,
 /// then the whole batch; a pull cancelled after its first bytes ends with the
-/// cancel, not with bad data, and says so in its events.
+/// cancel, not with bad data, and says so in its events, as the server does in
+/// its own.
 async fn a_paused_pull_holds_until_resumed_and_a_cancelled_one_ends(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;
+    let mut server_events = h.server.subscribe();
     let size = 40 * u64::from(CHUNK) + 3;
     h.sender()
         .send(PrngReader::new(5, size), b"pulled", b"meta")
@@ -158,7 +203,14 @@ async fn a_paused_pull_holds_until_resumed_and_a_cancelled_one_ends(t: Transport
     })
     .await;
 
-    let (mut reader, _) = retriever.get(b"pulled").await.unwrap();
+    // Larger than any transport's flow window, so the server is still
+    // sending when the retriever goes away.
+    let big = 320 * u64::from(CHUNK);
+    h.sender()
+        .send(PrngReader::new(6, big), b"pulled-big", b"meta")
+        .await
+        .unwrap();
+    let (mut reader, _) = retriever.get(b"pulled-big").await.unwrap();
     let mut some = vec![0u8; CHUNK as usize];
     reader.read_exact(&mut some).await.unwrap();
     retriever.cancel();
@@ -170,10 +222,18 @@ async fn a_paused_pull_holds_until_resumed_and_a_cancelled_one_ends(t: Transport
     let inner = error.get_ref().and_then(|e| e.downcast_ref::<Error>());
     assert!(matches!(inner, Some(Error::Cancelled)), "{error:?}");
     assert!(
-        (rest.len() as u64) < size - u64::from(CHUNK),
+        (rest.len() as u64) < big - u64::from(CHUNK),
         "the pull stopped short"
     );
     wait_for(&mut events, |e| *e == Event::Cancelled).await;
+    let stopped = wait_for_server(&mut server_events, |e| {
+        matches!(e, ServerEvent::RetrievalStopped { .. })
+    })
+    .await;
+    assert!(
+        matches!(stopped, ServerEvent::RetrievalStopped { segments, wanted: 320, .. } if segments < 320),
+        "{stopped:?}"
+    );
     // A pull after the cancel is not affected by it.
     let (reader, _) = retriever.get(b"pulled").await.unwrap();
     assert_content(reader, 5, size).await;

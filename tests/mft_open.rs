@@ -10,12 +10,62 @@ use common::mft_harness::*;
 use common::{Transport, init_tracing};
 use flow::ManagerConfig;
 use mft::wire::RefuseCode;
-use mft::{Sender, ServerConfig};
+use mft::{Sender, ServerConfig, ServerEvent};
 
 on_every_transport!(
+    a_pause_notice_is_taken_from_the_owner_of_an_open_transfer_only,
     an_owner_lists_and_aborts_its_open_transfers,
     a_key_at_its_limit_gives_up_its_transfer_idle_longest,
 );
+
+/// The server reports a sender's pause and resume of its open transfer, and
+/// refuses a notice from another key (as for a transfer that never existed)
+/// or for a transfer that is not open.
+async fn a_pause_notice_is_taken_from_the_owner_of_an_open_transfer_only(t: Transport) {
+    let h = Harness::new(t, ServerConfig::default()).await;
+    let mut events = h.server.subscribe();
+    let raw = h.raw();
+    let tr = raw.open(b"noticed", CHUNK).await;
+    let noted = raw.pause(tr.id(), true).await.unwrap();
+    assert_eq!((noted.transfer_id, noted.paused), (tr.id(), true));
+    raw.pause(tr.id(), false).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = common::bounded("an event", events.recv()).await.unwrap();
+        if matches!(
+            event,
+            ServerEvent::Paused { .. } | ServerEvent::Continued { .. }
+        ) {
+            seen.push(event);
+        }
+    }
+    let me = h.client.identity().public_key();
+    assert_eq!(
+        seen,
+        [
+            ServerEvent::Paused {
+                peer: me,
+                transfer: tr.id()
+            },
+            ServerEvent::Continued {
+                peer: me,
+                transfer: tr.id()
+            },
+        ]
+    );
+
+    let stranger = Raw {
+        manager: h.t.manager(ManagerConfig::default()),
+        endpoint: h.endpoint.clone(),
+        server_key: h.server_key(),
+    };
+    let refused = stranger.pause(tr.id(), true).await.unwrap_err();
+    assert_eq!(refused.code, RefuseCode::UnknownTransfer, "{refused:?}");
+
+    h.sender().abort(tr.id()).await.unwrap();
+    let refused = raw.pause(tr.id(), true).await.unwrap_err();
+    assert_eq!(refused.code, RefuseCode::UnknownTransfer, "{refused:?}");
+}
 
 async fn an_owner_lists_and_aborts_its_open_transfers(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;

@@ -17,9 +17,9 @@ use crate::store::fs::{encode_batch, encode_transfer};
 use crate::store::{BatchRecord, TransferId, TransferRecord};
 use crate::wire::{
     Abort, Aborted, BatchId, ByteRange, Codec, Complete, Compression, Confirm, DataKey, Delete,
-    Deleted, List, ListOpen, Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Position,
-    PullSegment, Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck, Signature, Signed,
-    Stored,
+    Deleted, List, ListOpen, Listing, ListingEntry, Message, OpenEntry, OpenTransfers, Pause,
+    PauseNoted, Position, PullSegment, Receipt, Refuse, RefuseCode, Resume, Segment, SegmentAck,
+    Signature, Signed, Stored,
 };
 
 const FILE: &str = "golden_vectors.txt";
@@ -320,6 +320,24 @@ fn vectors() -> Vectors {
         "aborted",
         Message::Aborted(Aborted {
             transfer_id: TransferId([0x11; 16]),
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    v.add(
+        "pause",
+        Message::Pause(Pause {
+            transfer_id: TransferId([0x11; 16]),
+            paused: true,
+        })
+        .to_bytes()
+        .expect("a vector encodes"),
+    );
+    v.add(
+        "pause-noted",
+        Message::PauseNoted(PauseNoted {
+            transfer_id: TransferId([0x11; 16]),
+            paused: true,
         })
         .to_bytes()
         .expect("a vector encodes"),

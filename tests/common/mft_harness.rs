@@ -481,6 +481,31 @@ impl Raw {
         }
     }
 
+    /// Sends a pause notice for `transfer` on its own flow: the server's note
+    /// of it, or the refusal.
+    pub async fn pause(
+        &self,
+        transfer: TransferId,
+        paused: bool,
+    ) -> Result<mft::wire::PauseNoted, Refuse> {
+        let (mut reader, mut writer) = self.flow().await;
+        let pause = Message::Pause(mft::wire::Pause {
+            transfer_id: transfer,
+            paused,
+        });
+        writer
+            .write_msg(&[&pause.to_bytes().unwrap()])
+            .await
+            .unwrap();
+        let answer = recv(&mut reader).await;
+        assert_flow_ended(&mut reader).await;
+        match answer {
+            Some(Message::PauseNoted(noted)) => Ok(noted),
+            Some(Message::Refuse(refuse)) => Err(refuse),
+            other => panic!("expected PauseNoted or Refuse, got {other:?}"),
+        }
+    }
+
     pub async fn complete_refused(&self, complete: &Complete, code: RefuseCode) {
         let refuse = self
             .complete(complete)

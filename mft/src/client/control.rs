@@ -132,6 +132,13 @@ impl Watch {
         let _ = self.rx.wait_for(|s| !s.paused || s.cancels != start).await;
     }
 
+    /// Returns whether the sends are paused once that is not `was` (at once if
+    /// it is not already); `None` if the control is gone.
+    pub(super) async fn paused_unlike(&mut self, was: bool) -> Option<bool> {
+        let state = self.rx.wait_for(|s| s.paused != was).await.ok()?;
+        Some(state.paused)
+    }
+
     /// Whether a restart was asked for since this watch was made.
     pub(super) fn ever_restarted(&self) -> bool {
         self.rx.borrow().restarts != self.restarts_at_start
@@ -184,7 +191,9 @@ mod tests {
         assert!(control.resume());
         assert!(!control.resume(), "not paused");
         watch.unpaused().await;
+        assert_eq!(watch.paused_unlike(true).await, Some(false));
         control.pause();
+        assert_eq!(watch.paused_unlike(false).await, Some(true));
         control.cancel();
         watch.unpaused().await; // a cancelled send is not held
         watch.cancelled().await;

@@ -202,7 +202,12 @@ impl Sender {
     /// server, which keeps what it holds until their deadline. Applies to every
     /// send through this sender and its clones, including those started while
     /// paused (they open their transfer, then wait). Returns false if the sender
-    /// was paused already; emits [`Event::Paused`] otherwise.
+    /// was paused already; emits [`Event::Paused`] otherwise. Each send with an
+    /// open transfer tells the server, which reports
+    /// [`ServerEvent::Paused`](crate::ServerEvent::Paused) (and
+    /// [`Continued`](crate::ServerEvent::Continued) on resume) in its events and
+    /// logs; a server that does not know the notice refuses it, and the send
+    /// goes on regardless.
     ///
     /// A long pause may outlast the server's idle deadline for the flows the
     /// sends keep open; the sends then reconnect when resumed, at the cost of one
@@ -467,6 +472,13 @@ impl Sender {
             Err(e) => return Err(e),
         };
         let _ = opening.transfer.set(opened.secret.transfer_id);
+        // The server hears of pauses (for its events and logs) while this runs.
+        let _pauses = AbortOnDrop(tokio::spawn(manage::tell_pauses(
+            self.manager.clone(),
+            self.config.clone(),
+            opened.secret.transfer_id,
+            watch.clone(),
+        )));
         metadata.check_fixed(opened.secret.max_metadata, "server's")?;
         let pool = Arc::new(BufferPool::default());
         // The producer stays a few sealed segments ahead of the flows.

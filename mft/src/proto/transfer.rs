@@ -156,6 +156,12 @@ impl TransferState {
         }
     }
 
+    /// Whether its sender's pause notice is taken now: only while the transfer is
+    /// open (a completing, complete, expired or aborted one has nothing to pause).
+    pub(crate) fn admit_pause(&self, now_unix: u64) -> Result<(), Refused> {
+        Self::refusal(self.phase_at(now_unix)).map_or(Ok(()), Err)
+    }
+
     /// Starts a completion: open → completing. Only one runs at a time, and only
     /// before the deadline.
     pub(crate) fn begin_completion(&mut self, now_unix: u64) -> Result<(), Refused> {
@@ -265,13 +271,16 @@ mod tests {
     #[test]
     fn a_completed_transfer_takes_no_more_segments() {
         let mut state = open();
+        assert_eq!(state.admit_pause(10), Ok(()));
         state.begin_completion(10).unwrap();
         assert_eq!(state.admit_segment(3, 10), Err(Refused::Completing));
+        assert_eq!(state.admit_pause(10), Err(Refused::Completing));
         assert_eq!(state.begin_completion(10), Err(Refused::Completing));
         state.end_completion(true);
         assert_eq!(state.phase(), Phase::Complete);
         assert_eq!(state.admit_segment(3, 10), Err(Refused::Complete));
         assert_eq!(state.begin_completion(10), Err(Refused::Complete));
+        assert_eq!(state.admit_pause(10), Err(Refused::Complete));
         // Complete is final: the deadline no longer matters.
         assert_eq!(state.admit_segment(3, DEADLINE + 1), Err(Refused::Complete));
     }
@@ -291,6 +300,7 @@ mod tests {
         assert!(state.abort());
         assert_eq!(state.admit_segment(0, 10), Err(Refused::Aborted));
         assert_eq!(state.admit_resume(10), Err(Refused::Aborted));
+        assert_eq!(state.admit_pause(10), Err(Refused::Aborted));
         assert_eq!(state.begin_completion(10), Err(Refused::Aborted));
         let mut done = open();
         done.begin_completion(10).unwrap();

@@ -36,6 +36,21 @@ pub enum ServerEvent {
         /// The transfer.
         transfer: TransferId,
     },
+    /// A sender said it paused its open transfer: it reads no input, and sends
+    /// nothing more until it goes on ([`ServerEvent::Continued`]).
+    Paused {
+        /// The sender.
+        peer: PeerKey,
+        /// The transfer.
+        transfer: TransferId,
+    },
+    /// A sender said it went on with a transfer it had paused.
+    Continued {
+        /// The sender.
+        peer: PeerKey,
+        /// The transfer.
+        transfer: TransferId,
+    },
     /// A segment was authenticated and stored durably, and is acknowledged.
     Progress {
         /// The sender.
@@ -93,6 +108,18 @@ pub enum ServerEvent {
         bytes: u64,
         /// Whether it asked for a byte range rather than the whole batch.
         ranged: bool,
+    },
+    /// A retriever went away (it cancelled, or its connection was lost) before
+    /// it was sent all it asked for.
+    RetrievalStopped {
+        /// The retriever.
+        peer: PeerKey,
+        /// The batch's transfer.
+        transfer: TransferId,
+        /// Segments sent before it went away.
+        segments: u64,
+        /// Segments it had asked for.
+        wanted: u64,
     },
     /// A stored batch was deleted.
     Deleted {
@@ -161,6 +188,12 @@ impl ServerEvent {
             ServerEvent::Resumed { peer, transfer } => {
                 tracing::info!(%peer, %transfer, "transfer resumed")
             }
+            ServerEvent::Paused { peer, transfer } => {
+                tracing::info!(%peer, %transfer, "transfer paused by its sender")
+            }
+            ServerEvent::Continued { peer, transfer } => {
+                tracing::info!(%peer, %transfer, "transfer continued by its sender")
+            }
             ServerEvent::Progress {
                 peer,
                 transfer,
@@ -203,6 +236,14 @@ impl ServerEvent {
                 bytes,
                 ranged,
             } => tracing::info!(%peer, %transfer, segments, bytes, ranged, "batch retrieved"),
+            ServerEvent::RetrievalStopped {
+                peer,
+                transfer,
+                segments,
+                wanted,
+            } => {
+                tracing::info!(%peer, %transfer, segments, wanted, "retrieval stopped by the retriever")
+            }
             ServerEvent::Deleted {
                 peer,
                 owner,

@@ -3,9 +3,11 @@
 
 use flow::PeerKey;
 
-use super::{CancelReason, Refusal, Server, refusal, stored_batch_id};
+use super::{CancelReason, Refusal, Server, ServerEvent, now_unix, refusal, stored_batch_id};
 use crate::proto::transfer::TransferState;
-use crate::wire::{Aborted, Message, OpenEntry, OpenTransfers, RefuseCode, TransferId};
+use crate::wire::{
+    Aborted, Message, OpenEntry, OpenTransfers, Pause, PauseNoted, RefuseCode, TransferId,
+};
 
 impl Server {
     /// The open transfers of `peer`, from the store's per-sender index, with what
@@ -62,6 +64,29 @@ impl Server {
         self.cancelled(&record, CancelReason::Aborted);
         Ok(Some(Message::Aborted(Aborted {
             transfer_id: transfer,
+        })))
+    }
+
+    /// Takes note that `peer` paused its open transfer, or went on with it:
+    /// an event and a log line, nothing else. A transfer of another key is
+    /// unknown, as one that never existed; one that is not open any more
+    /// (completing, complete, expired, aborted) is refused as such.
+    pub(super) async fn handle_pause(
+        &self,
+        peer: PeerKey,
+        pause: &Pause,
+    ) -> Result<Option<Message>, Refusal> {
+        let transfer = pause.transfer_id;
+        let open = self.own_transfer(peer, transfer).await?;
+        open.state.read().await.admit_pause(now_unix())?;
+        self.emit(if pause.paused {
+            ServerEvent::Paused { peer, transfer }
+        } else {
+            ServerEvent::Continued { peer, transfer }
+        });
+        Ok(Some(Message::PauseNoted(PauseNoted {
+            transfer_id: transfer,
+            paused: pause.paused,
         })))
     }
 }

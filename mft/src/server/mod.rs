@@ -523,6 +523,7 @@ impl Server {
             Ok(Message::List(list)) => self.handle_list(peer, &list).await,
             Ok(Message::ListOpen(_)) => self.handle_list_open(peer).await,
             Ok(Message::Abort(abort)) => self.handle_abort(peer, abort.transfer_id).await,
+            Ok(Message::Pause(pause)) => self.handle_pause(peer, &pause).await,
             Ok(Message::Delete(delete)) => self.handle_delete(peer, &delete).await,
             Ok(Message::Confirm(confirm)) => self.handle_confirm(peer, &confirm).await,
             Ok(other) => Err(refusal(

@@ -62,6 +62,7 @@ impl Server {
             .map_err(|e| refusal(RefuseCode::Internal, e.to_string()))?;
         let mut segments = self.batch_segments(&batch).await?;
         segments.retain(|s| wanted.contains(&s.index));
+        let asked = segments.len() as u64;
         let (mut sent_segments, mut sent_bytes) = (0u64, 0u64);
         for s in segments {
             let data = self
@@ -75,6 +76,12 @@ impl Server {
                 .await;
             if let Err(e) = sent {
                 tracing::debug!(%peer, error = %e, "retriever went away");
+                self.emit(ServerEvent::RetrievalStopped {
+                    peer,
+                    transfer: batch.transfer,
+                    segments: sent_segments,
+                    wanted: asked,
+                });
                 return Ok(None);
             }
             sent_segments += 1;

@@ -257,7 +257,7 @@ impl Restore {
             let kept = from.saturating_sub(offset).min(*size);
             let mut sha = sha2::Sha256::new();
             let file = if kept > 0 {
-                let mut file = open_staged(&path, kept).await?;
+                let mut file = open_staged(&path, kept, kept < *size).await?;
                 read_back(&mut file, kept, &path, &mut buf, &mut sha, seen).await?;
                 file
             } else {
@@ -463,17 +463,21 @@ async fn create_staged(path: &Path) -> Result<tokio::fs::File, TreeError> {
         .map_err(TreeError::io(path))
 }
 
-/// A staged file whose first `kept` bytes are staged already, cut to them:
-/// never through a link.
-async fn open_staged(path: &Path, kept: u64) -> Result<tokio::fs::File, TreeError> {
+/// A staged file whose first `kept` bytes are staged already, never opened
+/// through a link: to read, and with `more` to write the rest after them too
+/// (cut to them first). One staged whole is only read: an earlier finish may
+/// have given it its mode already, read-only perhaps.
+async fn open_staged(path: &Path, kept: u64, more: bool) -> Result<tokio::fs::File, TreeError> {
     let file = tokio::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(more)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .await
         .map_err(TreeError::io(path))?;
-    file.set_len(kept).await.map_err(TreeError::io(path))?;
+    if more {
+        file.set_len(kept).await.map_err(TreeError::io(path))?;
+    }
     Ok(file)
 }
 

@@ -147,6 +147,58 @@ impl Codec for Aborted {
     }
 }
 
+/// Tells the server that the sender paused one of its open transfers, or went
+/// on with it: client → server, first message of its flow. The server reports
+/// it (an event, a log line) and changes nothing else: a paused transfer keeps
+/// its deadline, and idle flows of it may be closed as any others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pause {
+    /// The transfer, from an earlier [`Accept`](super::Accept).
+    pub transfer_id: TransferId,
+    /// True when the sender paused; false when it went on.
+    pub paused: bool,
+}
+
+impl Codec for Pause {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(VERSION)
+            .put(&self.transfer_id.0)
+            .u8(u8::from(self.paused));
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        read_version(r)?;
+        Ok(Pause {
+            transfer_id: TransferId(r.array("transfer id")?),
+            paused: r.bool("paused")?,
+        })
+    }
+}
+
+/// The server took note of a [`Pause`]: server → client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PauseNoted {
+    /// The transfer.
+    pub transfer_id: TransferId,
+    /// As the [`Pause`] said.
+    pub paused: bool,
+}
+
+impl Codec for PauseNoted {
+    fn write_to(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.put(&self.transfer_id.0).u8(u8::from(self.paused));
+        Ok(())
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(PauseNoted {
+            transfer_id: TransferId(r.array("transfer id")?),
+            paused: r.bool("paused")?,
+        })
+    }
+}
+
 /// Deletes a completed batch: client → server, first message of its flow. The
 /// batch leaves its namespace at once (retrievals that started before it finish);
 /// its data is freed when the last of them ends.

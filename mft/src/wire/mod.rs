@@ -20,6 +20,7 @@ pub(crate) mod values;
 pub use codec::{Codec, DecodeError, EncodeError, Reader, Writer};
 pub use manage::{
     Abort, Aborted, Confirm, Delete, Deleted, ListOpen, MAX_OPEN_ENTRIES, OpenEntry, OpenTransfers,
+    Pause, PauseNoted,
 };
 pub use pull::{
     ByteRange, List, Listing, ListingEntry, PULL_SEGMENT_HEADER_LEN, Position, PullHello,
@@ -40,8 +41,8 @@ pub use values::{
 /// version 4 added replacing and deleting batches, the declared content digest of
 /// a completion and its receipt, and confirming a re-send; version 5 added byte
 /// ranges to the pull hello and the `BadRange` refusal; version 6 added zstd
-/// compression, offered in the hello's flags and settled in the secrets
-/// (`docs/PROTOCOL.md`).
+/// compression, offered in the hello's flags and settled in the secrets, and
+/// the sender's pause notice (`docs/PROTOCOL.md`).
 pub const VERSION: u8 = 6;
 
 /// Longest batch id, in bytes.
@@ -89,6 +90,8 @@ mod ty {
     pub(super) const ABORTED: u8 = 0x63;
     pub(super) const DELETE: u8 = 0x64;
     pub(super) const DELETED: u8 = 0x65;
+    pub(super) const PAUSE: u8 = 0x66;
+    pub(super) const PAUSE_NOTED: u8 = 0x67;
     pub(super) const REFUSE: u8 = 0x7f;
 }
 
@@ -211,6 +214,10 @@ messages! {
     Delete(Delete) = DELETE,
     /// See [`Deleted`].
     Deleted(Deleted) = DELETED,
+    /// See [`Pause`].
+    Pause(Pause) = PAUSE,
+    /// See [`PauseNoted`].
+    PauseNoted(PauseNoted) = PAUSE_NOTED,
     /// See [`Refuse`].
     Refuse(Refuse) = REFUSE,
 }

@@ -311,6 +311,16 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         array().prop_map(|transfer_id| Message::Abort(Abort { transfer_id })),
         array().prop_map(|transfer_id| Message::Aborted(Aborted { transfer_id })),
+        (array(), any::<bool>()).prop_map(|(transfer_id, paused)| Message::Pause(Pause {
+            transfer_id,
+            paused
+        })),
+        (array(), any::<bool>()).prop_map(|(transfer_id, paused)| Message::PauseNoted(
+            PauseNoted {
+                transfer_id,
+                paused
+            }
+        )),
     ]
 }
 
