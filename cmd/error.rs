@@ -88,11 +88,16 @@ impl CliError {
     }
 
     /// An I/O failure on `what` (a file, a directory), classed as usage when the file
-    /// is missing or unreadable (the command line named it), other otherwise.
+    /// is missing or unreadable (the command line named it) or another mftq holds
+    /// it (`WouldBlock`), other otherwise.
     pub fn io(what: impl fmt::Display, e: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
         let exit = match e.kind() {
-            K::NotFound | K::PermissionDenied | K::IsADirectory | K::AlreadyExists => Exit::Usage,
+            K::NotFound
+            | K::PermissionDenied
+            | K::IsADirectory
+            | K::AlreadyExists
+            | K::WouldBlock => Exit::Usage,
             K::InvalidData => Exit::Integrity,
             _ => Exit::Other,
         };

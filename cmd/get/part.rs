@@ -96,13 +96,21 @@ impl PartFile {
                     && std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() >= verified)
             });
         let io = |e| CliError::io(format!("opening {}", path.display()), e);
+        // Never through a link, and one get at a time: a second one is told,
+        // not let to write into the same part file.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            let _ = std::fs::remove_file(&path);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        lock(&file, &path)?;
         let (file, verified, sha) = match resumable {
             Some(verified) if verified > 0 => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(io)?;
                 // Bytes after the checkpoint may not have reached the disk.
                 file.set_len(verified).map_err(io)?;
                 let (file, sha) = tokio::task::spawn_blocking(move || hash_prefix(file))
@@ -113,12 +121,7 @@ impl PartFile {
             }
             _ => {
                 let _ = std::fs::remove_file(&state_path);
-                let _ = std::fs::remove_file(&path);
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(io)?;
+                file.set_len(0).map_err(io)?;
                 (file, 0, sha2::Sha256::new())
             }
         };
@@ -200,6 +203,21 @@ impl PartFile {
     }
 }
 
+/// Takes the part file `file` (at `path`) for this process alone, or says that
+/// another `get` is writing it.
+fn lock(file: &std::fs::File, path: &Path) -> Result<(), CliError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CliError::usage(format!(
+            "another mftq get is writing {} now; wait for it to end, or stop it",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(CliError::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
 /// Reads `file` from its start: the file (positioned at its end) and the
 /// SHA-256 state of what it holds.
 fn hash_prefix(mut file: std::fs::File) -> std::io::Result<(std::fs::File, sha2::Sha256)> {
@@ -256,6 +274,35 @@ fn remove_stale(dir: &Path, name: &str, keep: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_part_file_is_written_by_one_get_at_a_time() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let target = tmp.path().join("big.iso");
+        let sender = flow::Identity::generate().public_key();
+        let chain = mft::wire::ChainHash([3; 64]);
+        let of = PartOf {
+            sender: &sender,
+            batch_id: b"big.iso",
+            chain: &chain,
+            size: 1000,
+        };
+        let (mut first, from) = PartFile::open(&target, &of).await.expect("opens");
+        assert_eq!(from, 0);
+        first.write(b"verified bytes").await.expect("writes");
+        first.checkpoint().await.expect("records");
+        let Err(second) = PartFile::open(&target, &of).await else {
+            panic!("a second get opened the same part file");
+        };
+        assert!(
+            second.message.contains("another mftq get is writing"),
+            "{}",
+            second.message
+        );
+        drop(first);
+        let (_, from) = PartFile::open(&target, &of).await.expect("free again");
+        assert_eq!(from, 14, "and resumed from what the first recorded");
+    }
 
     #[test]
     fn stale_part_files_go_and_others_stay() {

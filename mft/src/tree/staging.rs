@@ -145,24 +145,66 @@ pub(super) fn create(staging: &Path) -> io::Result<()> {
     std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o700))
 }
 
-/// The staging directory in `root` for `key`, ready to resume into: the durable
-/// byte count its state records, or 0 for a directory just created (whatever
-/// was at its name before, if not a resumable staging directory of ours, is
-/// removed). Stale staging directories in `root` are removed first.
-pub(super) fn open(root: &Path, key: &ResumeKey) -> io::Result<(PathBuf, u64)> {
+/// A staging directory taken for one restore: an exclusive lock on it, held
+/// while the restore uses it, so a second restore of the same content into the
+/// same directory is told, not let to write into it too.
+#[derive(Debug)]
+pub(super) struct Taken {
+    /// The locked directory: closing it ends the lock.
+    _dir: std::fs::File,
+}
+
+/// Takes the directory `staging` (never through a link), or says another
+/// restore holds it.
+fn take(staging: &Path) -> io::Result<Taken> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(staging)?;
+    match dir.try_lock() {
+        Ok(()) => Ok(Taken { _dir: dir }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "another restore of this batch is using this staging directory now; \
+             wait for it to end, or stop it",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The staging directory in `root` for `key`, taken, ready to resume into: the
+/// durable byte count its state records, or 0 for a directory just created
+/// (whatever was at its name before, if not a resumable staging directory of
+/// ours, is removed; one another restore holds is an error of kind
+/// `WouldBlock`). Stale staging directories in `root` are removed first.
+pub(super) fn open(root: &Path, key: &ResumeKey) -> io::Result<(PathBuf, u64, Taken)> {
     let staging = path_for(root, key);
     remove_stale(root, key, &staging);
-    if let Some(durable) = durable_for(&staging, key) {
-        // Rewritten, the state file is this user's: the directory must be too.
-        checkpoint(&staging, key, durable)?;
-        if is_ours(&staging) {
-            return Ok((staging, durable));
+    let is_real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir());
+    if is_real_dir(&staging) {
+        // Nothing is changed in it, or removed, before it is ours alone.
+        let taken = take(&staging)?;
+        if let Some(durable) = durable_for(&staging, key) {
+            // Rewritten, the state file is this user's: the directory must be too.
+            checkpoint(&staging, key, durable)?;
+            if is_ours(&staging) {
+                return Ok((staging, durable, taken));
+            }
         }
     }
-    remove(&staging);
-    create(&staging)?;
-    checkpoint(&staging, key, 0)?;
-    Ok((staging, 0))
+    let taken = recreate(&staging, key)?;
+    Ok((staging, 0, taken))
+}
+
+/// Replaces whatever is at `staging` with a new, empty staging directory for
+/// `key`, taken.
+pub(super) fn recreate(staging: &Path, key: &ResumeKey) -> io::Result<Taken> {
+    remove(staging);
+    create(staging)?;
+    let taken = take(staging)?;
+    checkpoint(staging, key, 0)?;
+    Ok(taken)
 }
 
 /// What a resumable restore of the content `key` names left in `root`: its
@@ -221,7 +263,11 @@ fn remove_stale(root: &Path, key: &ResumeKey, keep: &Path) {
             .and_then(|modified| now.duration_since(modified).ok())
             .is_some_and(|age| age > STALE_AFTER);
         if untouched || same_batch(&staging) {
-            remove(&staging);
+            // One that another restore holds is left to it.
+            match take(&staging) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => remove(&staging),
+            }
         }
     }
 }
@@ -245,7 +291,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path();
         let k = key(b"monday", 1);
-        let (staging, durable) = open(root, &k).expect("opens");
+        let (staging, durable, _) = open(root, &k).expect("opens");
         assert_eq!(durable, 0);
         checkpoint(&staging, &k, 12_345).expect("records");
         assert_eq!(staged(root, &k), Some((staging.clone(), 12_345)));
@@ -263,7 +309,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path();
         let k = key(b"monday", 1);
-        let (staging, _) = open(root, &k).expect("opens");
+        let (staging, _, _) = open(root, &k).expect("opens");
         checkpoint(&staging, &k, 99).expect("records");
         // Open to others: not resumed.
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -289,13 +335,28 @@ mod tests {
     }
 
     #[test]
+    fn a_staging_directory_in_use_is_neither_shared_nor_removed() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path();
+        let k = key(b"monday", 1);
+        let (staging, _, held) = open(root, &k).expect("opens");
+        let second = open(root, &k).expect_err("taken already");
+        assert_eq!(second.kind(), io::ErrorKind::WouldBlock, "{second}");
+        // Nor does a restore of the batch's new content remove it while held.
+        drop(open(root, &key(b"monday", 2)).expect("opens"));
+        assert!(staging.exists(), "held, so kept");
+        drop(held);
+        assert_eq!(open(root, &k).expect("free again").0, staging);
+    }
+
+    #[test]
     fn stale_staging_goes_and_others_stay() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path();
         let old_content = key(b"monday", 1);
         let other_batch = key(b"tuesday", 2);
-        let (replaced, _) = open(root, &old_content).expect("opens");
-        let (other, _) = open(root, &other_batch).expect("opens");
+        let (replaced, _, _) = open(root, &old_content).expect("opens");
+        let (other, _, _) = open(root, &other_batch).expect("opens");
         let aged = random_path(root);
         create(&aged).expect("creates");
         let long_ago = SystemTime::now() - STALE_AFTER - Duration::from_secs(60);
@@ -307,7 +368,7 @@ mod tests {
         let not_ours = root.join(".mftq-tree-notes");
         std::fs::write(&not_ours, b"x").expect("writes");
         // The batch was replaced: its new content's restore removes the old.
-        let (current, _) = open(root, &key(b"monday", 3)).expect("opens");
+        let (current, _, _) = open(root, &key(b"monday", 3)).expect("opens");
         for gone in [&replaced, &aged] {
             assert!(!gone.exists(), "{} is removed", gone.display());
         }

@@ -62,6 +62,8 @@ struct Resumable {
     from: u64,
     /// Bytes written between two checkpoints.
     checkpoint_every: u64,
+    /// The staging directory is this restore's alone while this is held.
+    _taken: staging::Taken,
 }
 
 impl Restore {
@@ -105,7 +107,7 @@ impl Restore {
         key: ResumeKey,
     ) -> Result<Self, TreeError> {
         check_target(root, &manifest, options)?;
-        let (staging, durable) = staging::open(root, &key).map_err(TreeError::io(root))?;
+        let (staging, durable, taken) = staging::open(root, &key).map_err(TreeError::io(root))?;
         let mut restore = Restore {
             root: root.to_path_buf(),
             staging,
@@ -117,6 +119,7 @@ impl Restore {
                 durable,
                 from: 0,
                 checkpoint_every: CHECKPOINT_EVERY,
+                _taken: taken,
             }),
             discard: false,
         };
@@ -177,12 +180,16 @@ impl Restore {
 
     /// Empties the staging directory and begins again from nothing.
     fn start_afresh(&mut self) -> Result<(), TreeError> {
-        staging::remove(&self.staging);
-        staging::create(&self.staging).map_err(TreeError::io(&self.staging))?;
-        if let Some(resume) = self.resume.as_mut() {
-            staging::checkpoint(&self.staging, &resume.key, 0)
-                .map_err(TreeError::io(&self.staging))?;
-            resume.durable = 0;
+        let io = TreeError::io(&self.staging);
+        match self.resume.as_mut() {
+            Some(resume) => {
+                resume._taken = staging::recreate(&self.staging, &resume.key).map_err(io)?;
+                resume.durable = 0;
+            }
+            None => {
+                staging::remove(&self.staging);
+                staging::create(&self.staging).map_err(io)?;
+            }
         }
         self.make_dirs()
     }
