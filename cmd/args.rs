@@ -210,9 +210,14 @@ pub struct ClientArgs {
     /// Seconds each dial may take.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub dial_timeout: f64,
-    /// Network failures to retry (with backoff) before giving up.
+    /// Network failures to retry (with backoff) before giving up. A server that
+    /// refuses the first connection (nothing listens) is not retried.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: u32,
+    /// Seconds QUIC still gets to answer once HTTPS was refused (mftq://), before
+    /// the server counts as down; raise it for a QUIC-only server far away.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub probe: f64,
 }
 
 /// `mftq send`.

@@ -33,9 +33,17 @@ impl Client {
                 args.dial_timeout
             )));
         }
+        if !(args.probe.is_finite() && args.probe > 0.0 && args.probe < 1e6) {
+            return Err(CliError::usage(format!(
+                "--probe {}: expected seconds above zero",
+                args.probe
+            )));
+        }
         let server_key = parse_key("--server-key", &args.server_key)?;
         let identity = load_identity(&args.key)?;
-        let manager = Manager::new(identity, tuning.registry(), ManagerConfig::default())
+        let mut manager_config = ManagerConfig::default();
+        manager_config.probe_after_refusal(Duration::from_secs_f64(args.probe));
+        let manager = Manager::new(identity, tuning.registry(), manager_config)
             .map_err(|e| CliError::flow("starting the client", e))?;
         let mut config = mft::ClientConfig::new(endpoint, server_key);
         tuning.apply(&mut config);

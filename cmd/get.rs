@@ -59,6 +59,10 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
 
     let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
+    let _retries = crate::output::AbortOnDrop(crate::output::follow_retries(
+        retriever.subscribe(),
+        args.client.retries,
+    ));
     let mut request = mft::Pull::batch(args.batch_id.as_bytes());
     if let Some(sender) = sender {
         request = request.sender(sender);

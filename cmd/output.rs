@@ -47,7 +47,77 @@ pub fn progress(len: Option<u64>, what: &str, hidden: bool) -> ProgressBar {
     }
     bar.set_message(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(say_when_stalled(bar.clone(), what.to_string()));
+    }
+    *current_bar() = Some(bar.clone());
     bar
+}
+
+/// How long no byte may move before the bar says the transfer is stalled.
+const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// The bar the transfer under way draws, for [`follow_retries`] to write on.
+fn current_bar() -> std::sync::MutexGuard<'static, Option<ProgressBar>> {
+    static CURRENT: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+    CURRENT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Until `bar` finishes: once no byte has moved for [`STALL_AFTER`], says so
+/// in its message (unless a retry says more already); once bytes move again,
+/// puts `what` back.
+async fn say_when_stalled(bar: ProgressBar, what: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (mut last, mut since) = (bar.position(), tokio::time::Instant::now());
+    while !bar.is_finished() {
+        tick.tick().await;
+        let now = bar.position();
+        let message = bar.message();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+            if message != what {
+                bar.set_message(what.clone());
+            }
+        } else if since.elapsed() >= STALL_AFTER && !message.starts_with("stalled, reconnecting") {
+            bar.set_message(format!("stalled {}s", since.elapsed().as_secs()));
+        }
+    }
+}
+
+/// A task stopped when this is dropped: a helper that lives as long as a command.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reports the client's retries as they happen, until `events` end: the bar
+/// under way shows "stalled, reconnecting (n/N)" (`retries` = N) until bytes
+/// move again; without a bar drawn, a line on stderr says so with the failure.
+pub fn follow_retries(
+    mut events: tokio::sync::broadcast::Receiver<mft::Event>,
+    retries: u32,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(mft::Event::Retrying { attempt, error, .. }) => {
+                    let status = format!("stalled, reconnecting ({attempt}/{retries})");
+                    match current_bar().as_ref() {
+                        Some(bar) if !bar.is_hidden() && !bar.is_finished() => {
+                            bar.set_message(status)
+                        }
+                        _ => eprintln!("mftq: {status}: {error}"),
+                    }
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 /// Prints `value` as one line of pretty JSON on stdout.

@@ -44,6 +44,10 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::mft("configuring the sender", e))?;
     let bar = progress(size, "sending", json_out);
     let watcher = tokio::spawn(watch(sender.subscribe(), bar.clone()));
+    let _retries = crate::output::AbortOnDrop(crate::output::follow_retries(
+        sender.subscribe(),
+        args.client.retries,
+    ));
     let outcome = tokio::spawn(outcome(sender.subscribe()));
     let started = Instant::now();
     // A resumed transfer of other content (the file changed since it was
@@ -327,9 +331,6 @@ async fn watch(mut events: tokio::sync::broadcast::Receiver<mft::Event>, bar: Pr
     loop {
         match events.recv().await {
             Ok(mft::Event::Progress { bytes, .. }) => bar.set_position(bytes),
-            Ok(mft::Event::Retrying { attempt, error, .. }) => {
-                note(&bar, format!("mftq: retry {attempt} after: {error}"))
-            }
             Ok(mft::Event::Resumed { stored }) => note(
                 &bar,
                 format!("mftq: resuming: the server holds {stored} segments"),

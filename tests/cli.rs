@@ -1630,6 +1630,126 @@ fn a_killed_get_resumes_and_fetches_only_what_it_lacks() {
     );
 }
 
+/// A server that is down (issue 12): `send`, `get` and `list` to `mftq://`
+/// and `https://` where nothing listens exit 4 at the first attempt, naming
+/// what refused and what stayed silent, instead of retrying for a minute.
+#[test]
+fn a_down_server_is_reported_at_the_first_attempt() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    keygen(dir, "client.key");
+    let server_key = keygen(dir, "server.key");
+    std::fs::write(dir.join("f.txt"), b"hello").expect("writes");
+    // A port nothing listens on, for TCP or UDP.
+    let port = {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        tcp.local_addr().expect("address").port()
+    };
+    let key = ["--server-key", server_key.as_str(), "--key", "client.key"];
+    for scheme in ["mftq", "https"] {
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
+        let commands: [Vec<&str>; 3] = [
+            vec!["send", "f.txt", "--to", &endpoint],
+            vec!["get", "f.txt", "--from", &endpoint, "-o", "back.txt"],
+            vec!["list", "--from", &endpoint],
+        ];
+        for command in commands {
+            let out = mftq_in(dir, &[&command[..], &key[..]].concat(), LONG);
+            assert_eq!(out.code(), Some(4), "{}", out.explain());
+            assert!(
+                out.stderr.contains("nothing is listening"),
+                "{}",
+                out.explain()
+            );
+            assert!(
+                out.stderr
+                    .contains(&format!("https://127.0.0.1:{port} refused")),
+                "{}",
+                out.explain()
+            );
+            if scheme == "mftq" {
+                assert!(
+                    out.stderr
+                        .contains(&format!("quic://127.0.0.1:{port} gave no answer")),
+                    "{}",
+                    out.explain()
+                );
+            }
+            assert!(
+                !out.stderr.contains("reconnecting"),
+                "a single attempt: {}",
+                out.explain()
+            );
+        }
+    }
+}
+
+/// A server that dies mid-send (issue 12): each retry says "stalled,
+/// reconnecting (n/N)", a refused reconnection is retried too (the server took
+/// part of the batch, so it may be restarting), and the send gives up after N
+/// with exit 4.
+#[test]
+fn a_server_lost_mid_send_is_reported_as_stalled_and_reconnecting() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let mut server = serve_one_client(dir);
+    std::fs::write(dir.join("big.bin"), random_bytes(24 << 20, 9)).expect("writes");
+    let errors = dir.join("send.err");
+    let mut send = Guard(
+        Command::new(BIN)
+            .args([
+                "send",
+                "big.bin",
+                "--to",
+                &server.https,
+                "--server-key",
+                &server.key,
+                "--key",
+                "client.key",
+                "--chunk",
+                "4KiB",
+                "--streams",
+                "1",
+                "--retries",
+                "2",
+            ])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errors).expect("creates"))
+            .spawn()
+            .expect("send starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_bytes(dir) < 1 << 20 {
+        assert!(
+            send.0.try_wait().expect("waits").is_none(),
+            "the send ended early"
+        );
+        assert!(Instant::now() < deadline, "the send made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = server.child.0.kill();
+    let _ = server.child.0.wait();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = send.0.try_wait().expect("waits") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the send did not give up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&errors).expect("reads");
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    for line in [
+        "mftq: stalled, reconnecting (1/2)",
+        "mftq: stalled, reconnecting (2/2)",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("nothing is listening"), "{stderr}");
+}
+
 /// A tree `get` killed once it has recorded a checkpoint (issue 11) is run
 /// again: it verifies what it staged, fetches only the rest, and restores the
 /// tree whole; the server's log shows the second get's data pulled as one

@@ -229,3 +229,52 @@ async fn a_transfer_to_an_mftq_endpoint_runs_over_the_winner() {
         .unwrap();
     assert_eq!(back, b"over the winner");
 }
+
+/// Nothing listening at an `mftq://` address: HTTPS is refused at once, QUIC
+/// stays silent, and after the probe the dial fails as refused, naming both,
+/// well inside its own timeout. A server listening on QUIC alone is still
+/// reached: the refused TCP connection does not cut a QUIC that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tcp_and_a_silent_quic_mean_nothing_listens() {
+    init_tracing();
+    let port = {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        tcp.local_addr().unwrap().port()
+    };
+    let endpoint: Endpoint = format!("mftq://127.0.0.1:{port}").parse().unwrap();
+    let mut config = ManagerConfig::default();
+    config.probe_after_refusal(Duration::from_millis(200));
+    let client = Manager::new(Identity::generate(), Registry::default(), config).unwrap();
+    let timeout = Duration::from_secs(30);
+    let err = bounded(
+        "a dial to nothing",
+        client.dial(&endpoint, Authorizer::any(), timeout),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("https://127.0.0.1:{port} refused"))
+            && text.contains(&format!(
+                "quic://127.0.0.1:{port} gave no answer within 200ms"
+            )),
+        "{text}"
+    );
+
+    // QUIC alone, on a port whose TCP side refuses.
+    let quic_only = manager();
+    let handle = quic_only.listen("quic", "127.0.0.1:0").await.unwrap();
+    echo(&quic_only);
+    let address = handle.endpoint().address().to_string();
+    let endpoint: Endpoint = format!("mftq://{address}").parse().unwrap();
+    let mut config = ManagerConfig::default();
+    config
+        .happy_eyeballs_delay(Duration::ZERO)
+        .probe_after_refusal(Duration::from_millis(500));
+    let client = Manager::new(Identity::generate(), Registry::default(), config).unwrap();
+    assert_eq!(
+        round_trip(&client, &endpoint, &Selection::default()).await,
+        "quic"
+    );
+}

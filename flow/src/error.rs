@@ -24,8 +24,12 @@ pub enum ErrorKind {
     NotTrusted,
     /// An established connection or flow failed on the network.
     Network,
-    /// A connection could not be set up (nothing listening, timeout, unreachable).
+    /// A connection could not be set up (timeout, unreachable).
     DialFailed,
+    /// Nothing listens at the destination: it refused the connection at once
+    /// (and, dialing by preference, no UDP candidate answered either). Retrying
+    /// soon will not help, unless a server is starting there.
+    Refused,
     /// An address could not be resolved.
     ResolveFailed,
     /// A proxy between us and the peer failed.
@@ -46,6 +50,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotTrusted => "peer not trusted",
             ErrorKind::Network => "network error",
             ErrorKind::DialFailed => "dial failed",
+            ErrorKind::Refused => "connection refused",
             ErrorKind::ResolveFailed => "resolve failed",
             ErrorKind::Proxy => "proxy error",
             ErrorKind::BadArg => "bad argument",
@@ -94,6 +99,8 @@ pub enum Reason {
     Stalled(Duration),
     /// Connecting failed before a connection existed.
     ConnectFailed(String),
+    /// The destination refused the connection: nothing listens there.
+    Refused(String),
     /// Name resolution failed or found no address.
     Resolve(String),
     /// The connection failed or was lost.
@@ -136,6 +143,7 @@ impl Reason {
             NoPeerKey(_) | BadSignature | IncompatibleVersion(_) => ErrorKind::Auth,
             NotAuthorized(_) | PinMismatch { .. } | RefusedByPeer => ErrorKind::NotTrusted,
             Timeout(_) | ConnectFailed(_) => ErrorKind::DialFailed,
+            Refused(_) => ErrorKind::Refused,
             Resolve(_) => ErrorKind::ResolveFailed,
             ConnectionLost(_) | Io(_) | MessageTooLarge { .. } | Busy(_) | Stalled(_) => {
                 ErrorKind::Network
@@ -165,6 +173,7 @@ impl fmt::Display for Reason {
             Timeout(d) => write!(f, "timed out after {d:?}"),
             Stalled(d) => write!(f, "the flow made no progress for {d:?}"),
             ConnectFailed(why) => write!(f, "could not connect: {why}"),
+            Refused(why) => write!(f, "nothing is listening: {why}"),
             Resolve(why) => write!(f, "could not resolve: {why}"),
             ConnectionLost(why) => write!(f, "connection lost: {why}"),
             ClosedLocally(why) => write!(f, "closed locally: {why}"),

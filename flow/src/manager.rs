@@ -33,6 +33,7 @@ pub struct ManagerConfig {
     accept_backlog: usize,
     happy_eyeballs_delay: Duration,
     udp_blocked_ttl: Duration,
+    probe_after_refusal: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -44,6 +45,7 @@ impl Default for ManagerConfig {
             accept_backlog: 256,
             happy_eyeballs_delay: Duration::from_millis(300),
             udp_blocked_ttl: Duration::from_secs(600),
+            probe_after_refusal: Duration::from_secs(1),
         }
     }
 }
@@ -86,6 +88,19 @@ impl ManagerConfig {
     /// dialed with HTTPS straight away, without trying UDP (default 10 minutes).
     pub fn udp_blocked_ttl(&mut self, ttl: Duration) -> &mut Self {
         self.udp_blocked_ttl = ttl;
+        self
+    }
+
+    /// For `mftq://` endpoints: how long a UDP candidate (QUIC) that has not
+    /// answered yet still gets once a TCP candidate was refused (default 1 s).
+    /// A refused TCP connection says nothing listens there; a UDP port that is
+    /// closed usually says nothing at all, so without this a dial to a server
+    /// that is down waits out the whole dial timeout. After it the dial fails
+    /// with [`ErrorKind::Refused`](crate::ErrorKind::Refused), naming both. A
+    /// server that listens on QUIC alone, over a path with a round trip longer
+    /// than this, needs it raised.
+    pub fn probe_after_refusal(&mut self, probe: Duration) -> &mut Self {
+        self.probe_after_refusal = probe;
         self
     }
 }
@@ -540,9 +555,21 @@ impl Shared {
                 .await
         };
         tokio::pin!(first_dial, second_dial);
-        let (mut first_error, mut second_error) = (None, None);
+        let (mut first_error, mut second_error): (Option<Error>, Option<Error>) = (None, None);
+        // Armed once a TCP candidate is refused while a UDP one has not answered.
+        let probe = tokio::time::sleep(self.config.probe_after_refusal);
+        tokio::pin!(probe);
+        let mut probing = false;
         loop {
             tokio::select! {
+                () = &mut probe, if probing => {
+                    // Armed only with the TCP candidate refused and the UDP one silent.
+                    let (refused, silent) = if first_udp { (&second, &first) } else { (&first, &second) };
+                    return Err(Error::new(Reason::Refused(format!(
+                        "{refused} refused the connection, and {silent} gave no answer within {:?}",
+                        self.config.probe_after_refusal
+                    ))));
+                },
                 outcome = &mut first_dial, if first_error.is_none() => match outcome {
                     Ok(conn) => return Ok(conn),
                     Err(e) if is_trust_error(&e) => return Err(e),
@@ -560,10 +587,37 @@ impl Shared {
                     Err(e) => second_error = Some(e),
                 },
             }
-            if let (Some(a), Some(b)) = (&first_error, &second_error) {
-                return Err(Error::new(Reason::ConnectFailed(format!(
-                    "{first}: {a}; {second}: {b}"
-                ))));
+            let refused =
+                |e: &Option<Error>| e.as_ref().is_some_and(|e| e.kind() == ErrorKind::Refused);
+            match (&first_error, &second_error) {
+                (Some(a), Some(b)) => {
+                    let detail = format!("{first}: {a}; {second}: {b}");
+                    return Err(Error::new(
+                        if refused(&first_error) && refused(&second_error) {
+                            Reason::Refused(detail)
+                        } else {
+                            Reason::ConnectFailed(detail)
+                        },
+                    ));
+                }
+                // TCP refused while UDP is still silent: give UDP the probe.
+                (None, Some(_))
+                    if !probing && first_udp && !second_udp && refused(&second_error) =>
+                {
+                    probing = true;
+                    probe
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.config.probe_after_refusal);
+                }
+                (Some(_), None)
+                    if !probing && second_udp && !first_udp && refused(&first_error) =>
+                {
+                    probing = true;
+                    probe
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.config.probe_after_refusal);
+                }
+                _ => {}
             }
         }
     }

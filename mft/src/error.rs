@@ -146,6 +146,26 @@ impl Error {
         }
     }
 
+    /// Whether nothing listens at the server's address: the connection was
+    /// refused (and no QUIC answer came). Not retryable on its own: see
+    /// [`Error::is_retryable_after`].
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Error::Flow(e) => e.kind() == flow::ErrorKind::Refused,
+            Error::RetriesExhausted { last, .. } => last.is_refused(),
+            _ => false,
+        }
+    }
+
+    /// Whether retrying may help an operation that has made `progress`
+    /// (segments stored, bytes read): [`Error::is_retryable`], or a refused
+    /// connection once the operation got somewhere, since a server that took
+    /// part of it and now refuses is restarting. A refused first connection
+    /// means nothing is there, and is final at once.
+    pub fn is_retryable_after(&self, progress: u64) -> bool {
+        self.is_retryable() || (progress > 0 && self.is_refused())
+    }
+
     pub(crate) fn config(field: &'static str, problem: impl Into<String>) -> Self {
         Error::Config {
             field,

@@ -259,7 +259,7 @@ impl Protocol for HttpsProtocol {
     async fn dial(
         &self,
         ctx: &DialContext,
-        _protocol: &str,
+        protocol: &str,
         address: &str,
         timeout: Duration,
     ) -> Result<Arc<dyn Conn>> {
@@ -267,9 +267,14 @@ impl Protocol for HttpsProtocol {
         let connector = TlsConnector::from(Arc::new(ctx.tls_client_config(&ALPN_CLIENT)?));
         let config = self.config.clone();
         let setup = async {
-            let tcp = TcpStream::connect(remote)
-                .await
-                .map_err(|e| Error::new(Reason::ConnectFailed(e.to_string())).with_source(e))?;
+            let tcp = TcpStream::connect(remote).await.map_err(|e| {
+                let reason = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    Reason::Refused(format!("{protocol}://{address} refused the connection"))
+                } else {
+                    Reason::ConnectFailed(e.to_string())
+                };
+                Error::new(reason).with_source(e)
+            })?;
             let _ = tcp.set_nodelay(true);
             let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let server_name = ServerName::try_from(TLS_SERVER_NAME)

@@ -87,7 +87,7 @@ impl Protocol for MemProtocol {
     ) -> Result<Arc<dyn Conn>> {
         let listener = self.network.listeners().get(address).cloned();
         let listener = listener.ok_or_else(|| {
-            Error::new(Reason::ConnectFailed(format!(
+            Error::new(Reason::Refused(format!(
                 "nothing listens on mem address {address:?}"
             )))
         })?;

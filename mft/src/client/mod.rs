@@ -128,13 +128,14 @@ fn join_error(e: tokio::task::JoinError) -> Error {
 
 /// The workers that failed in the same incident as the one just handled (they
 /// have finished already): restarted without costing another retry. A failure
-/// among them that cannot be retried ends the send.
+/// among them that cannot be retried ends the send (a refused connection can:
+/// workers run on an open transfer, so the server refusing now is restarting).
 fn failed_in_the_same_incident(workers: &mut JoinSet<Result<()>>) -> Result<usize> {
     let mut failed = 0;
     while let Some(joined) = workers.try_join_next() {
         match joined.map_err(join_error)? {
             Ok(()) => {}
-            Err(e) if e.is_retryable() => failed += 1,
+            Err(e) if e.is_retryable() || e.is_refused() => failed += 1,
             Err(e) => return Err(e),
         }
     }
@@ -289,14 +290,26 @@ impl Sender {
     /// # Ok(()) }
     /// ```
     pub async fn open_transfers(&self) -> Result<Vec<crate::wire::OpenEntry>> {
-        manage::open_transfers(&self.manager, &self.config).await
+        self.asking(|| manage::open_transfers(&self.manager, &self.config))
+            .await
+    }
+
+    /// Runs one request under the retry policy, as every operation is.
+    async fn asking<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempts = Attempts::new(self.config.retries);
+        retrying(&mut attempts, Some(&self.events), 0, op).await
     }
 
     /// Aborts this key's open transfer `transfer`: the server deletes what it
     /// holds of it at once and frees its slot, instead of keeping it for a resume
     /// until its deadline.
     pub async fn abort(&self, transfer: crate::wire::TransferId) -> Result<()> {
-        manage::abort(&self.manager, &self.config, transfer).await
+        self.asking(|| manage::abort(&self.manager, &self.config, transfer))
+            .await
     }
 
     /// Deletes this key's batch `batch_id`: it is no longer listed or retrievable
@@ -310,7 +323,9 @@ impl Sender {
     /// # Ok(()) }
     /// ```
     pub async fn delete(&self, batch_id: &[u8]) -> Result<u64> {
-        manage::delete(&self.manager, &self.config, None, check_batch_id(batch_id)?).await
+        let batch_id = check_batch_id(batch_id)?;
+        self.asking(|| manage::delete(&self.manager, &self.config, None, batch_id.clone()))
+            .await
     }
 
     /// Deletes `owner`'s batch `batch_id`, as a key the server's policy lets
@@ -318,13 +333,9 @@ impl Sender {
     /// A batch this key may not delete is not found, as a missing one.
     pub async fn delete_from(&self, owner: &flow::PeerKey, batch_id: &[u8]) -> Result<u64> {
         let owner = Some(*owner.as_bytes());
-        manage::delete(
-            &self.manager,
-            &self.config,
-            owner,
-            check_batch_id(batch_id)?,
-        )
-        .await
+        let batch_id = check_batch_id(batch_id)?;
+        self.asking(|| manage::delete(&self.manager, &self.config, owner, batch_id.clone()))
+            .await
     }
 
     /// Sends everything `reader` yields as batch `batch_id` with `metadata`, and

@@ -230,16 +230,21 @@ impl Retriever {
     async fn list_batches(&self, owner: Option<[u8; 32]>) -> Result<Vec<BatchSummary>> {
         let mut all = Vec::new();
         let mut after: Option<wire::Position> = None;
+        let mut attempts = Attempts::new(self.config.retries);
         loop {
-            let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
             let request = Message::List(wire::List {
                 owner,
                 after: after.clone(),
                 limit: wire::MAX_LISTING_ENTRIES as u32,
                 voucher: Bytes::copy_from_slice(&self.config.voucher),
             });
-            let listing =
-                session::request(&mut reader, &mut writer, &request, kind::Listing).await?;
+            // Each page is retried as any request is; pages listed count as progress.
+            let page = all.len() as u64;
+            let listing = retrying(&mut attempts, Some(&self.events), page, || async {
+                let (mut reader, mut writer) = open_flow(&self.manager, &self.config).await?;
+                session::request(&mut reader, &mut writer, &request, kind::Listing).await
+            })
+            .await?;
             let Some(last) = listing.entries.last().map(|e| wire::Position {
                 owner: e.sender,
                 batch_id: e.batch_id.clone(),
@@ -477,7 +482,7 @@ impl FlowSource {
     /// Whether to pull the rest after `error`: at once after a restart, after
     /// the retry policy's wait for a network failure; not for anything else.
     async fn recover(&mut self, error: Error) -> Result<()> {
-        if !error.is_retryable() {
+        if !error.is_retryable_after(self.segments) {
             return Err(error);
         }
         if !self.restarts.take_restart() {

@@ -32,7 +32,11 @@ pub(super) fn judge(
     progress: u64,
     events: Option<&broadcast::Sender<Event>>,
 ) -> Verdict {
-    let verdict = attempts.failed(error.is_retryable(), asked_delay(error), progress);
+    let verdict = attempts.failed(
+        error.is_retryable_after(progress),
+        asked_delay(error),
+        progress,
+    );
     if let (Verdict::Retry { attempt, delay }, Some(events)) = (verdict, events) {
         let _ = events.send(Event::Retrying {
             attempt,
@@ -70,7 +74,7 @@ where
 
 /// The error to report after `attempts` retries ended in `error`.
 pub(super) fn exhausted(attempts: u32, error: Error) -> Error {
-    if attempts == 0 || !error.is_retryable() {
+    if attempts == 0 || !(error.is_retryable() || error.is_refused()) {
         error
     } else {
         Error::RetriesExhausted {

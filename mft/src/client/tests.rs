@@ -30,6 +30,29 @@ fn retries_wait_as_long_as_the_server_asks() {
 }
 
 #[test]
+fn a_refused_first_connection_is_final_and_a_later_one_is_retried() {
+    let nothing = Error::Flow(flow::Error::new(flow::Reason::Refused("x".into())));
+    assert!(nothing.is_refused());
+    assert!(
+        !nothing.is_retryable(),
+        "nothing listens: retrying will not help"
+    );
+    assert!(!nothing.is_retryable_after(0));
+    assert!(
+        nothing.is_retryable_after(3),
+        "a server that took part of the operation is restarting"
+    );
+    let timed_out = Error::Flow(flow::Error::new(flow::Reason::Timeout(
+        Duration::from_secs(1),
+    )));
+    assert!(timed_out.is_retryable_after(0) && !timed_out.is_refused());
+    let unresolvable = Error::Flow(flow::Error::new(flow::Reason::Resolve("x".into())));
+    assert!(!unresolvable.is_retryable_after(0));
+    let untrusted = Error::Flow(flow::Error::new(flow::Reason::RefusedByPeer));
+    assert!(!untrusted.is_retryable_after(5));
+}
+
+#[test]
 fn config_names_the_bad_field() {
     let endpoint: Endpoint = "quic://127.0.0.1:1".parse().unwrap();
     let key = flow::Identity::generate().public_key();
