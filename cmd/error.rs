@@ -148,7 +148,7 @@ pub fn flow_exit(kind: flow::ErrorKind) -> Exit {
     use flow::ErrorKind as K;
     match kind {
         K::Auth | K::NotTrusted => Exit::Auth,
-        K::Network | K::DialFailed | K::Refused | K::ResolveFailed => Exit::Network,
+        K::Network | K::DialFailed | K::Refused | K::NotMftq | K::ResolveFailed => Exit::Network,
         K::BadArg => Exit::Usage,
         _ => Exit::Other,
     }

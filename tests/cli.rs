@@ -1682,6 +1682,31 @@ fn a_down_server_is_reported_at_the_first_attempt() {
             );
         }
     }
+
+    // Something else listens there (a web server, say): not retried either.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let port = other.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for conn in other.incoming().flatten() {
+            let mut conn = conn;
+            let _ = std::io::Write::write_all(&mut conn, b"HTTP/1.0 400 Bad Request\r\n\r\n");
+        }
+    });
+    for scheme in ["mftq", "https"] {
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
+        let out = mftq_in(
+            dir,
+            &[&["send", "f.txt", "--to", endpoint.as_str()][..], &key[..]].concat(),
+            LONG,
+        );
+        assert_eq!(out.code(), Some(4), "{}", out.explain());
+        assert!(
+            out.stderr.contains("not an mftq server"),
+            "{}",
+            out.explain()
+        );
+        assert!(!out.stderr.contains("reconnecting"), "{}", out.explain());
+    }
 }
 
 /// A server that dies mid-send (issue 12): each retry says "stalled,

@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Network,
     /// A connection could not be set up (timeout, unreachable).
     DialFailed,
+    /// Something answered, but not an mftq peer: it does not speak TLS 1.3,
+    /// offers none of our application protocols, or is another service
+    /// altogether. Retrying will not help: the endpoint is wrong.
+    NotMftq,
     /// Nothing listens at the destination: it refused the connection at once
     /// (and, dialing by preference, no UDP candidate answered either). Retrying
     /// soon will not help, unless a server is starting there.
@@ -51,6 +55,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Network => "network error",
             ErrorKind::DialFailed => "dial failed",
             ErrorKind::Refused => "connection refused",
+            ErrorKind::NotMftq => "not an mftq peer",
             ErrorKind::ResolveFailed => "resolve failed",
             ErrorKind::Proxy => "proxy error",
             ErrorKind::BadArg => "bad argument",
@@ -101,6 +106,8 @@ pub enum Reason {
     ConnectFailed(String),
     /// The destination refused the connection: nothing listens there.
     Refused(String),
+    /// The destination answered in something other than our protocol.
+    NotMftq(String),
     /// Name resolution failed or found no address.
     Resolve(String),
     /// The connection failed or was lost.
@@ -144,6 +151,7 @@ impl Reason {
             NotAuthorized(_) | PinMismatch { .. } | RefusedByPeer => ErrorKind::NotTrusted,
             Timeout(_) | ConnectFailed(_) => ErrorKind::DialFailed,
             Refused(_) => ErrorKind::Refused,
+            NotMftq(_) => ErrorKind::NotMftq,
             Resolve(_) => ErrorKind::ResolveFailed,
             ConnectionLost(_) | Io(_) | MessageTooLarge { .. } | Busy(_) | Stalled(_) => {
                 ErrorKind::Network
@@ -174,6 +182,7 @@ impl fmt::Display for Reason {
             Stalled(d) => write!(f, "the flow made no progress for {d:?}"),
             ConnectFailed(why) => write!(f, "could not connect: {why}"),
             Refused(why) => write!(f, "nothing is listening: {why}"),
+            NotMftq(why) => write!(f, "not an mftq server: {why}"),
             Resolve(why) => write!(f, "could not resolve: {why}"),
             ConnectionLost(why) => write!(f, "connection lost: {why}"),
             ClosedLocally(why) => write!(f, "closed locally: {why}"),

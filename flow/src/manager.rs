@@ -563,12 +563,21 @@ impl Shared {
         loop {
             tokio::select! {
                 () = &mut probe, if probing => {
-                    // Armed only with the TCP candidate refused and the UDP one silent.
-                    let (refused, silent) = if first_udp { (&second, &first) } else { (&first, &second) };
-                    return Err(Error::new(Reason::Refused(format!(
-                        "{refused} refused the connection, and {silent} gave no answer within {:?}",
-                        self.config.probe_after_refusal
-                    ))));
+                    // Armed only with the TCP candidate conclusive and the UDP one silent.
+                    let (tcp, tcp_error, silent) = if first_udp {
+                        (&second, &second_error, &first)
+                    } else {
+                        (&first, &first_error, &second)
+                    };
+                    let probe = self.config.probe_after_refusal;
+                    return Err(Error::new(match tcp_error.as_ref().map(|e| e.reason()) {
+                        Some(Reason::NotMftq(why)) => Reason::NotMftq(format!(
+                            "{tcp}: {why}; {silent} gave no answer within {probe:?}"
+                        )),
+                        _ => Reason::Refused(format!(
+                            "{tcp} refused the connection, and {silent} gave no answer within {probe:?}"
+                        )),
+                    }));
                 },
                 outcome = &mut first_dial, if first_error.is_none() => match outcome {
                     Ok(conn) => return Ok(conn),
@@ -589,6 +598,11 @@ impl Shared {
             }
             let refused =
                 |e: &Option<Error>| e.as_ref().is_some_and(|e| e.kind() == ErrorKind::Refused);
+            // What no wait for the other candidate would change.
+            let conclusive = |e: &Option<Error>| {
+                e.as_ref()
+                    .is_some_and(|e| matches!(e.kind(), ErrorKind::Refused | ErrorKind::NotMftq))
+            };
             match (&first_error, &second_error) {
                 (Some(a), Some(b)) => {
                     let detail = format!("{first}: {a}; {second}: {b}");
@@ -602,7 +616,7 @@ impl Shared {
                 }
                 // TCP refused while UDP is still silent: give UDP the probe.
                 (None, Some(_))
-                    if !probing && first_udp && !second_udp && refused(&second_error) =>
+                    if !probing && first_udp && !second_udp && conclusive(&second_error) =>
                 {
                     probing = true;
                     probe
@@ -610,7 +624,7 @@ impl Shared {
                         .reset(tokio::time::Instant::now() + self.config.probe_after_refusal);
                 }
                 (Some(_), None)
-                    if !probing && second_udp && !first_udp && refused(&first_error) =>
+                    if !probing && second_udp && !first_udp && conclusive(&first_error) =>
                 {
                     probing = true;
                     probe

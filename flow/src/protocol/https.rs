@@ -239,6 +239,34 @@ fn peer_refused(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether a failed TLS handshake shows the peer is not one of ours: it sent
+/// something that is not TLS, or TLS we cannot agree on (an older version, no
+/// common application protocol).
+fn not_ours(err: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription::*;
+    let mut current = Some(err);
+    while let Some(e) = current {
+        match e.downcast_ref::<rustls::Error>() {
+            Some(
+                rustls::Error::InvalidMessage(_)
+                | rustls::Error::PeerIncompatible(_)
+                | rustls::Error::AlertReceived(
+                    ProtocolVersion | HandshakeFailure | NoApplicationProtocol,
+                ),
+            ) => return true,
+            Some(_) => return false,
+            None => {}
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            return not_ours(inner);
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// The error for a failure while setting up a dialed connection.
 fn dial_error(ctx: &DialContext, err: impl std::error::Error + Send + Sync + 'static) -> Error {
     if let Some(refusal) = ctx.take_refusal() {
@@ -246,6 +274,10 @@ fn dial_error(ctx: &DialContext, err: impl std::error::Error + Send + Sync + 'st
     }
     if peer_refused(&err) {
         return Error::new(Reason::RefusedByPeer).with_source(err);
+    }
+    if not_ours(&err) {
+        return Error::new(Reason::NotMftq(format!("the TLS handshake failed: {err}")))
+            .with_source(err);
     }
     Error::new(Reason::ConnectFailed(err.to_string())).with_source(err)
 }

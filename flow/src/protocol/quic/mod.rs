@@ -513,8 +513,15 @@ fn dial_error(err: ConnectionError, refusal: Option<Error>) -> Error {
             let refused = REFUSAL_ALERTS
                 .iter()
                 .any(|alert| close.error_code == TransportErrorCode::crypto(*alert));
+            // TLS alerts 70 (protocol_version), 40 (handshake_failure) and
+            // 120 (no_application_protocol): a QUIC peer, but not one of ours.
+            let foreign = [70u8, 40, 120]
+                .iter()
+                .any(|alert| close.error_code == TransportErrorCode::crypto(*alert));
             if refused {
                 Reason::RefusedByPeer
+            } else if foreign {
+                Reason::NotMftq(format!("it closed the QUIC handshake: {close}"))
             } else {
                 Reason::ConnectFailed(format!("peer closed the handshake: {close}"))
             }
