@@ -47,6 +47,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Make a private key file and print its public key.
     Keygen(KeygenArgs),
+    /// Print the public key of a key file.
+    Pubkey(PubkeyArgs),
     /// Run a server: listen, store batches, serve them back.
     Serve(ServeArgs),
     /// Push a file (or stdin) to a server as a batch.
@@ -99,12 +101,25 @@ Examples:
 The key file is PKCS#8 PEM, readable only by its owner (mode 0600). The public key
 is printed on stdout as 64 hex digits, the form every flag and file accepts.")]
 pub struct KeygenArgs {
-    /// Where to write the private key.
+    /// Where to write the private key (mode 0600); `-` writes it to stdout (and
+    /// the public key to stderr).
     #[arg(long, short, value_name = "FILE", default_value = "mftq.key")]
     pub out: PathBuf,
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `mftq pubkey`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mftq pubkey me.key           # the 64 hex digits to give a server's allow-list
+  mftq pubkey server.key       # the --server-key clients need")]
+pub struct PubkeyArgs {
+    /// A private key file (refused if others may read it), or a public key file.
+    #[arg(value_name = "KEYFILE")]
+    pub file: PathBuf,
 }
 
 /// `mftq serve`.

@@ -1,10 +1,9 @@
 //! What the client commands share: loading our key, trusting the server's, choosing
 //! the transport, and making the flow manager and transfer configuration.
 
-use std::path::Path;
 use std::time::Duration;
 
-use flow::{Endpoint, Identity, Manager, ManagerConfig, PeerKey};
+use flow::{Endpoint, Manager, ManagerConfig, PeerKey};
 
 use crate::args::{ClientArgs, Transport};
 use crate::error::CliError;
@@ -63,18 +62,7 @@ pub fn parse_key(flag: &str, text: &str) -> Result<PeerKey, CliError> {
         .map_err(|e: flow::Error| CliError::usage(format!("{flag} {text:?}: {}", e.reason())))
 }
 
-/// Loads a private key file, naming it in any error.
-pub fn load_identity(path: &Path) -> Result<Identity, CliError> {
-    Identity::load(path).map_err(|e| {
-        let reason = e.reason().to_string();
-        let reason = reason.strip_prefix("malformed key: ").unwrap_or(&reason);
-        let mut message = format!("--key: {reason}");
-        if !path.exists() {
-            message.push_str(" (make one with `mftq keygen --out FILE`)");
-        }
-        CliError::usage(message)
-    })
-}
+pub use crate::keygen::load_identity;
 
 /// The endpoint to dial: `text` as given (a bare `host:port` meaning `mftq://`),
 /// with its protocol replaced when `transport` names one.
@@ -135,7 +123,7 @@ mod tests {
 
     #[test]
     fn keys_must_be_64_hex_digits() {
-        let key = Identity::generate().public_key();
+        let key = flow::Identity::generate().public_key();
         assert_eq!(parse_key("--server-key", &key.to_string()).ok(), Some(key));
         assert!(parse_key("--server-key", "abc").is_err());
     }

@@ -72,6 +72,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     // `keygen` needs no runtime, and `bench` runs its sides as processes of their own.
     let command = match cli.command {
         Command::Keygen(args) => return keygen::run(args),
+        Command::Pubkey(args) => return keygen::pubkey(args),
         Command::Bench(args) => return bench::run(args),
         Command::VerifyReceipt(args) => return receipt::verify(args),
         other => other,
@@ -80,7 +81,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
         .map_err(|e| CliError::new(Exit::Other, format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match command {
-            Command::Keygen(_) | Command::Bench(_) | Command::VerifyReceipt(_) => Ok(()),
+            Command::Keygen(_)
+            | Command::Pubkey(_)
+            | Command::Bench(_)
+            | Command::VerifyReceipt(_) => Ok(()),
             Command::BenchPeer(args) => bench::peer::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Send(args) => send::run(args).await,

@@ -1775,6 +1775,130 @@ fn a_server_lost_mid_send_is_reported_as_stalled_and_reconnecting() {
     assert!(stderr.contains("nothing is listening"), "{stderr}");
 }
 
+/// Key files as ssh users expect (issue 12): `pubkey` prints a key file's
+/// public key; a private key others may read is refused with the `chmod` to
+/// run; a public key or another file given as `--key` is named for what it is;
+/// `keygen --out -` writes to stdout; and the key files are the RFC 8410 form
+/// that OpenSSL reads (and OpenSSL's are read), checked when `openssl` is here.
+#[test]
+fn key_files_behave_as_ssh_users_expect() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let public = keygen(dir, "me.key");
+    let run = |args: &[&str]| mftq_in(dir, args, Duration::from_secs(20));
+    let out = run(&["pubkey", "me.key"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(out.stdout.trim(), public);
+    std::fs::write(dir.join("me.pub"), format!("{public}\n")).expect("writes");
+    assert_eq!(run(&["pubkey", "me.pub"]).stdout.trim(), public);
+
+    // Open to others: refused, with the fix.
+    std::fs::set_permissions(dir.join("me.key"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let endpoint = "https://127.0.0.1:1";
+    for args in [
+        &["pubkey", "me.key"][..],
+        &[
+            "list",
+            "--from",
+            endpoint,
+            "--server-key",
+            &public,
+            "--key",
+            "me.key",
+        ][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code(), Some(2), "{}", out.explain());
+        assert!(out.stderr.contains("chmod 600 me.key"), "{}", out.explain());
+    }
+    std::fs::set_permissions(dir.join("me.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+
+    // The wrong file as --key.
+    std::fs::write(dir.join("notes.txt"), b"shopping list").expect("writes");
+    for (file, says) in [
+        ("me.pub", "holds a public key"),
+        ("notes.txt", "not a key file"),
+    ] {
+        let out = run(&[
+            "list",
+            "--from",
+            endpoint,
+            "--server-key",
+            &public,
+            "--key",
+            file,
+        ]);
+        assert_eq!(out.code(), Some(2), "{}", out.explain());
+        assert!(out.stderr.contains(says), "{says:?}: {}", out.explain());
+    }
+
+    // To stdout: the private key there, the public key on stderr.
+    let out = run(&["keygen", "--out", "-"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(
+        out.stdout.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{}",
+        out.explain()
+    );
+    assert!(!dir.join("-").exists(), "no file named -");
+    let printed = out
+        .stderr
+        .trim()
+        .strip_prefix("mftq: public key ")
+        .expect("the public key on stderr")
+        .to_string();
+    let piped = dir.join("piped.key");
+    std::fs::write(&piped, &out.stdout).expect("writes");
+    std::fs::set_permissions(&piped, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(run(&["pubkey", "piped.key"]).stdout.trim(), printed);
+
+    // OpenSSL reads ours, and we read OpenSSL's.
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+    };
+    let Some(version) = openssl(&["version"]) else {
+        eprintln!("openssl is not installed: its half of this test is skipped");
+        return;
+    };
+    assert!(version.status.success());
+    let theirs = openssl(&["pkey", "-in", "me.key", "-pubout", "-outform", "DER"]).expect("runs");
+    assert!(
+        theirs.status.success(),
+        "openssl pkey refused our key file: {}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    let der = theirs.stdout;
+    let hex: String = der[der.len() - 32..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, public, "openssl finds the same public key");
+    let made = openssl(&["genpkey", "-algorithm", "ed25519", "-out", "openssl.key"]).expect("runs");
+    assert!(made.status.success());
+    std::fs::set_permissions(
+        dir.join("openssl.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let theirs =
+        openssl(&["pkey", "-in", "openssl.key", "-pubout", "-outform", "DER"]).expect("runs");
+    let der = theirs.stdout;
+    let hex: String = der[der.len() - 32..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = run(&["pubkey", "openssl.key"]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(out.stdout.trim(), hex);
+}
+
 /// A tree `get` killed once it has recorded a checkpoint (issue 11) is run
 /// again: it verifies what it staged, fetches only the rest, and restores the
 /// tree whole; the server's log shows the second get's data pulled as one

@@ -171,7 +171,9 @@ impl Identity {
         })
     }
 
-    /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
+    /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), of
+    /// version 1 (RFC 8410, as [`Identity::to_pkcs8_pem`] writes it) or version 2
+    /// (with the public key, which must then match).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self> {
         let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
             Error::new(Reason::MalformedKey(format!(
@@ -181,11 +183,16 @@ impl Identity {
         Self::from_signing_key(signing)
     }
 
-    /// The PKCS#8 PEM text of the private key.
+    /// The PKCS#8 PEM text of the private key, in the form RFC 8410 gives
+    /// (version 1, the 32-byte seed and no public key inside), which OpenSSL
+    /// (`openssl pkey`) and Python's `cryptography` read. [`Identity::from_pkcs8_pem`]
+    /// reads it and the version 2 form (with the public key) alike.
     pub fn to_pkcs8_pem(&self) -> String {
-        self.inner
-            .signing
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        let seed = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.inner.signing.to_bytes(),
+            public_key: None,
+        };
+        seed.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map(|pem| pem.to_string())
             // Encoding 32 bytes we hold cannot fail.
             .unwrap_or_default()
@@ -667,6 +674,26 @@ mod tests {
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         let again = Identity::from_pkcs8_pem(&pem).unwrap();
         assert_eq!(again.public_key(), id.public_key());
+        // RFC 8410's form: a 48-byte document, version 0, the seed and no
+        // public key (what OpenSSL 3.0 reads; the 83-byte version 2 form it does
+        // not).
+        let der = ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.as_bytes())
+            .unwrap()
+            .1;
+        assert_eq!(der.len(), 48, "{der:02x?}");
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+        assert_eq!(&der[16..], &id.inner.signing.to_bytes()[..]);
+        // The version 2 form, as earlier versions wrote it, still reads.
+        let v2 = id
+            .inner
+            .signing
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        assert_ne!(v2.as_str(), pem);
+        assert_eq!(
+            Identity::from_pkcs8_pem(&v2).unwrap().public_key(),
+            id.public_key()
+        );
         for bad in [
             "",
             "hello",
