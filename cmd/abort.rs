@@ -12,7 +12,7 @@ use crate::output::{hex, human, print_json, utc};
 
 /// Lists this key's open transfers as a table (or JSON).
 pub async fn list(args: TransfersArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.client, Default::default(), "--to", &args.to)?;
+    let client = Client::new(&args.client, Default::default(), "--to", args.to.as_deref()).await?;
     let sender = mft::Sender::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the sender", e))?;
     let open = sender.open_transfers().await;
@@ -58,7 +58,7 @@ pub async fn list(args: TransfersArgs) -> Result<(), CliError> {
 
 /// Aborts this key's open transfer of `args.batch_id`.
 pub async fn run(args: AbortArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.client, Default::default(), "--to", &args.to)?;
+    let client = Client::new(&args.client, Default::default(), "--to", args.to.as_deref()).await?;
     let sender = mft::Sender::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the sender", e))?;
     let outcome = abort_batch(&sender, args.batch_id.as_bytes()).await;
@@ -106,7 +106,7 @@ pub async fn remove(args: RmArgs) -> Result<(), CliError> {
         .as_deref()
         .map(|text| parse_key("--sender", text))
         .transpose()?;
-    let client = Client::new(&args.client, Default::default(), "--to", &args.to)?;
+    let client = Client::new(&args.client, Default::default(), "--to", args.to.as_deref()).await?;
     let sender = mft::Sender::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the sender", e))?;
     let id = args.batch_id.as_bytes();

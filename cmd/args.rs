@@ -210,12 +210,20 @@ pub enum Transport {
 /// What every client command needs: its key, the server's key, and a transport.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The server's public key (64 hex digits, as `mftq keygen` or `mftq serve` print it).
+    /// The server's public key: 64 hex digits (as `mftq serve` or `mftq pubkey`
+    /// print it), or @FILE holding them. Default: $MFTQ_SERVER_KEY, the remote's
+    /// `server_key`, or the key known_servers holds for the endpoint.
     #[arg(long, value_name = "PUB")]
-    pub server_key: String,
-    /// Our private key file (from `mftq keygen`).
+    pub server_key: Option<String>,
+    /// Our private key file. Default: $MFTQ_KEY, the remote's `key`, or
+    /// ~/.config/mftq/id.key (created on first use).
     #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
+    /// With no server key given or known, trust the key the server presents
+    /// this once and remember it in ~/.config/mftq/known_servers (a key that
+    /// changes later is refused, as ssh does).
+    #[arg(long)]
+    pub trust_on_first_use: bool,
     /// Transport: auto (QUIC, HTTPS fallback), quic or https.
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     pub transport: Transport,
@@ -227,8 +235,9 @@ pub struct ClientArgs {
     pub dial_timeout: f64,
     /// Network failures to retry (with backoff) before giving up. A server that
     /// refuses the first connection (nothing listens) is not retried.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub retries: u32,
+    /// (default 5, or the remote's `retries`).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
     /// Seconds QUIC still gets to answer once HTTPS was refused (mftq://), before
     /// the server counts as down; raise it for a QUIC-only server far away.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
@@ -276,9 +285,10 @@ pub struct SendArgs {
     /// Send directories with everything in them.
     #[arg(short = 'r', long)]
     pub recursive: bool,
-    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    /// The server: mftq://host:port, quic://host:port, https://host:port, or a
+    /// remote named in ~/.config/mftq/config.toml. Default: $MFTQ_ENDPOINT.
     #[arg(long, value_name = "ENDPOINT")]
-    pub to: String,
+    pub to: Option<String>,
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -345,9 +355,10 @@ pub struct GetArgs {
     /// The batch id.
     #[arg(value_name = "BATCH_ID")]
     pub batch_id: String,
-    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    /// The server: mftq://host:port, quic://host:port, https://host:port, or a
+    /// remote named in ~/.config/mftq/config.toml. Default: $MFTQ_ENDPOINT.
     #[arg(long, value_name = "ENDPOINT")]
-    pub from: String,
+    pub from: Option<String>,
     /// The sender whose batch it is (64 hex digits). Batch ids are per sender;
     /// without this the server picks the one sender's batch of that id this key
     /// may retrieve, and refuses if there are several.
@@ -393,9 +404,10 @@ pub struct GetArgs {
 Examples:
   mftq transfers --to mftq://files.example:4433 --server-key HEX --key me.key")]
 pub struct TransfersArgs {
-    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    /// The server: mftq://host:port, quic://host:port, https://host:port, or a
+    /// remote named in ~/.config/mftq/config.toml. Default: $MFTQ_ENDPOINT.
     #[arg(long, value_name = "ENDPOINT")]
-    pub to: String,
+    pub to: Option<String>,
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -410,9 +422,10 @@ pub struct AbortArgs {
     /// The batch id of the open transfer.
     #[arg(value_name = "BATCH_ID")]
     pub batch_id: String,
-    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    /// The server: mftq://host:port, quic://host:port, https://host:port, or a
+    /// remote named in ~/.config/mftq/config.toml. Default: $MFTQ_ENDPOINT.
     #[arg(long, value_name = "ENDPOINT")]
-    pub to: String,
+    pub to: Option<String>,
     /// The client settings.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -431,9 +444,10 @@ pub struct RmArgs {
     /// The batch id.
     #[arg(value_name = "BATCH_ID")]
     pub batch_id: String,
-    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    /// The server: mftq://host:port, quic://host:port, https://host:port, or a
+    /// remote named in ~/.config/mftq/config.toml. Default: $MFTQ_ENDPOINT.
     #[arg(long, value_name = "ENDPOINT")]
-    pub to: String,
+    pub to: Option<String>,
     /// The sender whose batch it is (64 hex digits; default: this key).
     #[arg(long, value_name = "KEY")]
     pub sender: Option<String>,
@@ -474,9 +488,10 @@ Examples:
   mftq list --from mftq://files.example:4433 --server-key HEX --key me.key
   mftq list --from quic://127.0.0.1:4433 --server-key HEX --key me.key --json")]
 pub struct ListArgs {
-    /// The server's endpoint: mftq://host:port, quic://host:port or https://host:port.
+    /// The server: mftq://host:port, quic://host:port, https://host:port, or a
+    /// remote named in ~/.config/mftq/config.toml. Default: $MFTQ_ENDPOINT.
     #[arg(long, value_name = "ENDPOINT")]
-    pub from: String,
+    pub from: Option<String>,
     /// Only this sender's batches (64 hex digits).
     #[arg(long, value_name = "KEY", conflicts_with = "open")]
     pub sender: Option<String>,

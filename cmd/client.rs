@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+
 use flow::{Endpoint, Manager, ManagerConfig, PeerKey};
 
 use crate::args::{ClientArgs, Transport};
-use crate::error::CliError;
+use crate::error::{CliError, Exit};
 use crate::tuning::Tuning;
 
 /// A ready client: its manager and the transfer configuration for one server.
@@ -15,44 +17,128 @@ pub struct Client {
     pub manager: Manager,
     /// The endpoint and server key.
     pub config: mft::ClientConfig,
+    /// Network failures retried before giving up.
+    pub retries: u32,
 }
 
+/// Network failures retried before giving up, unless told otherwise.
+const DEFAULT_RETRIES: u32 = 5;
+
 impl Client {
-    /// Checks every client flag (naming the bad one) and builds the client.
-    pub fn new(
+    /// Checks every client flag (naming the bad one), fills what they leave
+    /// out from the environment and the config directory (see `profile`), and
+    /// builds the client. A server key that comes from known_servers, or is
+    /// trusted on first use, is checked against the key the server presents
+    /// (a dial whose connection the command then uses).
+    pub async fn new(
         args: &ClientArgs,
         tuning: Tuning,
         endpoint_flag: &str,
-        endpoint: &str,
+        endpoint: Option<&str>,
     ) -> Result<Self, CliError> {
-        let endpoint = endpoint_for(endpoint_flag, endpoint, args.transport)?;
-        if !(args.dial_timeout.is_finite() && args.dial_timeout > 0.0 && args.dial_timeout < 1e6) {
-            return Err(CliError::usage(format!(
-                "--dial-timeout {}: expected seconds above zero",
-                args.dial_timeout
-            )));
+        let resolved = crate::profile::resolve(args, endpoint_flag, endpoint)?;
+        let transport = if args.transport == Transport::Auto {
+            resolved.transport.unwrap_or(Transport::Auto)
+        } else {
+            args.transport
+        };
+        let endpoint = endpoint_for(endpoint_flag, &resolved.endpoint, transport)?;
+        for (flag, value) in [
+            ("--dial-timeout", args.dial_timeout),
+            ("--probe", args.probe),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value < 1e6) {
+                return Err(CliError::usage(format!(
+                    "{flag} {value}: expected seconds above zero"
+                )));
+            }
         }
-        if !(args.probe.is_finite() && args.probe > 0.0 && args.probe < 1e6) {
-            return Err(CliError::usage(format!(
-                "--probe {}: expected seconds above zero",
-                args.probe
-            )));
-        }
-        let server_key = parse_key("--server-key", &args.server_key)?;
-        let identity = load_identity(&args.key)?;
+        let identity = load_identity(&resolved.key)?;
         let mut manager_config = ManagerConfig::default();
         manager_config.probe_after_refusal(Duration::from_secs_f64(args.probe));
         let manager = Manager::new(identity, tuning.registry(), manager_config)
             .map_err(|e| CliError::flow("starting the client", e))?;
+        let dial_timeout = Duration::from_secs_f64(args.dial_timeout);
+        let server_key = match resolved.server_key {
+            Some(key) => key,
+            None => {
+                trusted_key(
+                    &manager,
+                    &endpoint,
+                    dial_timeout,
+                    resolved.known_servers.as_deref(),
+                    resolved.trust_on_first_use,
+                )
+                .await?
+            }
+        };
         let mut config = mft::ClientConfig::new(endpoint, server_key);
         tuning.apply(&mut config);
-        config
-            .retries(args.retries)
-            .dial_timeout(Duration::from_secs_f64(args.dial_timeout));
+        let retries = args.retries.or(resolved.retries).unwrap_or(DEFAULT_RETRIES);
+        config.retries(retries).dial_timeout(dial_timeout);
         config
             .validate()
             .map_err(|e| CliError::usage(format!("--retries/--dial-timeout: {e}")))?;
-        Ok(Client { manager, config })
+        Ok(Client {
+            manager,
+            config,
+            retries,
+        })
+    }
+}
+
+/// The server key for `endpoint` when none was given: the one known_servers
+/// holds for its address, checked against the key the server presents (a
+/// different one is refused loudly, as ssh does), or, trusting on first use,
+/// the one it presents, remembered.
+async fn trusted_key(
+    manager: &Manager,
+    endpoint: &Endpoint,
+    timeout: Duration,
+    known_servers: Option<&Path>,
+    trust_on_first_use: bool,
+) -> Result<PeerKey, CliError> {
+    let address = endpoint.address().to_string();
+    let known = match known_servers {
+        Some(file) => crate::profile::known_server(file, &address)?,
+        None => None,
+    };
+    if known.is_none() && !trust_on_first_use {
+        return Err(CliError::usage(
+            "--server-key: needed: the server's public key (64 hex digits, as `mftq serve` \
+             or `mftq pubkey` print it, or @FILE); or set MFTQ_SERVER_KEY, name a remote \
+             that has one, or pass --trust-on-first-use",
+        ));
+    }
+    let flow = manager
+        .dial(endpoint, flow::Authorizer::any(), timeout)
+        .await
+        .map_err(|e| CliError::flow(&format!("connecting to {endpoint}"), e))?;
+    let presented = flow.conn().remote_identity();
+    drop(flow);
+    match (known, known_servers) {
+        (Some((key, _)), _) if key == presented => Ok(key),
+        (Some((key, line)), Some(file)) => Err(CliError::new(
+            Exit::Auth,
+            format!(
+                "THE SERVER'S KEY HAS CHANGED: the server at {address} presents {presented}, \
+                 but {} line {line} trusts {key} for it. Someone may be impersonating it; \
+                 if its key was replaced on purpose, remove that line",
+                file.display()
+            ),
+        )),
+        (_, Some(file)) => {
+            crate::profile::remember_server(file, &address, &presented)?;
+            eprintln!(
+                "mftq: trusting the server at {address} on first use: its key is {presented} \
+                 (remembered in {})",
+                file.display()
+            );
+            Ok(presented)
+        }
+        (_, None) => Err(CliError::usage(
+            "--trust-on-first-use: there is no HOME to keep known_servers in",
+        )),
     }
 }
 

@@ -50,7 +50,13 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
         .map(|text| parse_key("--sender", text))
         .transpose()?;
     let range = args.range.as_deref().map(parse_range).transpose()?;
-    let client = Client::new(&args.client, (&args.tuning).into(), "--from", &args.from)?;
+    let client = Client::new(
+        &args.client,
+        (&args.tuning).into(),
+        "--from",
+        args.from.as_deref(),
+    )
+    .await?;
     let json_out = args.client.json;
     // Where it goes may depend on its metadata: checked up front where it can be.
     if let Some(output) = args.output.as_deref().filter(|o| *o != "-") {
@@ -61,7 +67,7 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
     let _retries = crate::output::AbortOnDrop(crate::output::follow_retries(
         retriever.subscribe(),
-        args.client.retries,
+        client.retries,
     ));
     let mut request = mft::Pull::batch(args.batch_id.as_bytes());
     if let Some(sender) = sender {

@@ -22,7 +22,13 @@ pub async fn run(args: ListArgs) -> Result<(), CliError> {
         .as_deref()
         .map(|text| parse_key("--sender", text))
         .transpose()?;
-    let client = Client::new(&args.client, Default::default(), "--from", &args.from)?;
+    let client = Client::new(
+        &args.client,
+        Default::default(),
+        "--from",
+        args.from.as_deref(),
+    )
+    .await?;
     let retriever = mft::Retriever::new(client.manager.clone(), client.config.clone())
         .map_err(|e| CliError::mft("configuring the retriever", e))?;
     let batches = match &sender {

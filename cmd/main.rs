@@ -20,6 +20,7 @@ mod keygen;
 mod list;
 mod output;
 mod pattern;
+mod profile;
 mod receipt;
 mod send;
 mod serve;

@@ -16,7 +16,13 @@ use crate::output::{hex, human, mb_per_s, print_json, progress};
 
 /// Sends the batch and prints the receipt.
 pub async fn run(args: SendArgs) -> Result<(), CliError> {
-    let client = Client::new(&args.client, (&args.tuning).into(), "--to", &args.to)?;
+    let client = Client::new(
+        &args.client,
+        (&args.tuning).into(),
+        "--to",
+        args.to.as_deref(),
+    )
+    .await?;
     let mut config = client.config.clone();
     let chunk = u32::try_from(args.chunk)
         .map_err(|_| CliError::usage(format!("--chunk {}: too large", args.chunk)))?;
@@ -46,7 +52,7 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
     let watcher = tokio::spawn(watch(sender.subscribe(), bar.clone()));
     let _retries = crate::output::AbortOnDrop(crate::output::follow_retries(
         sender.subscribe(),
-        args.client.retries,
+        client.retries,
     ));
     let outcome = tokio::spawn(outcome(sender.subscribe()));
     let started = Instant::now();
@@ -445,16 +451,25 @@ async fn interrupted(args: &SendArgs, batch_id: &str, sender: &mft::Sender) -> C
             ),
         };
     }
+    // The abort command names what the send was given; the rest comes from the
+    // same environment and config.
     let client = &args.client;
+    let mut given = String::new();
+    if let Some(to) = &args.to {
+        given.push_str(&format!(" --to {to}"));
+    }
+    if let Some(key) = &client.server_key {
+        given.push_str(&format!(" --server-key {key}"));
+    }
+    if let Some(key) = &client.key {
+        given.push_str(&format!(" --key {}", key.display()));
+    }
     CliError::new(
         Exit::Interrupted,
         format!(
             "interrupted; the server keeps what it received of batch {batch_id:?}.\n  \
              resume: run the same command again\n  \
-             abort:  mftq abort {batch_id:?} --to {} --server-key {} --key {}",
-            args.to,
-            client.server_key,
-            client.key.display()
+             abort:  mftq abort {batch_id:?}{given}"
         ),
     )
 }

@@ -45,8 +45,23 @@ impl Drop for Guard {
 }
 
 /// Runs `mftq args` in `dir`, failing the test if it takes longer than `limit`.
+/// Its config directory is `dir/config`, and the MFTQ_* variables are unset.
 fn mftq_in(dir: &Path, args: &[&str], limit: Duration) -> Out {
-    let child = Command::new(BIN)
+    mftq_env(dir, args, &[], limit)
+}
+
+/// [`mftq_in`] with the environment variables `envs` set too.
+fn mftq_env(dir: &Path, args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Out {
+    let mut command = Command::new(BIN);
+    command
+        .env("MFTQ_CONFIG_DIR", dir.join("config"))
+        .env_remove("MFTQ_KEY")
+        .env_remove("MFTQ_SERVER_KEY")
+        .env_remove("MFTQ_ENDPOINT");
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let child = command
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -1897,6 +1912,122 @@ fn key_files_behave_as_ssh_users_expect() {
     let out = run(&["pubkey", "openssl.key"]);
     assert_eq!(out.code(), Some(0), "{}", out.explain());
     assert_eq!(out.stdout.trim(), hex);
+}
+
+/// Less to type (issue 12): a default identity made on first use; the
+/// endpoint and server key from MFTQ_ENDPOINT and MFTQ_SERVER_KEY, or
+/// `--server-key @FILE`; a named remote from config.toml; and trust on first
+/// use into known_servers, whose key, once changed, is refused loudly.
+#[test]
+fn defaults_remotes_and_trust_on_first_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let config = dir.join("config");
+    std::fs::write(dir.join("f.txt"), b"first").expect("writes");
+    std::fs::write(dir.join("g.txt"), b"second").expect("writes");
+    let run = |args: &[&str], envs: &[(&str, &str)]| mftq_env(dir, args, envs, LONG);
+
+    // No key anywhere: the default identity is made, with a notice; no server
+    // key anywhere is a usage error saying where one may come from.
+    let out = run(&["list", "--from", "https://127.0.0.1:1"], &[]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("created your key"), "{}", out.explain());
+    assert!(
+        out.stderr.contains("--trust-on-first-use"),
+        "{}",
+        out.explain()
+    );
+    let id = config.join("id.key");
+    let mode = std::fs::metadata(&id).expect("made").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let me = run(&["pubkey", id.to_str().expect("utf-8")], &[])
+        .stdout
+        .trim()
+        .to_string();
+    std::fs::write(dir.join("allowed.txt"), format!("{me}\n")).expect("writes");
+    let server_key = keygen(dir, "server.key");
+    let server = serve(dir, &CLIENT_LISTS);
+    std::fs::write(dir.join("server.pub"), format!("{server_key}\n")).expect("writes");
+
+    // From the environment, and from a file.
+    let envs = [
+        ("MFTQ_ENDPOINT", server.https.as_str()),
+        ("MFTQ_SERVER_KEY", server_key.as_str()),
+    ];
+    let out = run(&["send", "f.txt"], &envs);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(
+        !out.stderr.contains("created your key"),
+        "made once: {}",
+        out.explain()
+    );
+    let out = run(
+        &[
+            "list",
+            "--from",
+            &server.quic,
+            "--server-key",
+            "@server.pub",
+        ],
+        &[],
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(out.stdout.contains("f.txt"), "{}", out.explain());
+
+    // A named remote.
+    std::fs::write(
+        config.join("config.toml"),
+        format!(
+            "[remotes.backup]\nendpoint = \"{}\"\nserver_key = \"{server_key}\"\n",
+            server.quic
+        ),
+    )
+    .expect("writes");
+    let out = run(&["send", "g.txt", "--to", "backup"], &[]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    let out = run(&["list", "--from", "backup"], &[]);
+    assert!(out.stdout.contains("g.txt"), "{}", out.explain());
+    let out = run(&["list", "--from", "bakcup"], &[]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(out.stderr.contains("it names backup"), "{}", out.explain());
+
+    // Trust on first use: remembered, then used without the flag.
+    let out = run(
+        &["list", "--from", &server.https, "--trust-on-first-use"],
+        &[],
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(
+        out.stderr.contains("trusting the server"),
+        "{}",
+        out.explain()
+    );
+    assert!(out.stderr.contains(&server_key), "{}", out.explain());
+    let known = std::fs::read_to_string(config.join("known_servers")).expect("remembered");
+    let address = server.https.trim_start_matches("https://");
+    assert_eq!(known, format!("{address} {server_key}\n"));
+    let out = run(&["list", "--from", &server.https], &[]);
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert!(!out.stderr.contains("trusting"), "{}", out.explain());
+
+    // The key it knows changed: refused, loudly, and known_servers kept.
+    let other = run(&["keygen", "--out", "-"], &[]).stderr;
+    let other = other.trim().trim_start_matches("mftq: public key ");
+    std::fs::write(config.join("known_servers"), format!("{address} {other}\n")).expect("writes");
+    let out = run(
+        &["list", "--from", &server.https, "--trust-on-first-use"],
+        &[],
+    );
+    assert_eq!(out.code(), Some(3), "{}", out.explain());
+    assert!(
+        out.stderr.contains("THE SERVER'S KEY HAS CHANGED"),
+        "{}",
+        out.explain()
+    );
+    assert!(out.stderr.contains("line 1"), "{}", out.explain());
+    let kept = std::fs::read_to_string(config.join("known_servers")).expect("kept");
+    assert_eq!(kept, format!("{address} {other}\n"));
 }
 
 /// A tree `get` killed once it has recorded a checkpoint (issue 11) is run
