@@ -32,11 +32,11 @@ pub async fn list(args: TransfersArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
-        print_json(&serde_json::Value::Array(list));
+        print_json(&json!({ "schema": "mftq-transfers/1", "transfers": list }));
         return Ok(());
     }
     if open.is_empty() {
-        eprintln!("mftq: no open transfers for this key");
+        crate::output::notice("no open transfers for this key");
         return Ok(());
     }
     println!(
@@ -71,7 +71,11 @@ pub async fn run(args: AbortArgs) -> Result<(), CliError> {
         ))
     })?;
     if args.client.json {
-        print_json(&json!({ "batch_id": args.batch_id, "deleted_bytes": held }));
+        print_json(&json!({
+            "schema": "mftq-abort/1",
+            "batch_id": args.batch_id,
+            "deleted_bytes": held,
+        }));
     } else {
         println!(
             "aborted batch {}: the server deleted the {} it held",
@@ -124,7 +128,12 @@ pub async fn remove(args: RmArgs) -> Result<(), CliError> {
         err
     })?;
     if args.client.json {
-        print_json(&json!({ "batch_id": args.batch_id, "deleted": true, "size": freed }));
+        print_json(&json!({
+            "schema": "mftq-rm/1",
+            "batch_id": args.batch_id,
+            "deleted": true,
+            "size": freed,
+        }));
     } else {
         println!("deleted batch {} ({})", args.batch_id, human(freed));
     }

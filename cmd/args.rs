@@ -25,11 +25,24 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
-    /// Print the cause chain of an error.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
+    /// -v prints an error's cause chain; -vv also logs at debug level.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+    /// Say nothing but errors (and what --json asks for): no progress bar, no
+    /// notices, no summary.
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
+    pub quiet: bool,
+    /// Draw no progress bar.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub no_progress: bool,
     /// Log lines (stderr) as text or JSON.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     pub log_format: LogFormat,
 }
 
@@ -70,9 +83,32 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput over loopback or an emulated WAN link, as a matrix.
     Bench(BenchArgs),
+    /// Print a shell completion script: `mftq completions bash > /etc/bash_completion.d/mftq`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `mftq man | man -l -`.
+    Man,
     /// One side of a `bench` run (started by `mftq bench` itself).
     #[command(hide = true)]
     BenchPeer(crate::bench::peer::PeerArgs),
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output, so its error comes as
+    /// JSON too.
+    pub fn wants_json(&self) -> bool {
+        match self {
+            Command::Send(a) => a.client.json,
+            Command::Get(a) => a.client.json,
+            Command::List(a) => a.client.json,
+            Command::Transfers(a) => a.client.json,
+            Command::Abort(a) => a.client.json,
+            Command::Rm(a) => a.client.json,
+            Command::VerifyReceipt(a) => a.json,
+            Command::Demo(a) => a.json,
+            Command::Bench(a) => a.json,
+            _ => false,
+        }
+    }
 }
 
 /// How QUIC and HTTPS connections are tuned: the congestion controller, and
@@ -89,6 +125,25 @@ pub struct TuningArgs {
     /// a hint, never a limit.
     #[arg(long = "rate", value_name = "RATE", value_parser = parse_rate)]
     pub rate: Option<u64>,
+}
+
+/// `mftq completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `mftq completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `mftq keygen`.

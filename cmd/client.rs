@@ -129,11 +129,11 @@ async fn trusted_key(
         )),
         (_, Some(file)) => {
             crate::profile::remember_server(file, &address, &presented)?;
-            eprintln!(
-                "mftq: trusting the server at {address} on first use: its key is {presented} \
+            crate::output::notice(format!(
+                "trusting the server at {address} on first use: its key is {presented} \
                  (remembered in {})",
                 file.display()
-            );
+            ));
             Ok(presented)
         }
         (_, None) => Err(CliError::usage(

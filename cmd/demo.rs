@@ -130,7 +130,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
-        print_json(&json!({ "size": size, "runs": list }));
+        print_json(&json!({ "schema": "mftq-demo/1", "size": size, "runs": list }));
         return Ok(());
     }
     let segments = runs.first().map(|r| r.segments).unwrap_or(0);

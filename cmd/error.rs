@@ -20,6 +20,20 @@ pub enum Exit {
     Interrupted = 130,
 }
 
+impl Exit {
+    /// One word for the class of failure, as `--json` errors name it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Exit::Other => "other",
+            Exit::Usage => "usage",
+            Exit::Auth => "auth",
+            Exit::Network => "network",
+            Exit::Integrity => "integrity",
+            Exit::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// A failure to report: one line of message, the exit code, and the cause chain
 /// (printed with `-v`).
 #[derive(Debug)]
@@ -128,6 +142,22 @@ impl CliError {
     }
 
     /// Prints `mftq: <message>`, and the cause chain when `verbose`.
+    /// The error as the JSON document `--json` asks for, on stdout:
+    /// `{"schema": "mftq-error/1", "error": {"kind", "message", "exit_code"}}`.
+    pub fn print_json(&self) {
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema": "mftq-error/1",
+                "error": {
+                    "kind": self.exit.kind(),
+                    "message": self.message,
+                    "exit_code": self.exit as u8,
+                }
+            })
+        );
+    }
+
     pub fn print(&self, verbose: bool) {
         eprintln!("mftq: {}", self.message);
         if verbose {
@@ -169,7 +199,13 @@ pub fn clap_exit(e: clap::Error) -> ExitCode {
         }
         _ => {
             let text = e.render().to_string();
-            eprint!("mftq: {}", text.strip_prefix("error: ").unwrap_or(&text));
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            if std::env::args().any(|a| a == "--json") {
+                let first = text.lines().next().unwrap_or_default();
+                CliError::usage(first).print_json();
+            } else {
+                eprint!("mftq: {text}");
+            }
             ExitCode::from(Exit::Usage as u8)
         }
     }

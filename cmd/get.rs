@@ -208,7 +208,7 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
         print_json(&summary);
     } else if json_out {
         eprintln!("{summary}");
-    } else {
+    } else if !crate::output::quiet() {
         let what = match range {
             Some(_) => format!(
                 "bytes {}-{} of {}",
@@ -448,7 +448,8 @@ where
 /// A line for the person at the terminal, on stderr (above the bar if one is
 /// drawn), so stdout stays the summary or the data.
 fn notice(bar: &indicatif::ProgressBar, text: String) {
-    if bar.is_hidden() {
+    if crate::output::quiet() {
+    } else if bar.is_hidden() {
         eprintln!("{text}");
     } else {
         bar.println(text);

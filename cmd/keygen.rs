@@ -48,7 +48,7 @@ pub fn run(args: KeygenArgs) -> Result<(), CliError> {
         }
         err
     })?;
-    eprintln!("mftq: wrote private key {}", path.display());
+    crate::output::notice(format!("wrote private key {}", path.display()));
     println!("{}", identity.public_key());
     Ok(())
 }

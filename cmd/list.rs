@@ -52,11 +52,11 @@ pub async fn run(args: ListArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
-        print_json(&serde_json::Value::Array(list));
+        print_json(&json!({ "schema": "mftq-list/1", "batches": list }));
         return Ok(());
     }
     if batches.is_empty() {
-        eprintln!("mftq: no batches this key may see");
+        crate::output::notice("no batches this key may see");
         return Ok(());
     }
     let width = batches

@@ -16,6 +16,7 @@ mod config_file;
 mod demo;
 mod error;
 mod get;
+mod help_files;
 mod keygen;
 mod list;
 mod output;
@@ -39,10 +40,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return error::clap_exit(e),
     };
-    let verbose = cli.verbose;
+    let verbose = cli.verbose > 0;
+    let json = cli.command.wants_json();
+    output::configure(cli.quiet, cli.no_progress);
     init_logging(&cli);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            e.print_json();
+            ExitCode::from(e.exit as u8)
+        }
         Err(e) => {
             e.print(verbose);
             ExitCode::from(e.exit as u8)
@@ -53,8 +60,9 @@ fn main() -> ExitCode {
 /// Logs go to stderr, filtered by `RUST_LOG` (default: `info` for `serve`, `warn`
 /// otherwise), as text or JSON lines.
 fn init_logging(cli: &Cli) {
-    let default = match cli.command {
-        Command::Serve(_) => "info",
+    let default = match (&cli.command, cli.verbose) {
+        (_, 2..) => "debug",
+        (Command::Serve(_), _) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,6 +82,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let command = match cli.command {
         Command::Keygen(args) => return keygen::run(args),
         Command::Pubkey(args) => return keygen::pubkey(args),
+        Command::Completions(args) => return help_files::completions(args.shell),
+        Command::Man => return help_files::man(),
         Command::Bench(args) => return bench::run(args),
         Command::VerifyReceipt(args) => return receipt::verify(args),
         other => other,
@@ -84,6 +94,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         match command {
             Command::Keygen(_)
             | Command::Pubkey(_)
+            | Command::Completions(_)
+            | Command::Man
             | Command::Bench(_)
             | Command::VerifyReceipt(_) => Ok(()),
             Command::BenchPeer(args) => bench::peer::run(args).await,

@@ -25,9 +25,35 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `-q`: nothing but errors (and JSON asked for).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `--no-progress` (or `-q`): no bar.
+static NO_PROGRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets, once from the global flags, how much the command says.
+pub fn configure(quiet: bool, no_progress: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    QUIET.store(quiet, Relaxed);
+    NO_PROGRESS.store(quiet || no_progress, Relaxed);
+}
+
+/// Whether `-q` was given: notices and human summaries are left out.
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A notice on stderr, `mftq: text`, unless `-q`.
+pub fn notice(text: impl std::fmt::Display) {
+    if !quiet() {
+        eprintln!("mftq: {text}");
+    }
+}
+
 /// A progress bar on stderr with rate and ETA, hidden when stderr is not a
-/// terminal or `hidden` is set. `len` is `None` when the total is unknown.
+/// terminal, `hidden` is set, or `--no-progress` or `-q` was given. `len` is
+/// `None` when the total is unknown.
 pub fn progress(len: Option<u64>, what: &str, hidden: bool) -> ProgressBar {
+    let hidden = hidden || NO_PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
     let bar = match len {
         Some(len) => ProgressBar::new(len),
         None => ProgressBar::no_length(),
@@ -110,7 +136,7 @@ pub fn follow_retries(
                         Some(bar) if !bar.is_hidden() && !bar.is_finished() => {
                             bar.set_message(status)
                         }
-                        _ => eprintln!("mftq: {status}: {error}"),
+                        _ => notice(format!("{status}: {error}")),
                     }
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}

@@ -216,12 +216,12 @@ fn default_identity(dir: &Option<PathBuf>) -> Result<PathBuf, CliError> {
     identity
         .save(&path)
         .map_err(|e| CliError::io(format!("creating {}", path.display()), e))?;
-    eprintln!(
-        "mftq: created your key {} (public key {}); servers need the public key in \
+    crate::output::notice(format!(
+        "created your key {} (public key {}); servers need the public key in \
          their allow-lists",
         path.display(),
         identity.public_key()
-    );
+    ));
     Ok(path)
 }
 

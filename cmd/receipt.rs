@@ -180,6 +180,7 @@ pub fn verify(args: VerifyReceiptArgs) -> Result<(), CliError> {
     }
     if args.json {
         let mut doc = serde_json::Map::new();
+        doc.insert("schema".into(), json!("mftq-receipt-check/1"));
         doc.insert("verified".into(), json!(true));
         doc.insert("file_matches".into(), json!(args.file.is_some()));
         doc.extend(readable(&receipt));

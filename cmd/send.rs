@@ -124,6 +124,7 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
 
     if json_out {
         print_json(&json!({
+            "schema": "mftq-send/1",
             "batch_id": String::from_utf8_lossy(&receipt.batch_id),
             "size": receipt.size,
             "segments": receipt.segment_count,
@@ -138,7 +139,7 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             "sealed_bytes": sealed,
             "seconds": elapsed.as_secs_f64(),
         }));
-    } else {
+    } else if !crate::output::quiet() {
         println!("batch {}", String::from_utf8_lossy(&receipt.batch_id));
         if already {
             println!(
@@ -208,11 +209,11 @@ impl Input {
         let packing = mft::tree::Packing::plan(&inputs, args.recursive)
             .map_err(|e| CliError::tree("sending the tree", e))?;
         for skipped in packing.skipped() {
-            eprintln!(
-                "mftq: leaving out {}: {}",
+            crate::output::notice(format!(
+                "leaving out {}: {}",
                 skipped.path.display(),
                 skipped.why
-            );
+            ));
         }
         Ok(Input::Tree(Box::new(packing)))
     }
@@ -350,7 +351,8 @@ async fn watch(mut events: tokio::sync::broadcast::Receiver<mft::Event>, bar: Pr
 
 /// A line on stderr, above the bar when it is drawn.
 fn note(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
+    if crate::output::quiet() {
+    } else if bar.is_hidden() {
         eprintln!("{line}");
     } else {
         bar.println(line);

@@ -562,7 +562,8 @@ fn serve_send_get_list_over_quic_and_https() {
     );
     assert_eq!(list.code(), Some(0), "{}", list.explain());
     let batches: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON list");
-    let mut ids: Vec<_> = batches
+    assert_eq!(batches["schema"], "mftq-list/1");
+    let mut ids: Vec<_> = batches["batches"]
         .as_array()
         .expect("a list")
         .iter()
@@ -869,7 +870,7 @@ fn get_and_list_name_the_sender_when_ids_collide() {
     let list = mftq_in(dir, &args, LONG);
     assert_eq!(list.code(), Some(0), "{}", list.explain());
     let listed: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON list");
-    let listed = listed.as_array().expect("an array");
+    let listed = listed["batches"].as_array().expect("an array");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["sender"], a.as_str());
     drop(server);
@@ -1041,7 +1042,7 @@ fn an_interrupted_send_is_kept_listed_and_aborted_on_request() {
         let out = mftq_in(dir, &args, LONG);
         assert_eq!(out.code(), Some(0), "{}", out.explain());
         let listed: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
-        listed.as_array().expect("an array").clone()
+        listed["transfers"].as_array().expect("an array").clone()
     };
 
     let (code, stderr) = interrupt(&[]);
@@ -1259,7 +1260,15 @@ fn get_resumes_its_part_file_cleans_stale_ones_and_fetches_ranges() {
     assert!(std::fs::read(dir.join("tail.bin")).expect("reads") == data[2_999_000..]);
     let (out, _) = get(&["--range", "0-3000000", "-o", "past.bin"]);
     assert_eq!(out.code(), Some(2), "{}", out.explain());
-    assert!(out.stderr.contains("3000000 bytes"), "{}", out.explain());
+    // Asked for JSON, the error is a JSON document on stdout.
+    let error: serde_json::Value = serde_json::from_str(&out.stdout).expect("a JSON error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("3000000 bytes")),
+        "{}",
+        out.explain()
+    );
     assert!(!dir.join("past.bin").exists());
     let (out, _) = get(&["--range", "9-3"]);
     assert_eq!(out.code(), Some(2), "{}", out.explain());
@@ -2028,6 +2037,97 @@ fn defaults_remotes_and_trust_on_first_use() {
     assert!(out.stderr.contains("line 1"), "{}", out.explain());
     let kept = std::fs::read_to_string(config.join("known_servers")).expect("kept");
     assert_eq!(kept, format!("{address} {other}\n"));
+}
+
+/// Output as the tools people like (issue 12): typo suggestions, global
+/// options listed after a command's own, errors as JSON under `--json` (with
+/// a schema, as every JSON document has), `-q`, and completions and a man page.
+#[test]
+fn the_command_line_helps_and_speaks_json_when_asked() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let run = |args: &[&str]| mftq_in(dir, args, Duration::from_secs(20));
+    let out = run(&["sned", "f.txt"]);
+    assert_eq!(out.code(), Some(2), "{}", out.explain());
+    assert!(
+        out.stderr.contains("similar subcommand exists: 'send'"),
+        "{}",
+        out.explain()
+    );
+
+    let help = run(&["send", "--help"]).stdout;
+    let own = help.find("--batch-id").expect("its own options");
+    let global = help.find("Global options:").expect("a global heading");
+    assert!(own < global, "own options first:\n{help}");
+    assert!(help[global..].contains("--quiet"), "{help}");
+
+    // Errors as JSON: a bad flag value, and a clap error alike.
+    for args in [
+        &[
+            "list",
+            "--from",
+            "https://127.0.0.1:1",
+            "--server-key",
+            "abc",
+            "--json",
+        ][..],
+        &["list", "--from", "https://127.0.0.1:1", "--bogus", "--json"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code(), Some(2), "{}", out.explain());
+        let doc: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.explain()));
+        assert_eq!(doc["schema"], "mftq-error/1");
+        assert_eq!(doc["error"]["kind"], "usage");
+        assert_eq!(doc["error"]["exit_code"], 2);
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
+    // -q: nothing but the result.
+    let server = serve_one_client(dir);
+    std::fs::write(dir.join("f.txt"), b"quiet please").expect("writes");
+    let key = ["--server-key", server.key.as_str(), "--key", "client.key"];
+    let out = run(&[&["send", "f.txt", "--to", &server.quic, "-q"][..], &key[..]].concat());
+    assert_eq!(out.code(), Some(0), "{}", out.explain());
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("", ""),
+        "{}",
+        out.explain()
+    );
+    let out = run(&[
+        &["send", "f.txt", "--to", &server.quic, "--json"][..],
+        &key[..],
+    ]
+    .concat());
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(doc["schema"], "mftq-send/1");
+    let out = run(&[
+        &["get", "f.txt", "--from", &server.quic, "-o", "-", "-q"][..],
+        &key[..],
+    ]
+    .concat());
+    assert_eq!(out.stdout, "quiet please");
+    assert_eq!(out.stderr, "", "{}", out.explain());
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert_eq!(out.code(), Some(0), "{}", out.explain());
+        assert!(
+            out.stdout.contains("mftq") && out.stdout.contains("server-key"),
+            "{shell}"
+        );
+    }
+    let man = run(&["man"]).stdout;
+    assert!(
+        man.contains(".TH mftq") && man.contains(".TH mftq-send"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
 }
 
 /// A tree `get` killed once it has recorded a checkpoint (issue 11) is run

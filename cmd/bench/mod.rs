@@ -214,6 +214,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         }
     });
     let report = serde_json::json!({
+        "schema": "mftq-bench/1",
         "mftq": env!("CARGO_PKG_VERSION"),
         "machine": machine(),
         "size": args.size,

@@ -157,6 +157,9 @@ async fn restore(
         } else {
             String::new()
         };
+        if crate::output::quiet() {
+            return Ok(());
+        }
         println!(
             "batch {}\nrestored {} entries ({}{resumed}) into {} in {:.2?} ({:.1} MB/s), verified\nsender {}",
             String::from_utf8_lossy(&info.batch_id),
@@ -308,7 +311,10 @@ fn print_file_summary(
             info.sender,
         )
     };
-    if output == "-" {
+    if args.client.json && output != "-" {
+        print_json(&summary);
+    } else if crate::output::quiet() && !args.client.json {
+    } else if output == "-" {
         eprintln!("{text}");
     } else if args.client.json {
         print_json(&summary);
