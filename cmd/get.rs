@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::args::GetArgs;
 use crate::client::{Client, parse_key};
 use crate::error::{CliError, Exit};
-use crate::output::{human, mb_per_s, metadata_json, print_json, progress};
+use crate::output::{human, metadata_json, print_json, progress, rate};
 use part::{PartFile, PartOf};
 
 /// A temporary file removed when dropped, unless kept.
@@ -221,17 +221,16 @@ pub async fn run(args: GetArgs) -> Result<(), CliError> {
         let resumed = match fetched.resumed_from {
             0 => String::new(),
             from => format!(
-                "\nresumed a part file at {}: fetched {}",
+                "; resumed a part file at {}, fetched {}",
                 human(from),
                 human(fetched.fetched)
             ),
         };
         let text = format!(
-            "batch {}\nreceived {what} in {:.2?} ({:.1} MB/s), verified{resumed}\nsender {}\nmetadata {}",
+            "received {:?}: {what} in {:.2?} ({}), verified{resumed}\nmetadata {}",
             String::from_utf8_lossy(&info.batch_id),
             elapsed,
-            mb_per_s(fetched.fetched, elapsed),
-            info.sender,
+            rate(fetched.fetched, elapsed),
             String::from_utf8_lossy(&info.metadata),
         );
         if to_stdout {
@@ -381,8 +380,7 @@ where
                 Some(reopen(from).await?.0)
             }
         };
-        bar.set_position(resumed_from);
-        bar.reset_eta();
+        crate::output::resumed_at(bar, resumed_from);
         let mut fetched = 0;
         if let Some(mut reader) = reader {
             let copied = tokio::select! {

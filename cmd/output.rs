@@ -20,6 +20,12 @@ pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
+/// A rate in the same (binary) units as [`human`]: `16.3 MiB/s`.
+pub fn rate(bytes: u64, elapsed: Duration) -> String {
+    let per_second = bytes as f64 / elapsed.as_secs_f64().max(1e-9);
+    format!("{}/s", human(per_second.min(u64::MAX as f64) as u64))
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -63,13 +69,38 @@ pub fn progress(len: Option<u64>, what: &str, hidden: bool) -> ProgressBar {
         return bar;
     }
     bar.set_draw_target(ProgressDrawTarget::stderr());
+    // The bar takes what the terminal's width leaves; the rate and ETA count
+    // only bytes moved since the bar started (or was resumed), in the units of
+    // the sizes.
     let template = if len.is_some() {
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+        "{msg} {percent:>3}% [{wide_bar}] {binary_bytes}/{binary_total_bytes} {rate} {elapsed_precise} ETA {left}"
     } else {
-        "{msg} {bytes} {bytes_per_sec} {elapsed}"
+        "{msg} {binary_bytes} {rate} {elapsed_precise}"
     };
+    BASE.store(0, std::sync::atomic::Ordering::Relaxed);
     if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
+        let style = style
+            .progress_chars("=> ")
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate(moved(state), state.elapsed()));
+                },
+            )
+            .with_key(
+                "left",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let moved = moved(state);
+                    let left = state.len().unwrap_or(0).saturating_sub(state.pos());
+                    let _ = if moved == 0 {
+                        w.write_str("-")
+                    } else {
+                        let secs = left as f64 * state.elapsed().as_secs_f64() / moved as f64;
+                        w.write_str(&short_duration(secs))
+                    };
+                },
+            );
+        bar.set_style(style);
     }
     bar.set_message(what.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -78,6 +109,35 @@ pub fn progress(len: Option<u64>, what: &str, hidden: bool) -> ProgressBar {
     }
     *current_bar() = Some(bar.clone());
     bar
+}
+
+/// Where the bar under way started counting: bytes before it (a resumed
+/// part) are not part of its rate.
+static BASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes the bar has moved since it started counting.
+fn moved(state: &indicatif::ProgressState) -> u64 {
+    state
+        .pos()
+        .saturating_sub(BASE.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Puts `bar` at `position` as where it resumed: its rate and ETA count only
+/// what moves from there.
+pub fn resumed_at(bar: &ProgressBar, position: u64) {
+    BASE.store(position, std::sync::atomic::Ordering::Relaxed);
+    bar.set_position(position);
+    bar.reset_eta();
+}
+
+/// `42s`, `3m05s`, `2h10m`.
+fn short_duration(secs: f64) -> String {
+    let secs = secs.clamp(0.0, 359_999.0) as u64;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 /// How long no byte may move before the bar says the transfer is stalled.
@@ -104,7 +164,7 @@ async fn say_when_stalled(bar: ProgressBar, what: String) {
             if message != what {
                 bar.set_message(what.clone());
             }
-        } else if since.elapsed() >= STALL_AFTER && !message.starts_with("stalled, reconnecting") {
+        } else if since.elapsed() >= STALL_AFTER && !message.starts_with("reconnecting") {
             bar.set_message(format!("stalled {}s", since.elapsed().as_secs()));
         }
     }
@@ -120,8 +180,9 @@ impl Drop for AbortOnDrop {
 }
 
 /// Reports the client's retries as they happen, until `events` end: the bar
-/// under way shows "stalled, reconnecting (n/N)" (`retries` = N) until bytes
-/// move again; without a bar drawn, a line on stderr says so with the failure.
+/// under way shows "reconnecting n/N" (`retries` = N) until bytes move again,
+/// under a line "stalled, reconnecting (n/N): why" (the line alone without a
+/// bar drawn).
 pub fn follow_retries(
     mut events: tokio::sync::broadcast::Receiver<mft::Event>,
     retries: u32,
@@ -131,12 +192,16 @@ pub fn follow_retries(
         loop {
             match events.recv().await {
                 Ok(mft::Event::Retrying { attempt, error, .. }) => {
-                    let status = format!("stalled, reconnecting ({attempt}/{retries})");
+                    // The bar keeps its line short; the line above it says why.
+                    let line = format!("stalled, reconnecting ({attempt}/{retries}): {error}");
                     match current_bar().as_ref() {
                         Some(bar) if !bar.is_hidden() && !bar.is_finished() => {
-                            bar.set_message(status)
+                            bar.set_message(format!("reconnecting {attempt}/{retries}"));
+                            if !quiet() {
+                                bar.println(format!("mftq: {line}"));
+                            }
                         }
-                        _ => notice(format!("{status}: {error}")),
+                        _ => notice(line),
                     }
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}

@@ -12,7 +12,7 @@ use tokio::io::AsyncRead;
 use crate::args::SendArgs;
 use crate::client::Client;
 use crate::error::{CliError, Exit};
-use crate::output::{hex, human, mb_per_s, print_json, progress};
+use crate::output::{hex, human, print_json, progress, rate};
 
 /// Sends the batch and prints the receipt.
 pub async fn run(args: SendArgs) -> Result<(), CliError> {
@@ -140,31 +140,29 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             "seconds": elapsed.as_secs_f64(),
         }));
     } else if !crate::output::quiet() {
-        println!("batch {}", String::from_utf8_lossy(&receipt.batch_id));
+        // One line; the receipt itself is in --json and --receipt FILE.
+        let batch = String::from_utf8_lossy(&receipt.batch_id);
         if already {
             println!(
-                "already stored: the server holds the same {} (same SHA-256); nothing sent",
+                "already stored {batch:?}: the server holds the same {} (same SHA-256); nothing sent",
                 human(receipt.size)
             );
         } else {
+            // The rate counts what crossed the network in this run.
+            let moved = if sealed > 0 { sealed } else { receipt.size };
+            let compressed = if sealed > 0 && sealed < receipt.size {
+                format!(", compressed to {}", human(sealed))
+            } else {
+                String::new()
+            };
             println!(
-                "sent {} in {} segments in {:.2?} ({:.1} MB/s)",
+                "sent {batch:?}: {} in {} segments in {:.2?} ({}){compressed}",
                 human(receipt.size),
                 receipt.segment_count,
                 elapsed,
-                mb_per_s(receipt.size, elapsed)
+                rate(moved, elapsed),
             );
-            if sealed > 0 && sealed < receipt.size {
-                println!(
-                    "compressed to {} on the wire and on the server",
-                    human(sealed)
-                );
-            }
         }
-        println!("size {}", receipt.size);
-        println!("segments {}", receipt.segment_count);
-        println!("transfer {}", hex(receipt.transfer_id.as_bytes()));
-        println!("receipt signature {}", hex(receipt.signature.as_bytes()));
     }
     Ok(())
 }
@@ -335,13 +333,22 @@ async fn outcome(mut events: tokio::sync::broadcast::Receiver<mft::Event>) -> Ou
 /// Feeds the progress bar from the sender's events.
 async fn watch(mut events: tokio::sync::broadcast::Receiver<mft::Event>, bar: ProgressBar) {
     use tokio::sync::broadcast::error::RecvError;
+    // After a resume the first progress counts what the server held: the bar
+    // starts there, and its rate from there.
+    let mut resumed = false;
     loop {
         match events.recv().await {
+            Ok(mft::Event::Progress { bytes, .. }) if std::mem::take(&mut resumed) => {
+                crate::output::resumed_at(&bar, bytes)
+            }
             Ok(mft::Event::Progress { bytes, .. }) => bar.set_position(bytes),
-            Ok(mft::Event::Resumed { stored }) => note(
-                &bar,
-                format!("mftq: resuming: the server holds {stored} segments"),
-            ),
+            Ok(mft::Event::Resumed { stored }) => {
+                resumed = true;
+                note(
+                    &bar,
+                    format!("mftq: resuming: the server holds {stored} segments"),
+                )
+            }
             Ok(mft::Event::Completed { .. }) => return,
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,

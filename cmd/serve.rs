@@ -121,7 +121,8 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let grace = Duration::from_secs(settings.grace);
     server.shutdown(grace);
     let _ = tokio::time::timeout(grace + Duration::from_secs(2), serving).await;
-    eprintln!("mftq: stopped");
+    // A log line, so `--log-format json` logs hold nothing but JSON.
+    tracing::info!("stopped");
     Ok(())
 }
 

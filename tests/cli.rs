@@ -2130,6 +2130,83 @@ fn the_command_line_helps_and_speaks_json_when_asked() {
     );
 }
 
+/// The bar as a person sees it (issue 12), driven under a pseudo-terminal of
+/// 80 columns by `script` (skipped where it is missing): every frame fits in
+/// 80 columns, shows a percentage, the rate and the ETA in the units of the
+/// sizes, and the run ends with a one-line summary in those units too.
+#[test]
+fn the_progress_bar_fits_an_80_column_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("script is not installed: this test is skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let server = serve_one_client(dir);
+    std::fs::write(dir.join("big.bin"), random_bytes(96 << 20, 3)).expect("writes");
+    let typescript = dir.join("typescript");
+    let command = format!(
+        "stty cols 80 rows 24; {BIN} send big.bin --to {} --server-key {} --key client.key",
+        server.quic, server.key
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command])
+        .arg(&typescript)
+        .current_dir(dir)
+        .env("MFTQ_CONFIG_DIR", dir.join("config"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    let text =
+        String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned();
+    assert!(out.status.success(), "{text}");
+    // What the terminal shows, frame by frame: text between carriage returns,
+    // newlines and escape sequences.
+    let mut frames = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' | '\n' => frames.push(std::mem::take(&mut current)),
+            '\u{1b}' => {
+                frames.push(std::mem::take(&mut current));
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    frames.push(current);
+    let bars: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.starts_with("sending") && f.contains('%'))
+        .collect();
+    assert!(!bars.is_empty(), "no bar drawn:\n{text}");
+    for bar in &bars {
+        assert!(
+            bar.chars().count() <= 80,
+            "{} columns: {bar:?}",
+            bar.chars().count()
+        );
+        assert!(bar.contains("B/s ") && bar.contains("ETA"), "{bar:?}");
+    }
+    let summary = frames
+        .iter()
+        .find(|f| f.starts_with("sent \"big.bin\""))
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+    assert!(
+        summary.contains("96.0 MiB") && summary.contains("MiB/s)"),
+        "{summary}"
+    );
+    assert!(!text.contains("MB/s"), "one unit family: {text}");
+}
+
 /// A tree `get` killed once it has recorded a checkpoint (issue 11) is run
 /// again: it verifies what it staged, fetches only the rest, and restores the
 /// tree whole; the server's log shows the second get's data pulled as one
@@ -2237,10 +2314,21 @@ fn a_killed_tree_get_resumes_from_its_staging_directory() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(left, ["album"], "no staging is left");
-    let _ = server.child.0.kill();
+    // Stopped as an operator stops it: its JSON log holds nothing but JSON,
+    // to its last line.
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.0.id().to_string()])
+        .status();
     let _ = server.child.0.wait();
 
     let text = std::fs::read_to_string(&log).expect("reads the log");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line:?}"
+        );
+    }
+    assert!(text.contains("\"stopped\""), "the stop is logged:\n{text}");
     let fields: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

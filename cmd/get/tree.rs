@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{Target, check_digest, expected_sha256, notice, safe_file_name, write_plain};
 use crate::args::GetArgs;
 use crate::error::{CliError, Exit};
-use crate::output::{hex, human, mb_per_s, metadata_json, print_json, progress, utc};
+use crate::output::{hex, human, metadata_json, print_json, progress, rate, utc};
 
 /// What the caller knows of the batch: how to ask for it, and its first pull's
 /// description.
@@ -85,6 +85,7 @@ async fn restore(
     let bar = progress(Some(batch.info.size), "receiving", args.client.json);
     let key = mft::tree::ResumeKey::from(batch.info);
     if let Some((_, kept)) = mft::tree::staged(&root, &key).filter(|(_, kept)| *kept > 0) {
+        crate::output::resumed_at(&bar, kept);
         notice(
             &bar,
             format!(
@@ -161,14 +162,13 @@ async fn restore(
             return Ok(());
         }
         println!(
-            "batch {}\nrestored {} entries ({}{resumed}) into {} in {:.2?} ({:.1} MB/s), verified\nsender {}",
-            String::from_utf8_lossy(&info.batch_id),
+            "restored {} entries of {:?} ({}{resumed}) into {} in {:.2?} ({}), verified",
             fetched.entries,
+            String::from_utf8_lossy(&info.batch_id),
             human(fetched.bytes + fetched.resumed_from),
             root.display(),
             elapsed,
-            mb_per_s(fetched.bytes, elapsed),
-            info.sender,
+            rate(fetched.bytes, elapsed),
         );
     }
     Ok(())
