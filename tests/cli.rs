@@ -2329,6 +2329,22 @@ fn a_killed_tree_get_resumes_from_its_staging_directory() {
         );
     }
     assert!(text.contains("\"stopped\""), "the stop is logged:\n{text}");
+    // Each batch event names its batch, and says where its flow came from.
+    let completed: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "batch completed")
+        .unwrap_or_else(|| panic!("no completion in:\n{text}"));
+    // Batch ids are logged quoted, control characters escaped.
+    assert_eq!(completed["fields"]["batch"], "\"album\"", "{completed}");
+    assert_eq!(completed["span"]["protocol"], "quic", "{completed}");
+    assert!(
+        completed["span"]["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{completed}"
+    );
+    assert_eq!(completed["span"]["client"].as_str().map(str::len), Some(12));
     let fields: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -150,7 +150,7 @@ async fn a_paused_send_holds_its_data_until_resumed(t: Transport) {
     })
     .await;
     assert!(
-        matches!(paused, ServerEvent::Paused { peer, transfer: t } if *peer.as_bytes() == me && t == transfer),
+        matches!(paused, ServerEvent::Paused { peer, transfer: t, .. } if *peer.as_bytes() == me && t == transfer),
         "{paused:?}"
     );
     assert!(sender.resume());

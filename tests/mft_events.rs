@@ -27,6 +27,11 @@ async fn next(events: &mut broadcast::Receiver<ServerEvent>) -> ServerEvent {
         .expect("no event missed")
 }
 
+/// A batch id from its bytes.
+fn id(bytes: &[u8]) -> BatchId {
+    BatchId::new(bytes.to_vec()).unwrap()
+}
+
 async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
     let h = Harness::new(t, ServerConfig::default()).await;
     let me = h.client_key();
@@ -64,6 +69,7 @@ async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
         ServerEvent::Resumed {
             peer: me,
             transfer: open.id(),
+            batch_id: id(b"ev-left"),
         }
     );
     h.sender().abort(open.id()).await.unwrap();
@@ -72,6 +78,7 @@ async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
         ServerEvent::Cancelled {
             owner: *me.as_bytes(),
             transfer: open.id(),
+            batch_id: id(b"ev-left"),
             why: CancelReason::Aborted,
         }
     );
@@ -134,6 +141,7 @@ async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
     let ServerEvent::Retrieved {
         peer,
         transfer: t,
+        batch_id,
         segments,
         ranged,
         ..
@@ -142,6 +150,7 @@ async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
         panic!("a retrieval is reported");
     };
     assert_eq!((peer, t, segments, ranged), (me, transfer, 4, false));
+    assert_eq!(batch_id, id(b"ev-sent"));
     let missing = h.retriever().get(b"ev-missing").await.unwrap_err();
     assert_eq!(
         missing.refuse_code(),
@@ -159,6 +168,7 @@ async fn the_server_reports_each_step_of_a_transfer(t: Transport) {
             peer: me,
             owner: *me.as_bytes(),
             transfer,
+            batch_id: id(b"ev-sent"),
             bytes: size,
         }
     );
@@ -192,6 +202,7 @@ async fn the_server_says_why_an_open_transfer_ended(t: Transport) {
         ServerEvent::Cancelled {
             owner: *me.as_bytes(),
             transfer: overdue.id(),
+            batch_id: id(b"ev-overdue"),
             why: CancelReason::Expired,
         }
     );
@@ -201,6 +212,7 @@ async fn the_server_says_why_an_open_transfer_ended(t: Transport) {
         ServerEvent::Cancelled {
             owner: *me.as_bytes(),
             transfer: revoked.id(),
+            batch_id: id(b"ev-revoked"),
             why: CancelReason::AccessRevoked,
         }
     );

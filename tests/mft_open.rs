@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::mft_harness::*;
 use common::{Transport, init_tracing};
 use flow::ManagerConfig;
-use mft::wire::RefuseCode;
+use mft::wire::{BatchId, RefuseCode};
 use mft::{Sender, ServerConfig, ServerEvent};
 
 on_every_transport!(
@@ -45,11 +45,13 @@ async fn a_pause_notice_is_taken_from_the_owner_of_an_open_transfer_only(t: Tran
         [
             ServerEvent::Paused {
                 peer: me,
-                transfer: tr.id()
+                transfer: tr.id(),
+                batch_id: BatchId::new(b"noticed".to_vec()).unwrap(),
             },
             ServerEvent::Continued {
                 peer: me,
-                transfer: tr.id()
+                transfer: tr.id(),
+                batch_id: BatchId::new(b"noticed".to_vec()).unwrap(),
             },
         ]
     );

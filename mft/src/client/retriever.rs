@@ -485,7 +485,10 @@ impl FlowSource {
         if !error.is_retryable_after(self.segments) {
             return Err(error);
         }
-        if !self.restarts.take_restart() {
+        // What a restart causes is free: the first failure after it, and any
+        // failure of a flow on a connection it closed (a re-pull may still have
+        // been handed that connection while it was closing).
+        if !super::restart_caused(&error, &mut self.restarts) {
             let events = Some(&self.retriever.events);
             match judge(&mut self.attempts, &error, self.segments, events) {
                 Verdict::Retry { delay, .. } => tokio::time::sleep(delay).await,

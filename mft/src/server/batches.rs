@@ -176,6 +176,7 @@ impl Server {
             peer,
             owner,
             transfer: removed.transfer,
+            batch_id: delete.batch_id.clone(),
             bytes: removed.size,
         });
         Ok(Some(Message::Deleted(Deleted {

@@ -35,6 +35,8 @@ pub enum ServerEvent {
         peer: PeerKey,
         /// The transfer.
         transfer: TransferId,
+        /// The batch it is for, in its sender's namespace.
+        batch_id: BatchId,
     },
     /// A sender said it paused its open transfer: it reads no input, and sends
     /// nothing more until it goes on ([`ServerEvent::Continued`]).
@@ -43,6 +45,8 @@ pub enum ServerEvent {
         peer: PeerKey,
         /// The transfer.
         transfer: TransferId,
+        /// The batch it is for, in its sender's namespace.
+        batch_id: BatchId,
     },
     /// A sender said it went on with a transfer it had paused.
     Continued {
@@ -50,6 +54,8 @@ pub enum ServerEvent {
         peer: PeerKey,
         /// The transfer.
         transfer: TransferId,
+        /// The batch it is for, in its sender's namespace.
+        batch_id: BatchId,
     },
     /// A segment was authenticated and stored durably, and is acknowledged.
     Progress {
@@ -93,6 +99,8 @@ pub enum ServerEvent {
         owner: [u8; 32],
         /// The transfer.
         transfer: TransferId,
+        /// The batch it is for, in its sender's namespace.
+        batch_id: BatchId,
         /// Why it ended.
         why: CancelReason,
     },
@@ -102,6 +110,8 @@ pub enum ServerEvent {
         peer: PeerKey,
         /// The batch's transfer.
         transfer: TransferId,
+        /// The batch, in its sender's namespace.
+        batch_id: BatchId,
         /// Segments sent.
         segments: u64,
         /// Ciphertext bytes sent.
@@ -116,6 +126,8 @@ pub enum ServerEvent {
         peer: PeerKey,
         /// The batch's transfer.
         transfer: TransferId,
+        /// The batch, in its sender's namespace.
+        batch_id: BatchId,
         /// Segments sent before it went away.
         segments: u64,
         /// Segments it had asked for.
@@ -129,6 +141,8 @@ pub enum ServerEvent {
         owner: [u8; 32],
         /// The batch's transfer.
         transfer: TransferId,
+        /// The batch, in its sender's namespace.
+        batch_id: BatchId,
         /// Its plaintext bytes.
         bytes: u64,
     },
@@ -185,14 +199,24 @@ impl ServerEvent {
                 transfer,
                 replace,
             } => tracing::info!(%peer, batch = %batch_id, %transfer, replace, "transfer opened"),
-            ServerEvent::Resumed { peer, transfer } => {
-                tracing::info!(%peer, %transfer, "transfer resumed")
+            ServerEvent::Resumed {
+                peer,
+                transfer,
+                batch_id,
+            } => tracing::info!(%peer, batch = %batch_id, %transfer, "transfer resumed"),
+            ServerEvent::Paused {
+                peer,
+                transfer,
+                batch_id,
+            } => {
+                tracing::info!(%peer, batch = %batch_id, %transfer, "transfer paused by its sender")
             }
-            ServerEvent::Paused { peer, transfer } => {
-                tracing::info!(%peer, %transfer, "transfer paused by its sender")
-            }
-            ServerEvent::Continued { peer, transfer } => {
-                tracing::info!(%peer, %transfer, "transfer continued by its sender")
+            ServerEvent::Continued {
+                peer,
+                transfer,
+                batch_id,
+            } => {
+                tracing::info!(%peer, batch = %batch_id, %transfer, "transfer continued by its sender")
             }
             ServerEvent::Progress {
                 peer,
@@ -222,9 +246,11 @@ impl ServerEvent {
             ServerEvent::Cancelled {
                 owner,
                 transfer,
+                batch_id,
                 why,
             } => tracing::info!(
                 owner = crate::wire::values::hex(owner),
+                batch = %batch_id,
                 %transfer,
                 why = why.as_str(),
                 "open transfer cancelled"
@@ -232,26 +258,33 @@ impl ServerEvent {
             ServerEvent::Retrieved {
                 peer,
                 transfer,
+                batch_id,
                 segments,
                 bytes,
                 ranged,
-            } => tracing::info!(%peer, %transfer, segments, bytes, ranged, "batch retrieved"),
+            } => tracing::info!(
+                %peer, batch = %batch_id, %transfer, segments, bytes, ranged, "batch retrieved"
+            ),
             ServerEvent::RetrievalStopped {
                 peer,
                 transfer,
+                batch_id,
                 segments,
                 wanted,
-            } => {
-                tracing::info!(%peer, %transfer, segments, wanted, "retrieval stopped by the retriever")
-            }
+            } => tracing::info!(
+                %peer, batch = %batch_id, %transfer, segments, wanted,
+                "retrieval stopped by the retriever"
+            ),
             ServerEvent::Deleted {
                 peer,
                 owner,
                 transfer,
+                batch_id,
                 bytes,
             } => tracing::info!(
                 %peer,
                 owner = crate::wire::values::hex(owner),
+                batch = %batch_id,
                 %transfer,
                 bytes,
                 "batch deleted"

@@ -79,10 +79,19 @@ impl Server {
         let transfer = pause.transfer_id;
         let open = self.own_transfer(peer, transfer).await?;
         open.state.read().await.admit_pause(now_unix())?;
+        let batch_id = super::event_batch_id(&open.record.batch_id);
         self.emit(if pause.paused {
-            ServerEvent::Paused { peer, transfer }
+            ServerEvent::Paused {
+                peer,
+                transfer,
+                batch_id,
+            }
         } else {
-            ServerEvent::Continued { peer, transfer }
+            ServerEvent::Continued {
+                peer,
+                transfer,
+                batch_id,
+            }
         });
         Ok(Some(Message::PauseNoted(PauseNoted {
             transfer_id: transfer,

@@ -391,12 +391,29 @@ impl Server {
         self.emit(ServerEvent::Cancelled {
             owner: record.sender,
             transfer: record.transfer,
+            batch_id: event_batch_id(&record.batch_id),
             why,
         });
     }
 
     /// Serves one flow to its end.
-    pub async fn handle_flow(&self, mut flow: Flow) {
+    pub async fn handle_flow(&self, flow: Flow) {
+        use tracing::Instrument;
+        // Every log line of the flow carries where it came from: the peer's key
+        // (short), its address and the protocol.
+        let conn = flow.conn();
+        let key = flow.remote_identity().to_string();
+        let span = tracing::info_span!(
+            "flow",
+            client = &key[..12.min(key.len())],
+            remote = %conn.remote_endpoint().address(),
+            protocol = %conn.protocol(),
+        );
+        self.handle_flow_in_span(flow).instrument(span).await
+    }
+
+    /// [`Server::handle_flow`]'s work.
+    async fn handle_flow_in_span(&self, mut flow: Flow) {
         let peer = flow.remote_identity();
         let config = &self.inner.config;
         flow.set_max_msg_size(config.max_segment_message());
@@ -580,6 +597,14 @@ impl Server {
 fn stored_batch_id(bytes: &[u8]) -> Result<wire::BatchId, StoreError> {
     wire::BatchId::new(bytes.to_vec())
         .map_err(|e| StoreError::Corrupt(format!("a stored batch id: {e}")))
+}
+
+/// A stored batch id for an event: one that fails to decode (a damaged
+/// record) is shown as `?` rather than dropping the event.
+fn event_batch_id(bytes: &[u8]) -> wire::BatchId {
+    wire::BatchId::new(bytes.to_vec())
+        .or_else(|_| wire::BatchId::new(b"?".to_vec()))
+        .unwrap_or_else(|_| unreachable!("a one-byte batch id is valid"))
 }
 
 /// The bytes of a reply the server built itself. Its fields are within the

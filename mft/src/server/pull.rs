@@ -79,6 +79,7 @@ impl Server {
                 self.emit(ServerEvent::RetrievalStopped {
                     peer,
                     transfer: batch.transfer,
+                    batch_id: super::event_batch_id(&batch.batch_id),
                     segments: sent_segments,
                     wanted: asked,
                 });
@@ -91,6 +92,7 @@ impl Server {
         self.emit(ServerEvent::Retrieved {
             peer,
             transfer: batch.transfer,
+            batch_id: super::event_batch_id(&batch.batch_id),
             segments: sent_segments,
             bytes: sent_bytes,
             ranged: hello.range.is_some(),

@@ -150,7 +150,11 @@ impl Server {
                 replace: hello.replace,
             }
         } else {
-            ServerEvent::Resumed { peer, transfer }
+            ServerEvent::Resumed {
+                peer,
+                transfer,
+                batch_id: hello.batch_id.clone(),
+            }
         });
         Ok(Some(Message::Accept(accept)))
     }
@@ -466,7 +470,11 @@ impl Server {
         let open = self.own_transfer(peer, transfer).await?;
         open.state.read().await.admit_resume(now_unix())?;
         let stored = self.inner.store.segments(open.record.transfer).await?;
-        self.emit(ServerEvent::Resumed { peer, transfer });
+        self.emit(ServerEvent::Resumed {
+            peer,
+            transfer,
+            batch_id: super::event_batch_id(&open.record.batch_id),
+        });
         Ok(Some(Message::Stored(Stored::from_indices(
             stored.iter().map(|s| s.index),
         ))))
