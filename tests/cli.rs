@@ -1879,7 +1879,14 @@ fn key_files_behave_as_ssh_users_expect() {
     std::fs::set_permissions(&piped, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert_eq!(run(&["pubkey", "piped.key"]).stdout.trim(), printed);
 
-    // OpenSSL reads ours, and we read OpenSSL's.
+    // OpenSSL reads ours, and we read OpenSSL's. A DER public key ends with
+    // the 32 bytes of the key.
+    let key_of = |der: &[u8]| -> String {
+        der[der.len().saturating_sub(32)..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     let openssl = |args: &[&str]| {
         Command::new("openssl")
             .args(args)
@@ -1898,12 +1905,11 @@ fn key_files_behave_as_ssh_users_expect() {
         "openssl pkey refused our key file: {}",
         String::from_utf8_lossy(&theirs.stderr)
     );
-    let der = theirs.stdout;
-    let hex: String = der[der.len() - 32..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(hex, public, "openssl finds the same public key");
+    assert_eq!(
+        key_of(&theirs.stdout),
+        public,
+        "openssl finds the same public key"
+    );
     let made = openssl(&["genpkey", "-algorithm", "ed25519", "-out", "openssl.key"]).expect("runs");
     assert!(made.status.success());
     std::fs::set_permissions(
@@ -1913,11 +1919,7 @@ fn key_files_behave_as_ssh_users_expect() {
     .expect("chmod");
     let theirs =
         openssl(&["pkey", "-in", "openssl.key", "-pubout", "-outform", "DER"]).expect("runs");
-    let der = theirs.stdout;
-    let hex: String = der[der.len() - 32..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = key_of(&theirs.stdout);
     let out = run(&["pubkey", "openssl.key"]);
     assert_eq!(out.code(), Some(0), "{}", out.explain());
     assert_eq!(out.stdout.trim(), hex);

@@ -673,3 +673,51 @@ async fn a_staged_file_changed_on_disk_is_refused_and_fetched_afresh() {
     assert_eq!(fetched.resumed_from, 0);
     assert_eq!(snapshot(&dest), snapshot(&src));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_file_cut_short_resumes_from_where_it_ends() {
+    init_tracing();
+    let h = Harness::new(Transport::Quic, ServerConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let data_len = resumable_tree(&src);
+    let packing = Packing::plan(&[src.join("top")], true).unwrap();
+    bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
+        .await
+        .unwrap();
+    let request = Pull::batch(b"tree");
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    fetch_cut_off(&h, &request, &dest, 4 << 20).await;
+    // The second file, staged whole, loses its second half (a disk that
+    // dropped what was not synced): the state still counts it all.
+    let staging = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a staging directory");
+    let staged = staging.join("top/b-first.bin");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let fetched = bounded(
+        "resumed fetch",
+        mft::tree::fetch(
+            &h.retriever(),
+            &request,
+            None,
+            &dest,
+            RestoreOptions::default(),
+            None,
+            |_| {},
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched.resumed_from, 1_000 + (1 << 20), "from the cut file's end");
+    assert_eq!(fetched.bytes, data_len - fetched.resumed_from);
+    assert_eq!(snapshot(&dest), snapshot(&src));
+}

@@ -254,6 +254,11 @@ impl Restore {
             resume,
             ..
         } = self;
+        // What is durable now is what is kept: a staged file found short of its
+        // recorded share moved the resume point before the recorded one.
+        if let Some(resume) = resume.as_mut() {
+            resume.durable = resume.durable.min(from);
+        }
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0u64;
         for e in &manifest.entries {
@@ -301,7 +306,7 @@ impl Restore {
                 seen(&buf[..n]);
                 done += n as u64;
                 if let Some(resume) = resume.as_mut()
-                    && offset + done - resume.durable >= resume.checkpoint_every
+                    && (offset + done).saturating_sub(resume.durable) >= resume.checkpoint_every
                 {
                     checkpoint(&mut out, staging, resume, offset + done).await?;
                 }
