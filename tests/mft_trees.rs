@@ -717,7 +717,11 @@ async fn a_staged_file_cut_short_resumes_from_where_it_ends() {
     )
     .await
     .unwrap();
-    assert_eq!(fetched.resumed_from, 1_000 + (1 << 20), "from the cut file's end");
+    assert_eq!(
+        fetched.resumed_from,
+        1_000 + (1 << 20),
+        "from the cut file's end"
+    );
     assert_eq!(fetched.bytes, data_len - fetched.resumed_from);
     assert_eq!(snapshot(&dest), snapshot(&src));
 }
