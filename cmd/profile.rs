@@ -144,7 +144,7 @@ pub fn resolve(
         .key
         .clone()
         .or_else(|| env("MFTQ_KEY").map(PathBuf::from))
-        .or_else(|| remote.and_then(|r| r.key.clone()))
+        .or_else(|| remote.and_then(|r| r.key.as_deref().map(expand_home)))
     {
         Some(key) => key,
         None => default_identity(&dir)?,
@@ -172,6 +172,15 @@ pub fn resolve(
             || remote.is_some_and(|r| r.trust_on_first_use),
         known_servers: dir.map(|d| d.join("known_servers")),
     })
+}
+
+/// A path from the config file, `~/` standing for the home directory as a
+/// shell would read it.
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) if !home.is_empty() => PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// `config.toml`'s path, for messages.
@@ -301,6 +310,19 @@ mod tests {
         std::fs::write(&file, "# comment\nc:3 nothex\n").expect("writes");
         let err = known_server(&file, "c:3").expect_err("refused");
         assert!(err.message.contains("line 2"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_key_path_may_start_at_home() {
+        let Some(home) = std::env::var_os("HOME") else {
+            return;
+        };
+        assert_eq!(
+            expand_home(Path::new("~/.config/mftq/work.key")),
+            PathBuf::from(home).join(".config/mftq/work.key")
+        );
+        assert_eq!(expand_home(Path::new("/etc/k")), PathBuf::from("/etc/k"));
+        assert_eq!(expand_home(Path::new("~user/k")), PathBuf::from("~user/k"));
     }
 
     #[test]
