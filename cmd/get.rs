@@ -368,7 +368,7 @@ where
             (0, None) => Some(reopen(0).await?.0),
             (from, _) if from == of.size => None,
             (from, _) => {
-                notice(
+                crate::output::note_above(
                     bar,
                     format!(
                         "resuming {} from {} of {}",
@@ -421,7 +421,7 @@ where
         if let Err(e) = check_digest(expected, digest) {
             part.discard();
             if resumed_from > 0 {
-                notice(
+                crate::output::note_above(
                     bar,
                     format!(
                         "the resumed part file of {} did not verify; fetching it all again",
@@ -440,17 +440,6 @@ where
             fetched,
             resumed_from,
         });
-    }
-}
-
-/// A line for the person at the terminal, on stderr (above the bar if one is
-/// drawn), so stdout stays the summary or the data.
-fn notice(bar: &indicatif::ProgressBar, text: String) {
-    if crate::output::quiet() {
-    } else if bar.is_hidden() {
-        eprintln!("{text}");
-    } else {
-        bar.println(text);
     }
 }
 

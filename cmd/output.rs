@@ -55,6 +55,17 @@ pub fn notice(text: impl std::fmt::Display) {
     }
 }
 
+/// A line for the person at the terminal, on stderr, above `bar` when it is
+/// drawn (so stdout stays the summary or the data); nothing with `-q`.
+pub fn note_above(bar: &ProgressBar, line: String) {
+    if quiet() {
+    } else if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// A progress bar on stderr with rate and ETA, hidden when stderr is not a
 /// terminal, `hidden` is set, or `--no-progress` or `-q` was given. `len` is
 /// `None` when the total is unknown.
@@ -197,9 +208,7 @@ pub fn follow_retries(
                     match current_bar().as_ref() {
                         Some(bar) if !bar.is_hidden() && !bar.is_finished() => {
                             bar.set_message(format!("reconnecting {attempt}/{retries}"));
-                            if !quiet() {
-                                bar.println(format!("mftq: {line}"));
-                            }
+                            note_above(bar, format!("mftq: {line}"));
                         }
                         _ => notice(line),
                     }

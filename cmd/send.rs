@@ -81,7 +81,7 @@ pub async fn run(args: SendArgs) -> Result<(), CliError> {
             match sent {
                 Err(mft::Error::ContentChanged(_)) if !input.is_stdin() && !restarted => {
                     restarted = true;
-                    note(
+                    crate::output::note_above(
                         &bar,
                         "mftq: the file changed since the interrupted send: sending it afresh"
                             .into(),
@@ -344,7 +344,7 @@ async fn watch(mut events: tokio::sync::broadcast::Receiver<mft::Event>, bar: Pr
             Ok(mft::Event::Progress { bytes, .. }) => bar.set_position(bytes),
             Ok(mft::Event::Resumed { stored }) => {
                 resumed = true;
-                note(
+                crate::output::note_above(
                     &bar,
                     format!("mftq: resuming: the server holds {stored} segments"),
                 )
@@ -353,16 +353,6 @@ async fn watch(mut events: tokio::sync::broadcast::Receiver<mft::Event>, bar: Pr
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
-    }
-}
-
-/// A line on stderr, above the bar when it is drawn.
-fn note(bar: &ProgressBar, line: String) {
-    if crate::output::quiet() {
-    } else if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
     }
 }
 

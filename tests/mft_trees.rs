@@ -550,33 +550,86 @@ async fn fetch_cut_off(h: &Harness, request: &Pull, dest: &Path, after: u64) -> 
     .expect_err("the fetch is cut off")
 }
 
+/// A resumable tree sent as batch `tree`, and a fetch of it into `dest` cut
+/// off past 4 MiB: what the resume tests start from.
+struct CutOff {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    dest: PathBuf,
+    request: Pull,
+    data_len: u64,
+    receipt: mft::Receipt,
+    error: TreeError,
+}
+
+impl CutOff {
+    async fn new(h: &Harness) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let data_len = resumable_tree(&src);
+        let packing = Packing::plan(&[src.join("top")], true).unwrap();
+        let receipt = bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
+            .await
+            .unwrap();
+        let request = Pull::batch(b"tree");
+        let dest = tmp.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let error = fetch_cut_off(h, &request, &dest, 4 << 20).await;
+        CutOff {
+            _tmp: tmp,
+            src,
+            dest,
+            request,
+            data_len,
+            receipt,
+            error,
+        }
+    }
+
+    /// The staging directory the cut-off fetch left.
+    fn staging(&self) -> PathBuf {
+        std::fs::read_dir(&self.dest)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_dir())
+            .expect("a staging directory")
+    }
+
+    /// Fetches the tree into `dest` again.
+    async fn fetch(&self, h: &Harness) -> Result<mft::tree::Fetched, TreeError> {
+        bounded(
+            "the fetch again",
+            mft::tree::fetch(
+                &h.retriever(),
+                &self.request,
+                None,
+                &self.dest,
+                RestoreOptions::default(),
+                None,
+                |_| {},
+            ),
+        )
+        .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_tree_fetch_resumes_from_what_it_staged() {
     init_tracing();
     let h = Harness::new(Transport::Quic, ServerConfig::default()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let data_len = resumable_tree(&src);
-    let packing = Packing::plan(&[src.join("top")], true).unwrap();
-    let receipt = bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
-        .await
-        .unwrap();
-    let request = Pull::batch(b"tree");
-    let (_, info, _) = mft::tree::fetch_manifest(&h.retriever(), &request, None)
+    let cut = CutOff::new(&h).await;
+    let (dest, data_len) = (&cut.dest, cut.data_len);
+    let (_, info, _) = mft::tree::fetch_manifest(&h.retriever(), &cut.request, None)
         .await
         .unwrap();
     let key = mft::tree::ResumeKey::from(&info);
-
-    let dest = tmp.path().join("dest");
-    std::fs::create_dir(&dest).unwrap();
-    let err = fetch_cut_off(&h, &request, &dest, 4 << 20).await;
-    assert!(matches!(err, TreeError::Transfer(_)), "{err}");
-    let (staging, kept) = mft::tree::staged(&dest, &key).expect("the cut-off fetch kept its work");
+    assert!(matches!(cut.error, TreeError::Transfer(_)), "{}", cut.error);
+    let (staging, kept) = mft::tree::staged(dest, &key).expect("the cut-off fetch kept its work");
     assert!(
         (4 << 20..data_len).contains(&kept),
         "kept {kept} of {data_len}"
     );
-    let top_level: Vec<_> = std::fs::read_dir(&dest)
+    let top_level: Vec<_> = std::fs::read_dir(dest)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -591,9 +644,9 @@ async fn a_cut_off_tree_fetch_resumes_from_what_it_staged() {
         "resumed fetch",
         mft::tree::fetch(
             &h.retriever(),
-            &request,
+            &cut.request,
             None,
-            &dest,
+            dest,
             RestoreOptions::default(),
             None,
             |written| {
@@ -605,123 +658,60 @@ async fn a_cut_off_tree_fetch_resumes_from_what_it_staged() {
     .unwrap();
     assert_eq!(fetched.resumed_from, kept, "resumed from all it kept");
     assert_eq!(fetched.bytes, data_len - kept, "fetched only the rest");
-    assert_eq!(fetched.sha256, Some(receipt.content_digest));
+    assert_eq!(fetched.sha256, Some(cut.receipt.content_digest));
     assert!(
         first_progress.is_some_and(|p| p <= kept),
         "progress counts the staged bytes first"
     );
-    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert_eq!(snapshot(dest), snapshot(&cut.src));
     assert!(!staging.exists(), "the staging directory is gone");
-    assert_eq!(everything(&dest).len(), snapshot(&src).len());
+    assert_eq!(everything(dest).len(), snapshot(&cut.src).len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_file_changed_on_disk_is_refused_and_fetched_afresh() {
     init_tracing();
     let h = Harness::new(Transport::Quic, ServerConfig::default()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    resumable_tree(&src);
-    let packing = Packing::plan(&[src.join("top")], true).unwrap();
-    bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
-        .await
-        .unwrap();
-    let request = Pull::batch(b"tree");
-    let dest = tmp.path().join("dest");
-    std::fs::create_dir(&dest).unwrap();
-    fetch_cut_off(&h, &request, &dest, 4 << 20).await;
+    let cut = CutOff::new(&h).await;
     // Past 4 MiB, the first two files are staged whole.
-    let staging = std::fs::read_dir(&dest)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .expect("a staging directory");
-    let staged = staging.join("top/b-first.bin");
+    let staged = cut.staging().join("top/b-first.bin");
     let mut bytes = std::fs::read(&staged).unwrap();
     assert_eq!(bytes.len(), 2 << 20, "staged whole");
     bytes[12_345] ^= 1;
     std::fs::write(&staged, &bytes).unwrap();
 
-    let refused = mft::tree::fetch(
-        &h.retriever(),
-        &request,
-        None,
-        &dest,
-        RestoreOptions::default(),
-        None,
-        |_| {},
-    )
-    .await
-    .unwrap_err();
+    let refused = cut.fetch(&h).await.unwrap_err();
     assert!(
         matches!(&refused, TreeError::Integrity(m) if m.contains("staged copy")),
         "{refused}"
     );
-    assert!(everything(&dest).is_empty(), "what was staged is gone");
+    assert!(everything(&cut.dest).is_empty(), "what was staged is gone");
 
-    let fetched = mft::tree::fetch(
-        &h.retriever(),
-        &request,
-        None,
-        &dest,
-        RestoreOptions::default(),
-        None,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let fetched = cut.fetch(&h).await.unwrap();
     assert_eq!(fetched.resumed_from, 0);
-    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert_eq!(snapshot(&cut.dest), snapshot(&cut.src));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_file_cut_short_resumes_from_where_it_ends() {
     init_tracing();
     let h = Harness::new(Transport::Quic, ServerConfig::default()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let data_len = resumable_tree(&src);
-    let packing = Packing::plan(&[src.join("top")], true).unwrap();
-    bounded("send", h.sender().send(packing.reader(), b"tree", b"{}"))
-        .await
-        .unwrap();
-    let request = Pull::batch(b"tree");
-    let dest = tmp.path().join("dest");
-    std::fs::create_dir(&dest).unwrap();
-    fetch_cut_off(&h, &request, &dest, 4 << 20).await;
+    let cut = CutOff::new(&h).await;
     // The second file, staged whole, loses its second half (a disk that
     // dropped what was not synced): the state still counts it all.
-    let staging = std::fs::read_dir(&dest)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .expect("a staging directory");
-    let staged = staging.join("top/b-first.bin");
+    let staged = cut.staging().join("top/b-first.bin");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&staged)
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let fetched = bounded(
-        "resumed fetch",
-        mft::tree::fetch(
-            &h.retriever(),
-            &request,
-            None,
-            &dest,
-            RestoreOptions::default(),
-            None,
-            |_| {},
-        ),
-    )
-    .await
-    .unwrap();
+    let fetched = cut.fetch(&h).await.unwrap();
     assert_eq!(
         fetched.resumed_from,
         1_000 + (1 << 20),
         "from the cut file's end"
     );
-    assert_eq!(fetched.bytes, data_len - fetched.resumed_from);
-    assert_eq!(snapshot(&dest), snapshot(&src));
+    assert_eq!(fetched.bytes, cut.data_len - fetched.resumed_from);
+    assert_eq!(snapshot(&cut.dest), snapshot(&cut.src));
 }

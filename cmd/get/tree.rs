@@ -8,7 +8,7 @@ use std::time::Instant;
 use mft::tree::{CheckOptions, EntryKind, Manifest, RestoreOptions};
 use serde_json::json;
 
-use super::{Target, check_digest, expected_sha256, notice, safe_file_name, write_plain};
+use super::{Target, check_digest, expected_sha256, safe_file_name, write_plain};
 use crate::args::GetArgs;
 use crate::error::{CliError, Exit};
 use crate::output::{hex, human, metadata_json, print_json, progress, rate, utc};
@@ -86,7 +86,7 @@ async fn restore(
     let key = mft::tree::ResumeKey::from(batch.info);
     if let Some((_, kept)) = mft::tree::staged(&root, &key).filter(|(_, kept)| *kept > 0) {
         crate::output::resumed_at(&bar, kept);
-        notice(
+        crate::output::note_above(
             &bar,
             format!(
                 "resuming the tree from {} of {} staged in {}",
